@@ -1,0 +1,5 @@
+import sys
+
+from paddle_ocrvl_sft.cli import main
+
+sys.exit(main())

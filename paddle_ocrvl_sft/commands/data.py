@@ -1,0 +1,150 @@
+"""``data validate | stats | convert | kie | split`` — the CLI of paddle_ocrvl_sft.data."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from paddle_ocrvl_sft.commands import data_convert
+from paddle_ocrvl_sft.tokens import PixelBounds
+
+
+def register(subparsers) -> None:
+    data = subparsers.add_parser("data", help="validate, convert, build KIE prompts, split and measure datasets")
+    sub = data.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
+
+    p = sub.add_parser("validate", help="check every sample the way ERNIEKit reads it (exit 1 on any error)")
+    p.add_argument("files", nargs="+", metavar="FILE", help=".jsonl or .json (array) datasets")
+    _add_measure_args(p, default_max_seq_len=16384)
+    p.add_argument("--decode", action="store_true", help="fully decode every image (slow), not just its header")
+    p.add_argument("--json", action="store_true", help="machine-readable report on stdout")
+    p.add_argument("--write-clean", metavar="OUT", help="write the good rows to OUT and the rejects to OUT's .rejects.jsonl")
+    p.add_argument("--force", action="store_true", help="overwrite --write-clean outputs")
+    p.set_defaults(func=run_validate)
+
+    p = sub.add_parser("stats", help="sample count, prompt kinds, sizes, token lengths, recommended max_seq_len")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    _add_measure_args(p, default_max_seq_len=None)
+    p.add_argument("--plot", metavar="PNG", help="histogram PNG (default: <first FILE's stem>.stats.png in the current dir)")
+    p.add_argument("--no-plot", action="store_true", help="skip the PNG")
+    p.add_argument("--top", type=int, default=5, help="how many longest samples to list")
+    p.add_argument("--json", action="store_true", help="machine-readable report on stdout")
+    p.set_defaults(func=run_stats)
+
+    data_convert.register(sub)
+
+    p = sub.add_parser("kie", help="key-information-extraction samples from per-image JSON annotations (seed 001)")
+    p.add_argument("annotations", metavar="ANNOTATIONS", help='.jsonl/.json of {"image": ..., "data": {...}}, or a dir of *.json')
+    p.add_argument("-o", "--out", required=True, metavar="OUT.jsonl")
+    p.add_argument("-n", "--per-image", type=int, default=10, help="random field subsets per image (default 10)")
+    p.add_argument("--max-fields", type=int, default=3, help="at most this many fields per subset (default 3)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-full", action="store_true", help='skip the OCR:{} "extract everything" sample')
+    p.add_argument("--image-root", metavar="DIR", help="resolve relative image paths here (default: the annotation file's dir)")
+    p.add_argument("--skip-bad", action="store_true", help="exit 0 even if some annotations were rejected (each is still reported)")
+    p.add_argument("--force", action="store_true", help="overwrite OUT")
+    p.set_defaults(func=run_kie)
+
+    p = sub.add_parser("split", help="deterministic train/val split, grouped by image, stratified by prompt kind")
+    p.add_argument("file", metavar="IN")
+    p.add_argument("--val", type=float, default=0.1, help="validation fraction (default 0.1)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-o", "--out-prefix", metavar="PREFIX", help="writes PREFIX.train.jsonl and PREFIX.val.jsonl (default: IN without .jsonl)")
+    p.add_argument("--force", action="store_true", help="overwrite the outputs")
+    p.set_defaults(func=run_split)
+
+
+def _add_measure_args(p: argparse.ArgumentParser, *, default_max_seq_len: int | None) -> None:
+    p.add_argument("--max-seq-len", type=int, default=default_max_seq_len,
+                   help=f"ERNIEKit max_seq_len to check against (default {default_max_seq_len})")
+    p.add_argument("--tokenizer", metavar="MODEL_DIR", help="count text tokens exactly with MODEL_DIR/tokenizer.model")
+    p.add_argument("--model", metavar="MODEL_DIR", help="take min/max pixels from MODEL_DIR/preprocessor_config.json")
+    p.add_argument("--min-pixels", type=int, help="override min_pixels")
+    p.add_argument("--max-pixels", type=int, help="override max_pixels")
+
+
+def _options(args, **extra):
+    from paddle_ocrvl_sft.data.validate import ValidateOptions
+
+    bounds = PixelBounds.from_model_dir(args.model) if args.model else PixelBounds()
+    bounds = PixelBounds(args.min_pixels or bounds.min_pixels, args.max_pixels or bounds.max_pixels)
+    return ValidateOptions(max_seq_len=args.max_seq_len, bounds=bounds, tokenizer_dir=args.tokenizer, **extra)
+
+
+def run_validate(args) -> int:
+    from paddle_ocrvl_sft.data.validate import validate_and_write_clean, validate_paths
+
+    options = _options(args, decode=args.decode)
+    if args.json:
+        # stream the problem list so memory stays flat on huge datasets
+        out = sys.stdout
+        out.write('{"problems": [')
+        first = [True]
+
+        def on_problem(problem):
+            out.write(("" if first[0] else ",") + "\n  " + json.dumps(problem.to_dict(), ensure_ascii=False))
+            first[0] = False
+    else:
+        def on_problem(problem):
+            print(problem)
+
+    if args.write_clean:
+        report = validate_and_write_clean(args.files, args.write_clean, options, force=args.force, on_problem=on_problem)
+    else:
+        report = validate_paths(args.files, options, on_problem=on_problem)
+    if args.json:
+        print("\n], \"summary\": " + json.dumps(report.to_dict(), ensure_ascii=False) + "}")
+    else:
+        print(report.summary())
+        if args.write_clean:
+            from paddle_ocrvl_sft.data.validate import rejects_path
+
+            print(f"wrote {report.valid} good rows to {args.write_clean}, {report.rejected} rejects to {rejects_path(args.write_clean)}")
+    return 0 if report.ok else 1
+
+
+def run_stats(args) -> int:
+    from paddle_ocrvl_sft.data.stats import dataset_stats, format_stats, plot_histogram
+
+    problems = []
+    stats = dataset_stats(args.files, _options(args), top=args.top, on_problem=problems.append)
+    plot = None
+    if not args.no_plot and stats.samples:
+        plot = plot_histogram(stats, args.plot or f"{Path(args.files[0]).stem}.stats.png", max_seq_len=args.max_seq_len)
+    if args.json:
+        result = stats.to_dict()
+        result["plot"] = str(plot) if plot else None
+        print(json.dumps(result, ensure_ascii=False, indent=2))
+    else:
+        print(format_stats(stats))
+        if stats.report.rejected:
+            print(f"{stats.report.rejected} sample(s) rejected ({stats.report.errors} errors): run `data validate` for the list")
+        if plot:
+            print(f"histogram: {plot}")
+    return 0
+
+
+def run_kie(args) -> int:
+    from paddle_ocrvl_sft.data.kie import build_kie_dataset
+
+    report = build_kie_dataset(
+        args.annotations, args.out, per_image=args.per_image, max_fields=args.max_fields, seed=args.seed,
+        full=not args.no_full, image_root=args.image_root, force=args.force, on_error=print,
+    )
+    print(f"{report.images} images -> {report.samples} samples in {args.out}; {report.rejected} annotation(s) rejected")
+    return 1 if report.rejected and not args.skip_bad else 0
+
+
+def run_split(args) -> int:
+    from paddle_ocrvl_sft.data.split import split_dataset
+
+    prefix = args.out_prefix or str(Path(args.file).with_suffix(""))
+    train, val = f"{prefix}.train.jsonl", f"{prefix}.val.jsonl"
+    result = split_dataset(args.file, train, val, val_fraction=args.val, seed=args.seed, force=args.force)
+    print(f"train: {result.train} samples -> {train}")
+    print(f"val:   {result.val} samples -> {val}")
+    for kind in sorted(set(result.train_by_kind) | set(result.val_by_kind)):
+        print(f"  {kind:10} train {result.train_by_kind.get(kind, 0):>7}  val {result.val_by_kind.get(kind, 0):>7}")
+    return 0

@@ -1,0 +1,130 @@
+"""``data kie``: key-information-extraction samples from per-image JSON annotations (seed 001).
+
+Input records are ``{"image": "path.jpg", "data": {...nested fields...}}``, one per image (a
+``.jsonl``/``.json`` file, or a directory of ``*.json`` files). For each image this writes:
+
+- ``OCR:{}`` → the whole ``data`` object ("extract everything"), and
+- N seeded random field subsets, each field asked in the shape of its value (seed 001 "prompts"):
+  ``OCR:{"F": ""}`` for a string (or any scalar), ``OCR:{"F": {}}`` for an object,
+  ``OCR:{"F": []}`` for a list; the target is the matching sub-object ``{"F": data["F"], ...}``.
+
+Prompts and targets are rendered by :func:`paddle_ocrvl_sft.prompts.render_json`, the same
+function ``predict`` and ``serve`` use, so training and inference match byte for byte.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from paddle_ocrvl_sft.data.sample import make_sample, relocate_image
+from paddle_ocrvl_sft.errors import UsageError
+from paddle_ocrvl_sft.io import Record, atomic_open, iter_records
+from paddle_ocrvl_sft.prompts import kie_prompt, render_json
+
+
+def field_shape(value: Any) -> Any:
+    """The empty value of the same shape: "" for scalars, {} for objects, [] for lists."""
+    if isinstance(value, dict):
+        return {}
+    if isinstance(value, list):
+        return []
+    return ""
+
+
+def kie_turns(data: dict, *, subsets: int, max_fields: int, rng: random.Random, full: bool = True) -> list[tuple[str, str]]:
+    """(prompt, target) pairs for one image's annotation; subsets are distinct and seeded."""
+    turns = [(kie_prompt({}), render_json(data))] if full else []
+    keys = list(data)
+    if not keys:
+        return turns
+    seen = set()
+    # the number of distinct subsets of 1..max_fields keys bounds how many we can draw
+    possible = sum(math.comb(len(keys), k) for k in range(1, min(max_fields, len(keys)) + 1))
+    for _ in range(min(subsets, possible)):
+        for _attempt in range(20):
+            k = rng.randint(1, min(max_fields, len(keys)))
+            chosen = tuple(sorted(rng.sample(range(len(keys)), k)))
+            if chosen not in seen:
+                break
+        else:
+            break
+        seen.add(chosen)
+        names = [keys[i] for i in chosen]
+        query = {name: field_shape(data[name]) for name in names}
+        target = {name: data[name] for name in names}
+        turns.append((kie_prompt(query), render_json(target)))
+    return turns
+
+
+def iter_annotations(source: str | os.PathLike) -> Iterator[Record]:
+    """Records of a .jsonl/.json annotation file, or one record per ``*.json`` file of a directory."""
+    source = Path(source)
+    if source.is_dir():
+        for path in sorted(source.rglob("*.json")):
+            for record in iter_records(path):
+                yield record
+                break  # a per-image file holds one object
+        return
+    if not source.is_file():
+        raise UsageError(f"{source}: no such file or directory")
+    yield from iter_records(source)
+
+
+@dataclass
+class KieReport:
+    images: int = 0
+    samples: int = 0
+    rejected: int = 0
+
+
+def _annotation_error(value: Any) -> str | None:
+    if not isinstance(value, dict):
+        return "the annotation must be an object with 'image' and 'data'"
+    if not isinstance(value.get("image"), str) or not value["image"]:
+        return "image: required, a non-empty string (the image path)"
+    if not isinstance(value.get("data"), dict):
+        return "data: required, a JSON object of the fields"
+    return None
+
+
+def build_kie_dataset(
+    source: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    per_image: int = 10,
+    max_fields: int = 3,
+    seed: int = 0,
+    full: bool = True,
+    image_root: str | os.PathLike | None = None,
+    force: bool = False,
+    on_error: Callable[[str], None] | None = None,
+) -> KieReport:
+    """Write an ERNIEKit JSONL of KIE samples; bad annotations are reported (``FILE:LINE: ...``)."""
+    out = Path(out)
+    report = KieReport()
+    with atomic_open(out, force=force) as fh:
+        for record in iter_annotations(source):
+            problem = record.error or _annotation_error(record.value)
+            if problem:
+                report.rejected += 1
+                if on_error:
+                    on_error(f"{record.where}: error: {problem}")
+                continue
+            image = record.value["image"]
+            # relative image paths resolve against --image-root, else the annotation file's dir
+            anchor = Path(image_root) / "_" if image_root else record.path
+            url = relocate_image(image, anchor, out)
+            # seeding per image keeps each image's subsets stable when others are added or removed
+            digest = hashlib.sha256(f"{seed}\0{image}".encode()).digest()
+            rng = random.Random(int.from_bytes(digest[:8], "little"))
+            for prompt, target in kie_turns(record.value["data"], subsets=per_image, max_fields=max_fields, rng=rng, full=full):
+                fh.write(render_json(make_sample([url], [(prompt, target)])) + "\n")
+                report.samples += 1
+            report.images += 1
+    return report

@@ -1,0 +1,239 @@
+"""File helpers shared by every stage: streaming record readers and atomic, non-clobbering writes.
+
+Nothing is lost: every output is written to a temporary file beside its target and moved into
+place with ``os.replace`` (atomic on POSIX), and existing outputs are refused without ``force``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from paddle_ocrvl_sft.errors import UserError
+
+_CHUNK = 1 << 16
+
+
+@dataclass(frozen=True)
+class Record:
+    """One top-level JSON value of a dataset file and where it starts (1-based line)."""
+
+    path: Path
+    line: int
+    value: Any = None
+    error: str | None = None  # set instead of ``value`` when the text does not parse
+
+    @property
+    def where(self) -> str:
+        return f"{self.path}:{self.line}"
+
+
+def iter_records(path: str | os.PathLike) -> Iterator[Record]:
+    """Stream the records of a ``.jsonl`` file or a top-level ``.json`` array in constant memory.
+
+    A ``.jsonl`` file is always read line by line; a ``.json`` file is a JSON array when it
+    starts with ``[`` and JSON Lines otherwise. Unparsable JSONL lines and undecodable bytes come back as records with ``error`` set, so a
+    validator can report every bad line instead of stopping at the first (ERNIEKit stops there).
+    A ``.json`` file is streamed element by element; its first syntax error ends the stream.
+    """
+    path = Path(path)
+    if path.suffix.lower() == ".json" and _starts_with_bracket(path):
+        yield from _iter_json_array(path)
+    else:
+        yield from _iter_jsonl(path)
+
+
+def _starts_with_bracket(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            chunk = chunk.lstrip(b"\xef\xbb\xbf \t\r\n")
+            if chunk:
+                return chunk.startswith(b"[")
+    return False
+
+
+def _iter_jsonl(path: Path) -> Iterator[Record]:
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            if lineno == 1:
+                raw = raw.removeprefix(b"\xef\xbb\xbf")
+            if not raw.strip():
+                continue
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                yield Record(path, lineno, error=f"not UTF-8 text ({exc.reason} at byte {exc.start})")
+                continue
+            try:
+                yield Record(path, lineno, json.loads(text))
+            except json.JSONDecodeError as exc:
+                yield Record(path, lineno, error=f"invalid JSON: {exc.msg} (column {exc.colno})")
+            except RecursionError:
+                yield Record(path, lineno, error="invalid JSON: nested too deeply")
+
+
+def _iter_json_array(path: Path) -> Iterator[Record]:
+    """Decode ``[v1, v2, ...]`` one element at a time; the buffer holds about one element."""
+    reader = _ArrayReader(path)
+    try:
+        yield from reader
+    except _ArrayError as exc:
+        yield Record(path, exc.line, error=exc.message)
+
+
+class _ArrayError(Exception):
+    def __init__(self, line: int, message: str):
+        super().__init__(message)
+        self.line, self.message = line, message
+
+
+class _ArrayReader:
+    """``raw_decode`` over a sliding text buffer, tracking line numbers."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.buf, self.pos, self.line, self.eof = "", 0, 1, False
+        self.decoder = json.JSONDecoder()
+
+    def _more(self, fh) -> bool:
+        try:
+            chunk = fh.read(_CHUNK)
+        except UnicodeDecodeError as exc:
+            raise _ArrayError(self.line, f"not UTF-8 text ({exc.reason})") from None
+        self.buf, self.pos = self.buf[self.pos :] + chunk, 0
+        self.eof = not chunk
+        return bool(chunk)
+
+    def _peek(self, fh) -> str:
+        """The next non-blank character ('' at end of file), counting the newlines skipped."""
+        while True:
+            while self.pos < len(self.buf) and self.buf[self.pos] in " \t\r\n\ufeff":
+                self.line += self.buf[self.pos] == "\n"
+                self.pos += 1
+            if self.pos < len(self.buf):
+                return self.buf[self.pos]
+            if not self._more(fh):
+                return ""
+
+    def _value(self, fh) -> Any:
+        # A value is accepted only when something follows it (or at EOF), so a number split
+        # across two reads is never taken for a shorter one.
+        while True:
+            try:
+                value, end = self.decoder.raw_decode(self.buf, self.pos)
+                if end < len(self.buf) or self.eof:
+                    self.line += self.buf.count("\n", self.pos, end)
+                    self.pos = end
+                    return value
+            except json.JSONDecodeError as exc:
+                if self.eof:
+                    line = self.line + self.buf.count("\n", self.pos, exc.pos)
+                    raise _ArrayError(line, f"invalid JSON: {exc.msg}") from None
+            except RecursionError:
+                raise _ArrayError(self.line, "invalid JSON: nested too deeply") from None
+            self._more(fh)
+
+    def __iter__(self) -> Iterator[Record]:
+        with open(self.path, "r", encoding="utf-8", newline="") as fh:
+            if self._peek(fh) != "[":
+                raise _ArrayError(self.line, "a .json dataset must be a JSON array of samples")
+            self.pos += 1
+            if self._peek(fh) == "]":
+                self.pos += 1
+            else:
+                while True:
+                    if not self._peek(fh):
+                        raise _ArrayError(self.line, "unexpected end of file inside the JSON array")
+                    start = self.line
+                    yield Record(self.path, start, self._value(fh))
+                    sep = self._peek(fh)
+                    self.pos += 1
+                    if sep == "]":
+                        break
+                    if sep != ",":
+                        found = repr(sep) if sep else "end of file"
+                        raise _ArrayError(self.line, f"expected ',' or ']' between samples, found {found}")
+            if self._peek(fh):
+                raise _ArrayError(self.line, "unexpected text after the closing ']'")
+
+
+# --- writing -------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "w", *, force: bool = True, encoding: str | None = "utf-8"):
+    """Open a temporary file beside ``path``; on success move it over ``path`` in one step.
+
+    On any exception (Ctrl-C included) the temporary file is removed and ``path`` is untouched.
+    With ``force=False`` an existing ``path`` is refused before anything is written.
+    """
+    path = Path(path)
+    if not force and path.exists():
+        raise UserError(f"{path}: already exists (use --force to overwrite)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with open(fd, mode, encoding=None if "b" in mode else encoding, newline=None if "b" in mode else "\n") as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, *, force: bool = True) -> None:
+    with atomic_open(path, "w", force=force) as fh:
+        fh.write(text)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, force: bool = True) -> None:
+    with atomic_open(path, "wb", force=force) as fh:
+        fh.write(data)
+
+
+def write_json(path: str | os.PathLike, obj: Any, *, force: bool = True) -> None:
+    atomic_write_text(path, json.dumps(obj, ensure_ascii=False, indent=2) + "\n", force=force)
+
+
+def refuse_existing(*paths: str | os.PathLike, force: bool) -> None:
+    """Fail before any work when an output already exists and ``--force`` was not given."""
+    if force:
+        return
+    for p in paths:
+        p = Path(p)
+        if p.exists() and (p.is_file() or any(p.iterdir())):
+            raise UserError(f"{p}: already exists (use --force to overwrite)")
+
+
+@contextlib.contextmanager
+def staged_dir(target: str | os.PathLike, *, force: bool):
+    """Build a directory under a temporary name and swap it into place only when complete.
+
+    An existing ``target`` is refused without ``force``; with ``force`` it is replaced only after
+    the new one is complete, so an interrupted run never leaves a half-written directory.
+    """
+    target = Path(target)
+    refuse_existing(target, force=force)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        yield tmp
+        if target.exists():
+            old = target.with_name(f".{target.name}.old-{os.getpid()}")
+            os.replace(target, old)
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

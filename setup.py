@@ -1,0 +1,39 @@
+from setuptools import find_packages, setup
+
+HF = ["transformers==5.23.0", "torch==2.13.0"]
+INFER = [
+    # CPU build from PyPI; the GPU build is installed from Paddle's own index (docs/install.md).
+    "paddlepaddle==3.3.1",
+    "paddlex==3.7.2",
+    "paddleocr[doc-parser]==3.7.0",
+    "python-docx==1.2.0",  # paddleocr doc_parser --save_path needs it; [doc-parser] does not pull it
+    "safetensors==0.8.0",
+    "opencv-python-headless==5.0.0.93",
+]
+
+setup(
+    name="paddle-ocrvl-sft",
+    version="0.1.0",
+    description="From a folder of domain documents to a fine-tuned PaddleOCR-VL-0.9B (ERNIEKit OCR-VL-SFT)",
+    python_requires=">=3.10",
+    packages=find_packages(include=["paddle_ocrvl_sft", "paddle_ocrvl_sft.*"]),
+    include_package_data=True,
+    package_data={"paddle_ocrvl_sft": ["resources/*", "resources/**/*"]},
+    install_requires=[
+        "numpy>=1.26",
+        "PyYAML>=6.0",
+        "Pillow>=10.0",
+        "imagesize==2.0.1",  # image size from the header, no decode
+        "json_repair==0.64.5",
+        "sentencepiece==0.2.3",
+        "tqdm>=4.66",
+        "matplotlib>=3.8",
+    ],
+    extras_require={
+        "infer": INFER,
+        "hf": HF,
+        "test": ["pytest==9.0.3", "hypothesis==6.155.2", *HF],
+        "all": [*INFER, *HF, "pytest==9.0.3", "hypothesis==6.155.2"],
+    },
+    entry_points={"console_scripts": ["paddle-ocrvl-sft = paddle_ocrvl_sft.cli:main"]},
+)

@@ -1,0 +1,40 @@
+"""Shared test helpers: tiny images and datasets written into tmp_path."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+
+
+def write_image(path: Path, size=(120, 80), color="white", fmt=None) -> Path:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, color).save(path, format=fmt)
+    return path
+
+
+def sample(url="img.png", prompt="OCR:", answer="text", index=0) -> dict:
+    return {
+        "image_info": [{"matched_text_index": index, "image_url": url}],
+        "text_info": [{"text": prompt, "tag": "mask"}, {"text": answer, "tag": "no_mask"}],
+    }
+
+
+def write_jsonl(path: Path, rows) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(row if isinstance(row, str) else json.dumps(row, ensure_ascii=False))
+            fh.write("\n")
+    return path
+
+
+@pytest.fixture
+def dataset_dir(tmp_path: Path) -> Path:
+    """A dir with img.png (120x80) ready for samples that point at it."""
+    write_image(tmp_path / "img.png")
+    return tmp_path

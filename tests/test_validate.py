@@ -1,0 +1,272 @@
+import base64
+import io
+import json
+import string
+
+import pytest
+from conftest import sample, write_image, write_jsonl
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from paddle_ocrvl_sft.cli import main
+from paddle_ocrvl_sft.data.validate import ValidateOptions, rejects_path, validate_and_write_clean, validate_paths
+from paddle_ocrvl_sft.errors import UsageError, UserError
+
+
+def rules_of(report, severity=None):
+    return sorted({p.rule for p in report.problems if severity in (None, p.severity)})
+
+
+def check_one(tmp_path, row, **options):
+    path = write_jsonl(tmp_path / "d.jsonl", [row])
+    return validate_paths([path], ValidateOptions(**options))
+
+
+def png_b64(size=(60, 40)):
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", size).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def test_good_sample_has_no_problem_and_counts_tokens(dataset_dir):
+    report = check_one(dataset_dir, sample())
+    assert report.problems == [] and report.valid == 1 and report.ok
+    # 120x80 is below min_pixels: scaled up to 336x476 -> 12*17 = 204 image tokens, plus text
+    assert 204 < report.max_tokens < 204 + 20
+
+
+BAD = [
+    ("not-object", ["a list"]),
+    ("missing-field", {"text_info": [{"text": "OCR:", "tag": "mask"}, {"text": "a", "tag": "no_mask"}]}),
+    ("bad-type", {"image_info": {"image_url": "img.png"}, "text_info": []}),
+    ("bad-tag", {**sample(), "text_info": [{"text": "OCR:", "tag": "mask"}, {"text": "a", "tag": "answer"}]}),
+    ("first-not-mask", {**sample(), "text_info": [{"text": "a", "tag": "no_mask"}, {"text": "OCR:", "tag": "mask"}, {"text": "b", "tag": "no_mask"}]}),
+    ("no-answer", {**sample(), "text_info": [{"text": "OCR:", "tag": "mask"}]}),
+    ("empty-text", sample(answer="  ")),
+    ("empty-text", sample(prompt="")),
+    ("no-image", {**sample(), "image_info": []}),
+    ("index-out-of-range", sample(index=5)),
+    ("image-on-answer", sample(index=1)),
+    ("bad-type", sample(index="0")),
+    ("missing-image", sample(url="nope/missing.png")),
+    ("data-url", sample(url="data:image/png;base64,AAAA")),
+    ("bad-type", {**sample(), "image_info": [{"matched_text_index": 0, "image_url": 7}]}),
+]
+
+
+@pytest.mark.parametrize("rule,row", BAD, ids=[f"{r}-{i}" for i, (r, _) in enumerate(BAD)])
+def test_each_error_rule_rejects_the_sample(dataset_dir, rule, row):
+    report = check_one(dataset_dir, row)
+    assert rule in rules_of(report, "error")
+    assert report.valid == 0 and report.rejected == 1 and not report.ok
+    problem = next(p for p in report.problems if p.rule == rule)
+    assert str(problem).startswith(f"{dataset_dir / 'd.jsonl'}:1: error: ")
+
+
+def test_field_named_in_message(dataset_dir):
+    report = check_one(dataset_dir, sample(index=5))
+    assert "image_info[0].matched_text_index: 5" in report.problems[0].message
+
+
+def test_invalid_json_line_reported_with_line_number_and_rest_still_checked(dataset_dir):
+    path = write_jsonl(dataset_dir / "d.jsonl", [sample(), "{not json", sample(prompt="Table Recognition:")])
+    report = validate_paths([path])
+    assert [(p.line, p.rule) for p in report.problems] == [(2, "invalid-json")]
+    assert report.valid == 2 and report.rejected == 1
+
+
+def test_non_utf8_line(dataset_dir):
+    path = dataset_dir / "d.jsonl"
+    path.write_bytes(json.dumps(sample()).encode() + b"\n\xff\xfe\xfa\n")
+    report = validate_paths([path])
+    assert [(p.line, p.rule) for p in report.problems] == [(2, "invalid-json")]
+
+
+def test_json_array_file_reports_element_lines(dataset_dir):
+    path = dataset_dir / "d.json"
+    path.write_text("[\n" + json.dumps(sample()) + ",\n" + json.dumps(sample(index=9)) + "\n]\n")
+    report = validate_paths([path])
+    assert [(p.line, p.rule) for p in report.problems] == [(3, "index-out-of-range")]
+
+
+@pytest.mark.parametrize(
+    "rule,row",
+    [
+        ("merged-turns", {**sample(), "text_info": [{"text": "OCR:", "tag": "mask"}, {"text": "a", "tag": "no_mask"}, {"text": "b", "tag": "no_mask"}]}),
+        ("trailing-prompt", {**sample(), "text_info": [{"text": "OCR:", "tag": "mask"}, {"text": "a", "tag": "no_mask"}, {"text": "OCR:", "tag": "mask"}]}),
+        ("remote-image", sample(url="https://example.com/a.png")),
+    ],
+)
+def test_warning_rules_keep_the_sample(dataset_dir, rule, row):
+    report = check_one(dataset_dir, row)
+    assert rules_of(report) == [rule] and report.valid == 1 and report.ok
+
+
+def test_remote_image_counted_at_the_max_pixels_bound(dataset_dir):
+    report = check_one(dataset_dir, sample(url="http://host/x.png"))
+    assert report.max_tokens > 2822400 // 784
+
+
+def test_base64_image_is_measured_and_flagged(dataset_dir):
+    report = check_one(dataset_dir, sample(url=png_b64()))
+    assert rules_of(report) == ["base64-image"] and report.valid == 1
+
+
+def test_absolute_and_escaping_paths_warn(tmp_path):
+    img = write_image(tmp_path / "shared" / "a.png")
+    data = tmp_path / "sets" / "d.jsonl"
+    write_jsonl(data, [sample(url=str(img)), sample(url="../shared/a.png", answer="b")])
+    report = validate_paths([data])
+    assert [(p.line, p.rule) for p in report.problems] == [(1, "absolute-path"), (2, "path-escapes")]
+    assert report.valid == 2
+
+
+def test_relative_paths_resolve_against_the_dataset_dir_not_cwd(tmp_path, monkeypatch):
+    write_image(tmp_path / "data" / "imgs" / "a.png")
+    data = write_jsonl(tmp_path / "data" / "d.jsonl", [sample(url="imgs/a.png")])
+    monkeypatch.chdir(tmp_path)
+    assert validate_paths([data]).ok
+
+
+def test_not_an_image_and_truncated_header(dataset_dir):
+    (dataset_dir / "text.png").write_text("hello")
+    (dataset_dir / "trunc.png").write_bytes((dataset_dir / "img.png").read_bytes()[:12])
+    report = validate_paths([write_jsonl(dataset_dir / "d.jsonl", [sample(url="text.png"), sample(url="trunc.png", answer="x")])])
+    assert [(p.line, p.rule) for p in report.problems] == [(1, "not-image"), (2, "not-image")]
+
+
+def test_corrupt_image_needs_decode(dataset_dir):
+    good = (dataset_dir / "img.png").read_bytes()
+    (dataset_dir / "corrupt.png").write_bytes(good[:40] + b"\0" * 30)  # header intact, data broken
+    path = write_jsonl(dataset_dir / "d.jsonl", [sample(url="corrupt.png")])
+    assert validate_paths([path]).ok  # the header alone looks fine
+    report = validate_paths([path], ValidateOptions(decode=True))
+    assert rules_of(report) == ["corrupt-image"]
+
+
+def test_aspect_ratio_limit_is_200(dataset_dir):
+    write_image(dataset_dir / "ok.png", (28, 28 * 200))
+    write_image(dataset_dir / "tall.png", (28, 28 * 200 + 28))
+    report = validate_paths([write_jsonl(dataset_dir / "d.jsonl", [sample(url="ok.png"), sample(url="tall.png")])])
+    assert [(p.line, p.rule) for p in report.problems] == [(2, "aspect-ratio")]
+
+
+def test_too_long_uses_max_seq_len_and_says_estimate(dataset_dir):
+    row = sample(answer="word " * 400)
+    assert check_one(dataset_dir, row, max_seq_len=None).ok
+    report = check_one(dataset_dir, row, max_seq_len=300)
+    assert rules_of(report) == ["too-long"] and "estimated" in report.problems[0].message
+
+
+def test_duplicates_point_at_the_first_occurrence(dataset_dir):
+    rows = [sample(), sample(prompt='OCR:{"a": ""}'), sample(answer="other answer"), sample()]
+    report = validate_paths([write_jsonl(dataset_dir / "d.jsonl", rows)])
+    dups = [p for p in report.problems if p.rule == "duplicate"]
+    assert [(p.line, p.severity) for p in dups] == [(3, "warning"), (4, "warning")]
+    assert all(p.message.endswith("d.jsonl:1") for p in dups)
+    assert report.valid == 4
+
+
+def test_pixel_bounds_change_image_tokens(dataset_dir):
+    path = write_jsonl(dataset_dir / "d.jsonl", [sample()])
+    from paddle_ocrvl_sft.tokens import PixelBounds
+
+    small = validate_paths([path], ValidateOptions(bounds=PixelBounds(28 * 28, 28 * 28 * 4))).max_tokens
+    default = validate_paths([path]).max_tokens
+    # 120x80: 204 image tokens with the released bounds, 1x2 = 2 with max_pixels of 4 tokens
+    assert default - small == 204 - 2
+
+
+def test_missing_input_is_a_usage_error(tmp_path):
+    with pytest.raises(UsageError):
+        validate_paths([tmp_path / "nope.jsonl"])
+    (tmp_path / "x.txt").write_text("")
+    with pytest.raises(UsageError):
+        validate_paths([tmp_path / "x.txt"])
+
+
+def test_write_clean_splits_rows_and_keeps_input(tmp_path):
+    write_image(tmp_path / "src" / "img.png")
+    src = write_jsonl(tmp_path / "src" / "d.jsonl", [sample(), sample(index=4), "{bad", sample(answer="b")])
+    before = src.read_bytes()
+    out = tmp_path / "clean" / "train.jsonl"
+    report = validate_and_write_clean([src], out)
+    assert src.read_bytes() == before
+    good = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [g["text_info"][1]["text"] for g in good] == ["text", "b"]
+    assert good[0]["image_info"][0]["image_url"] == "../src/img.png"  # still resolves from out's dir
+    assert validate_paths([out]).ok
+    rejects = [json.loads(line) for line in rejects_path(out).read_text().splitlines()]
+    assert [r["source"].rsplit(":", 1)[1] for r in rejects] == ["2", "3"]
+    assert "index-out-of-range" in rejects[0]["errors"][0]
+    assert report.valid == 2 and report.rejected == 2
+    with pytest.raises(UserError, match="already exists"):
+        validate_and_write_clean([src], out)
+    with pytest.raises(UsageError, match="must not overwrite an input"):
+        validate_and_write_clean([src], src, force=True)
+
+
+def test_cli_exit_codes_and_output(dataset_dir, capsys):
+    good = write_jsonl(dataset_dir / "good.jsonl", [sample()])
+    bad = write_jsonl(dataset_dir / "bad.jsonl", [sample(index=3)])
+    assert main(["data", "validate", str(good)]) == 0
+    assert main(["data", "validate", str(bad)]) == 1
+    out = capsys.readouterr().out
+    assert f"{bad}:1: error: " in out and "1 rejected" in out
+    assert main(["data", "validate", str(dataset_dir / "missing.jsonl")]) == 2
+    assert "no such file" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["data", "validate"])
+    assert exc.value.code == 2
+
+
+def test_cli_json_report_is_valid_json(dataset_dir, capsys):
+    bad = write_jsonl(dataset_dir / "bad.jsonl", [sample(index=3), sample(), sample()])
+    assert main(["data", "validate", "--json", str(bad)]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert [p["rule"] for p in doc["problems"]] == ["index-out-of-range", "duplicate"]
+    assert doc["summary"]["valid"] == 2 and doc["summary"]["rejected"] == 1
+
+
+# --- robustness: arbitrary input never crashes validate -------------------------------------------
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(
+        st.sampled_from(["image_info", "text_info", "text", "tag", "image_url", "matched_text_index", "x"]),
+        children, max_size=5),
+    max_leaves=25,
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(json_values, min_size=1, max_size=5))
+def test_arbitrary_json_lines_give_a_clean_report(dataset_dir, rows):
+    path = write_jsonl(dataset_dir / "fuzz.jsonl", [json.dumps(r) for r in rows])
+    report = validate_paths([path])
+    assert report.samples == len(rows)
+    assert report.valid + report.rejected == report.samples
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.binary(max_size=300), suffix=st.sampled_from([".jsonl", ".json"]))
+def test_arbitrary_bytes_give_a_clean_report(tmp_path, data, suffix):
+    path = tmp_path / f"fuzz{suffix}"
+    path.write_bytes(data)
+    report = validate_paths([path])
+    assert report.valid + report.rejected == report.samples
+    assert all(str(p).startswith(f"{path}:") for p in report.problems)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    url=st.text(alphabet=string.ascii_letters + string.digits + "/.:+=_-", max_size=40),
+    index=st.one_of(st.integers(-3, 3), st.text(max_size=2), st.none()),
+)
+def test_arbitrary_image_fields_give_a_clean_report(dataset_dir, url, index):
+    row = sample(url=url)
+    row["image_info"][0]["matched_text_index"] = index
+    report = check_one(dataset_dir, row)
+    assert report.samples == 1
