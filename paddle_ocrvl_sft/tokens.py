@@ -99,7 +99,7 @@ def estimate_text_tokens(text: str) -> int:
     scripts (CJK, Bengali, ...) are counted one token per character, which over-counts common
     CJK words but keeps ``max_seq_len`` checks on the safe side.
     """
-    ascii_chars = sum(1 for ch in text if ch < "\x80")
+    ascii_chars = len(text) if text.isascii() else len(text.encode("ascii", "ignore"))
     return math.ceil(ascii_chars / 4) + (len(text) - ascii_chars)
 
 

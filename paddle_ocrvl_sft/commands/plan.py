@@ -1,0 +1,113 @@
+"""``plan``: datasets + GPUs -> PLAN_DIR/config.yaml (ERNIEKit) and PLAN_DIR/plan.json (the why)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+EPILOG = """\
+examples:
+  paddle-ocrvl-sft plan --data train.jsonl --eval val.jsonl --model PaddleOCR-VL --epochs 2 --gpus 1 -o runs/ocr
+  paddle-ocrvl-sft plan --data a.jsonl --data b.jsonl --prob 0.7 --prob 0.3 --model M --epochs 2 \\
+      --gpus 8 --scale scale-lr -o runs/mix save_steps=100
+  paddle-ocrvl-sft plan --preset kie_16k --data kie.jsonl --model M --epochs 3 --gpus 4 --nodes 2 \\
+      --master-addr 10.0.0.1 -o runs/kie
+
+max_steps = ceil(D*E/(G*B*A)), warmup = max(1, ceil(1% of max_steps)) (ERNIEKit SFT guide §4);
+--packing-size/--grad-accum/--lr are the values for the preset's base GPU count (--base-gpus) and
+--scale adapts them to G = gpus x nodes (guide §5). Details: docs/plan.md.
+"""
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "plan",
+        help="compute max_steps/warmup/lr for your data and GPUs and write a checked ERNIEKit config",
+        description="Write PLAN_DIR/config.yaml (ERNIEKit OCR-VL-SFT) and PLAN_DIR/plan.json "
+        "(every number with its formula and inputs, and the launch env for `train`).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--data", action="append", required=True, metavar="TRAIN.jsonl",
+                   help="training file; repeat for several (mixed by --prob)")
+    p.add_argument("--prob", action="append", type=float, metavar="W",
+                   help="weight of each --data file, in order (ERNIEKit's train_dataset_prob; default equal)")
+    p.add_argument("--eval", action="append", default=[], metavar="VAL.jsonl", help="validation file (recorded; the stage does not evaluate)")
+    p.add_argument("--model", required=True, metavar="BASE_DIR", help="local base model dir with preprocessor_config.json")
+    p.add_argument("--epochs", required=True, type=float, metavar="E", help="epochs over D (> 0; may be fractional)")
+    p.add_argument("--gpus", required=True, type=int, metavar="G", help="GPUs per node")
+    p.add_argument("--nodes", type=int, default=1, metavar="N", help="nodes (default 1); G = gpus x nodes")
+    p.add_argument("--packing-size", type=int, metavar="B", help="samples per packed sequence at the base GPU count (preset: 8)")
+    p.add_argument("--grad-accum", type=int, metavar="A", help="gradient accumulation at the base GPU count (preset: 8)")
+    p.add_argument("--lr", type=float, metavar="LR", help="learning rate at the base GPU count (preset: 5.0e-06)")
+    p.add_argument("--preset", default="ocr_16k", metavar="NAME", help="ocr_16k (default), kie_16k, ocr_16k_8gpu, or a .yaml path")
+    p.add_argument("--base-gpus", type=int, metavar="G0", help="GPU count the batch values are for (default: the preset's, 1 for a .yaml path)")
+    p.add_argument("--scale", choices=("keep-samples", "scale-lr"), help="how to go from G0 to G GPUs (default keep-samples)")
+    p.add_argument("--max-seq-len", type=int, metavar="N", help="default: the preset's (16384); must be >= the longest sample")
+    p.add_argument("--allow-drop", action="store_true", help="accept a max_seq_len that makes ERNIEKit drop the longer samples")
+    p.add_argument("--min-pixels", type=int, metavar="PX", help="image lower pixel bound (default: the model's preprocessor_config.json)")
+    p.add_argument("--max-pixels", type=int, metavar="PX", help="image upper pixel bound (default: the model's preprocessor_config.json)")
+    p.add_argument("--output-dir", metavar="DIR", help="ERNIEKit output_dir (default PLAN_DIR/output)")
+    p.add_argument("--master-addr", metavar="HOST", help="node 0's address (required with --nodes > 1)")
+    p.add_argument("--master-port", type=int, metavar="PORT", help="default: a stable port derived from PLAN_DIR")
+    p.add_argument("--cuda-visible-devices", default=os.environ.get("CUDA_VISIBLE_DEVICES"), metavar="IDS",
+                   help="cards per node, e.g. 0,1,2,3 (default: $CUDA_VISIBLE_DEVICES, else 0..G-1); must list --gpus cards")
+    p.add_argument("-o", "--out", required=True, metavar="PLAN_DIR")
+    p.add_argument("--force", action="store_true", help="replace an existing PLAN_DIR that holds only a previous plan")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="ERNIEKit keys, typed and checked like `erniekit train` overrides")
+    p.set_defaults(func=run_plan)
+
+
+def run_plan(args) -> int:
+    from pathlib import Path
+
+    from paddle_ocrvl_sft import erniekit_schema, plan
+    from paddle_ocrvl_sft.io import refuse_existing
+
+    overrides = erniekit_schema.parse_overrides(args.overrides)  # fail fast, before reading data
+    refuse_existing(args.out, force=args.force)
+    bounds = plan.model_bounds(args.model, args.min_pixels, args.max_pixels)
+    tokenizer_dir = args.model if (Path(args.model) / "tokenizer.model").is_file() else None
+    train = plan.dataset_stats(args.data, bounds, tokenizer_dir)
+    eval_sets = plan.dataset_stats(args.eval, bounds, tokenizer_dir) if args.eval else []
+    result = plan.make_plan(
+        train=train, eval_sets=eval_sets, model_dir=args.model, epochs=args.epochs, gpus=args.gpus, nodes=args.nodes,
+        probs=args.prob, preset=args.preset, base_gpus=args.base_gpus, scale=args.scale,
+        packing_size=args.packing_size, grad_accum=args.grad_accum, learning_rate=args.lr,
+        max_seq_len=args.max_seq_len, allow_drop=args.allow_drop, min_pixels=args.min_pixels, max_pixels=args.max_pixels,
+        output_dir=args.output_dir, plan_dir=args.out, master_addr=args.master_addr, master_port=args.master_port,
+        cuda_visible_devices=args.cuda_visible_devices, overrides=overrides,
+    )
+    out = plan.write_plan(result, args.out, force=args.force)
+    print(summary(result.record, out))
+    return 0
+
+
+def summary(record: dict, out) -> str:
+    """A readable table of the plan's numbers, estimates, warnings and the launch command."""
+    numbers = record["numbers"]
+    rows = [(name, _fmt(n["value"]), n["formula"]) for name, n in numbers.items()]
+    est = record["estimates"]
+    rows += [
+        ("GPU memory / GPU (ESTIMATE)", f"{est['gpu_memory_gb_per_gpu']['value']} GB", "docs/plan.md#estimates"),
+        ("time / step (ESTIMATE)", f"{est['seconds_per_step']['value']} s", "A800/A100-class GPU"),
+        ("total time (ESTIMATE)", f"{est['total_hours']['value']} h", "max_steps x time/step"),
+    ]
+    w1 = max(len(r[0]) for r in rows)
+    w2 = max(len(r[1]) for r in rows)
+    lines = [f"plan written to {out}/ (config.yaml, plan.json)", ""]
+    lines += [f"  {a:<{w1}}  {b:>{w2}}  {c}" for a, b, c in rows]
+    datasets = record["datasets"]["train"]
+    lines += ["", "  train data: " + "; ".join(f"{d['path']}: {d['kept']} kept of {d['samples']} (p={d['prob']:g})" for d in datasets)]
+    for w in record["warnings"]:
+        lines.append(f"warning: {w}")
+    launch = record["train"]
+    env = " ".join(f"{k}={v}" for k, v in launch["env"].items())
+    lines += ["", f"launch ({launch['nodes']} node(s), same on each): {env} {' '.join(launch['command'])}"]
+    return "\n".join(lines)
+
+
+def _fmt(value) -> str:
+    from paddle_ocrvl_sft.erniekit_schema import format_float
+
+    return format_float(value) if isinstance(value, float) else str(value)

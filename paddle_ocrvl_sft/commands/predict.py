@@ -1,0 +1,49 @@
+"""``predict IMAGES|DIR|JSONL --model DIR``: run a model with any prompt, KIE answers parsed to JSON."""
+
+from __future__ import annotations
+
+import sys
+
+DESCRIPTION = (
+    "Run PaddleOCR-VL on images, folders of images or ERNIEKit .jsonl datasets (each line gives its image "
+    "and its own prompt). Backend paddle calls PaddleX's VL-rec predictor directly, so custom KIE prompts "
+    "work without any patch; backend genai-server talks to an OpenAI-compatible server. Writes one JSON "
+    "line per image: image, prompt, text (raw) and, for KIE prompts, fields (parsed with json_repair)."
+)
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("predict", help="run a (fine-tuned) model on images with any prompt", description=DESCRIPTION)
+    p.add_argument("inputs", nargs="+", metavar="IMAGES|DIR|JSONL")
+    p.add_argument("--model", metavar="DIR", help="exported model dir (backend paddle)")
+    p.add_argument("--prompt", metavar="ocr|table|formula|chart|TEXT",
+                   help="a built-in task name or the exact prompt text (default: OCR:, or each JSONL line's own)")
+    p.add_argument("--fields", metavar="a,b", help='KIE: ask for these fields, i.e. OCR:{"a": "", "b": ""}')
+    p.add_argument("--query", metavar="JSON", help="KIE: ask with this JSON object (rendered as in training)")
+    p.add_argument("--backend", choices=("paddle", "genai-server"), default="paddle")
+    p.add_argument("--server-url", metavar="URL", help="genai-server: e.g. http://127.0.0.1:8118/v1")
+    p.add_argument("--server-model", metavar="NAME", help="genai-server: model name (default: first of GET /models)")
+    p.add_argument("--timeout", type=float, default=600.0, help="genai-server: seconds per request (default 600)")
+    p.add_argument("--model-name", help="PaddleX model name (default: from DIR/inference.yml)")
+    p.add_argument("--device", help="paddle: e.g. cpu, gpu:0 (default: PaddleX's choice)")
+    p.add_argument("--max-new-tokens", type=int, metavar="N", help="cap on generated tokens (default: the backend's)")
+    p.add_argument("-o", "--out", metavar="OUT.jsonl", help="write JSONL here (atomically); default: stdout")
+    p.add_argument("--force", action="store_true", help="overwrite OUT")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from paddle_ocrvl_sft import predict as P
+    from paddle_ocrvl_sft.io import refuse_existing
+
+    if args.out:
+        refuse_existing(args.out, force=args.force)
+    jobs = P.collect_jobs(args.inputs, P.resolve_prompt(args.prompt, args.fields, args.query))
+    backend = P.make_backend(args.backend, model_dir=args.model, server_url=args.server_url,
+                             server_model=args.server_model, model_name=args.model_name, device=args.device,
+                             max_new_tokens=args.max_new_tokens, timeout=args.timeout)
+    count = P.write_records(P.run(jobs, backend, progress=not args.no_progress), args.out, force=args.force)
+    if args.out:
+        print(f"wrote {count} predictions to {args.out}", file=sys.stderr)
+    return 0

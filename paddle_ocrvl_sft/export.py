@@ -1,0 +1,485 @@
+"""Turn an ERNIEKit ``OCR-VL-SFT`` output dir into a bundle that PaddleX/PaddleOCR or transformers loads.
+
+Why (shared/reference/FACTS.md "Output dir after training", "PaddleX / PaddleOCR inference",
+"transformers"): the run dir has no ``chat_template.jinja``, no ``inference.yml`` and no file named
+``model.safetensors`` (PaddleX >= 3.5: "No Paddle model files were found"); its
+``model.safetensors.index.json`` goes stale as soon as the shard is renamed (FileNotFoundError); and
+transformers needs the base model's HF files with only the weights replaced.
+
+* ``paddle`` format: the run's config/preprocessor/tokenizer files (what it was trained with), the
+  missing inference files from the base model, and one ``model.safetensors`` (a hard link to the
+  single shard, or the shards merged byte for byte), with no index.
+* ``hf`` format: the base model's files + the fine-tuned ``model.safetensors``; ``config.json`` gets
+  ``tie_word_embeddings: false`` at both levels (transformers 5 otherwise ties the flat released
+  config and silently drops the fine-tuned ``lm_head``) and ``tokenizer_config.json`` gets the
+  ``image_token`` its processor needs.
+
+RUN_DIR and BASE_DIR are only read. The bundle is built under a temporary name, verified by
+loading it, and only then moved to OUT (``io.staged_dir``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from paddle_ocrvl_sft.errors import UserError
+from paddle_ocrvl_sft.io import staged_dir
+
+DEFAULT_MODEL_NAME = "PaddleOCR-VL-0.9B"
+FORMATS = ("paddle", "hf")
+WEIGHTS = "model.safetensors"
+INDEX = "model.safetensors.index.json"
+IMAGE_TOKEN = "<|IMAGE_PLACEHOLDER|>"
+VIDEO_TOKEN = "<|video_pad|>"
+TOKENIZER_FILES = ("tokenizer.model", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
+# paddle bundle: a --vl_rec_model_dir needs these (FACTS "Custom VL-rec model dir minimum" + tokenizer).
+PADDLE_RUN_FILES = ("config.json", "generation_config.json", "preprocessor_config.json", *TOKENIZER_FILES)
+PADDLE_BASE_FILES = ("chat_template.jinja", "processor_config.json")
+REQUIRED = ("config.json", "preprocessor_config.json", "tokenizer.model", "tokenizer_config.json")
+HF_BASE_FILES = ("generation_config.json", "preprocessor_config.json", "processor_config.json",
+                 "chat_template.jinja", *TOKENIZER_FILES)
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+
+
+# --- safetensors container (header + raw bytes; no framework needed, bf16 included) ------------
+
+
+def read_header(path: str | os.PathLike) -> dict:
+    """The JSON header of a safetensors file: ``{name: {dtype, shape, data_offsets}, "__metadata__"?}``."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            (size,) = struct.unpack("<Q", fh.read(8))
+            if size > 100 * 2**20:
+                raise ValueError("header larger than 100 MiB")
+            return json.loads(fh.read(size))
+    except (OSError, ValueError, struct.error) as exc:
+        raise UserError(f"{path}: not a readable safetensors file ({exc})") from None
+
+
+def tensor_specs(header: dict) -> dict[str, tuple[str, tuple[int, ...]]]:
+    return {k: (v["dtype"], tuple(v["shape"])) for k, v in header.items() if k != "__metadata__"}
+
+
+def write_safetensors(path: str | os.PathLike, tensors: dict, metadata: dict | None = None) -> None:
+    """Write ``{name: (dtype_code, shape, raw_bytes)}`` in the safetensors layout (names sorted)."""
+    header, offset = {}, 0
+    for name in sorted(tensors):
+        dtype, shape, data = tensors[name]
+        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + len(data)]}
+        offset += len(data)
+    blob = _header_bytes(header, metadata)
+    with open(path, "wb") as fh:
+        fh.write(blob)
+        for name in sorted(tensors):
+            fh.write(tensors[name][2])
+
+
+def merge_safetensors(shards: list[Path], out: Path) -> None:
+    """Stream several shards into one file, copying each tensor's bytes unchanged."""
+    entries = []  # (name, shard, begin, end, dtype, shape)
+    metadata = None
+    for shard in shards:
+        header = read_header(shard)
+        metadata = metadata or header.get("__metadata__")
+        start = 8 + _stored_header_size(shard)
+        for name, (dtype, shape) in tensor_specs(header).items():
+            begin, end = header[name]["data_offsets"]
+            entries.append((name, shard, start + begin, start + end, dtype, shape))
+    entries.sort()
+    header, offset = {}, 0
+    for name, _, begin, end, dtype, shape in entries:
+        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + end - begin]}
+        offset += end - begin
+    with open(out, "wb") as dst:
+        dst.write(_header_bytes(header, metadata))
+        handles: dict[Path, object] = {}
+        try:
+            for name, shard, begin, end, *_ in entries:
+                src = handles.setdefault(shard, open(shard, "rb"))
+                src.seek(begin)
+                _copy_range(src, dst, end - begin)
+        finally:
+            for fh in handles.values():
+                fh.close()
+
+
+def _header_bytes(header: dict, metadata: dict | None) -> bytes:
+    if metadata:
+        header = {"__metadata__": metadata, **header}
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # the spec pads the header so tensor data starts 8-byte aligned
+    return struct.pack("<Q", len(raw)) + raw
+
+
+def _stored_header_size(path: Path) -> int:
+    with open(path, "rb") as fh:
+        return struct.unpack("<Q", fh.read(8))[0]
+
+
+def _copy_range(src, dst, length: int, chunk: int = 1 << 24) -> None:
+    while length > 0:
+        data = src.read(min(chunk, length))
+        if not data:
+            raise UserError(f"{src.name}: truncated safetensors file")
+        dst.write(data)
+        length -= len(data)
+
+
+# --- finding the fine-tuned weights -------------------------------------------------------------
+
+
+@dataclass
+class Weights:
+    """The safetensors file(s) holding one model and what was found beside them."""
+
+    files: list[Path]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def specs(self) -> dict[str, tuple[str, tuple[int, ...]]]:
+        specs = {}
+        for path in self.files:
+            specs.update(tensor_specs(read_header(path)))
+        return specs
+
+
+def find_weights(src: Path) -> Weights:
+    """The weights of a run/checkpoint dir: the index's shards if all exist, else ``model.safetensors``.
+
+    A stale index (shards missing, e.g. after renaming the shard to model.safetensors, PaddleX
+    #5012) is ignored when ``model.safetensors`` is there; otherwise it is an error naming the
+    missing shard.
+    """
+    index = src / INDEX
+    single = src / WEIGHTS
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            shards = sorted({src / name for name in weight_map.values()})
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise UserError(f"{index}: not a safetensors index (needs a 'weight_map' object: {exc})") from None
+        missing = [p.name for p in shards if not p.is_file()]
+        if not missing:
+            return Weights(shards)
+        if single.is_file():
+            return Weights([single], [f"ignored stale {INDEX} (lists missing {', '.join(missing)})"])
+        raise UserError(f"{index}: lists {', '.join(missing)}, not found in {src}")
+    if single.is_file():
+        return Weights([single])
+    shards = sorted(src.glob("model-*-of-*.safetensors"))
+    if shards:
+        return Weights(shards, [f"no {INDEX}: using {', '.join(p.name for p in shards)}"])
+    raise UserError(f"{src}: no model weights (expected {INDEX} + shards or {WEIGHTS})")
+
+
+def check_same_architecture(weights: Weights, base: Weights, src: Path, base_dir: Path) -> None:
+    """The fine-tuned tensors must be the base model's, name for name and shape for shape."""
+    mine, theirs = weights.specs, base.specs
+    if not any(k.startswith("visual.") for k in mine) or "lm_head.weight" not in mine:
+        first = ", ".join(sorted(mine)[:3])
+        raise UserError(f"{src}: weights are not in the original PaddleOCR-VL naming (visual.*, mlp_AR.*, "
+                        f"model.*, lm_head.weight; found {first}, ...): train with save_to_hf left on")
+    missing, extra = sorted(theirs.keys() - mine.keys()), sorted(mine.keys() - theirs.keys())
+    shapes = sorted(k for k in mine.keys() & theirs.keys() if mine[k][1] != theirs[k][1])
+    problems = [f"{label}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+                for label, keys in (("missing", missing), ("unexpected", extra), ("shape differs", shapes)) if keys]
+    if problems:
+        raise UserError(f"{src}: weights do not match --base {base_dir} ({'; '.join(problems)}); "
+                        "pass the base model the run was fine-tuned from")
+
+
+# --- sources ------------------------------------------------------------------------------------
+
+
+def list_checkpoints(run_dir: Path) -> dict[int, Path]:
+    return {int(m.group(1)): p for p in run_dir.iterdir() if p.is_dir() and (m := CHECKPOINT_RE.match(p.name))}
+
+
+def select_sources(run_dir: Path, checkpoint: str | None) -> list[tuple[Path, str]]:
+    """(source dir, sub-path in OUT) pairs: the run's final weights, one checkpoint, or all of them."""
+    if checkpoint is None:
+        return [(run_dir, "")]
+    found = list_checkpoints(run_dir)
+    if not found:
+        raise UserError(f"{run_dir}: no checkpoint-N dirs (drop --checkpoint to export the final weights)")
+    if checkpoint == "all":
+        return [(found[n], f"checkpoint-{n}") for n in sorted(found)]
+    if checkpoint == "last":
+        return [(found[max(found)], "")]
+    if not checkpoint.isdigit() or int(checkpoint) not in found:
+        have = ", ".join(str(n) for n in sorted(found))
+        raise UserError(f"--checkpoint {checkpoint}: not found in {run_dir} (have: {have}, last, all)")
+    return [(found[int(checkpoint)], "")]
+
+
+def default_out(run_dir: Path, checkpoint: str | None, fmt: str) -> Path:
+    """``<run>-export-<fmt>`` (or ``<run>-checkpoint-N-export-<fmt>``) beside the run dir."""
+    tag = "" if checkpoint in (None, "all") else f"-checkpoint-{checkpoint}"
+    return run_dir.parent / f"{run_dir.name}{tag}-export-{fmt}"
+
+
+# --- assembling ---------------------------------------------------------------------------------
+
+
+@dataclass
+class ExportReport:
+    out: Path
+    fmt: str
+    changes: list[str] = field(default_factory=list)  # one line per file added/derived
+    verified: list[str] = field(default_factory=list)
+
+
+def export(run_dir: str | os.PathLike, base_dir: str | os.PathLike, out: str | os.PathLike | None = None, *,
+           checkpoint: str | None = None, fmt: str = "paddle", model_name: str = DEFAULT_MODEL_NAME,
+           force: bool = False, verify: bool = True, log: Callable[[str], None] = lambda line: None) -> ExportReport:
+    """Build the ``fmt`` bundle of RUN_DIR (or its checkpoint(s)) in OUT; return what was done."""
+    run_dir, base_dir = Path(run_dir).resolve(), Path(base_dir).resolve()
+    if fmt not in FORMATS:
+        raise UserError(f"--format {fmt}: must be one of {', '.join(FORMATS)}")
+    for label, d in (("RUN_DIR", run_dir), ("--base", base_dir)):
+        if not d.is_dir():
+            raise UserError(f"{label} {d}: not a directory")
+    out = Path(out).resolve() if out else default_out(run_dir, checkpoint, fmt)
+    for label, d in (("RUN_DIR", run_dir), ("--base", base_dir)):
+        if out == d or d in out.parents:
+            raise UserError(f"-o {out}: inside {label} {d}, which export never modifies; choose another OUT")
+    base_weights = find_weights(base_dir)
+    sources = select_sources(run_dir, checkpoint)
+    plans = []
+    for src, sub in sources:
+        weights = find_weights(src)
+        check_same_architecture(weights, base_weights, src, base_dir)
+        plans.append((src, sub, weights))
+
+    report = ExportReport(out, fmt)
+    with staged_dir(out, force=force) as stage:
+        umask = os.umask(0)
+        os.umask(umask)
+        stage.chmod(0o777 & ~umask)  # mkdtemp makes it 0700; a bundle is meant to be shared/served
+        for src, sub, weights in plans:
+            dest = stage / sub
+            dest.mkdir(parents=True, exist_ok=True)
+            prefix = f"{sub}/" if sub else ""
+            build = _build_paddle if fmt == "paddle" else _build_hf
+            lines = build(src, run_dir, base_dir, weights, dest, model_name)
+            report.changes += [prefix + line for line in lines]
+            for line in lines:
+                log(prefix + line)
+            if verify:
+                result = (verify_paddle(dest, model_name) if fmt == "paddle" else verify_hf(dest, weights.files))
+                report.verified.append(prefix + result)
+                log(f"{prefix}verified: {result}")
+    return report
+
+
+def _write_json(path: Path, obj) -> None:
+    # Plain writes: the whole bundle is staged and swapped in at once (io.staged_dir).
+    path.write_text(json.dumps(obj, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+
+
+def _pick(name: str, dirs: list[Path]) -> Path | None:
+    return next((d / name for d in dirs if (d / name).is_file()), None)
+
+
+def _describe(path: Path, roots: dict[Path, str]) -> str:
+    for root, label in roots.items():
+        if path.parent == root or root in path.parents:
+            return f"{label}/{path.relative_to(root)}"
+    return str(path)
+
+
+def _build_paddle(src: Path, run_dir: Path, base_dir: Path, weights: Weights, dest: Path, model_name: str) -> list[str]:
+    roots = {base_dir: "BASE", run_dir: "RUN"}
+    lines = list(weights.notes)
+    for name in PADDLE_RUN_FILES + PADDLE_BASE_FILES:
+        order = [base_dir] if name in PADDLE_BASE_FILES else [src, run_dir, base_dir]
+        found = _pick(name, order)
+        if found is None:
+            if name in REQUIRED or name == "chat_template.jinja":
+                raise UserError(f"{name}: not in {' or '.join(str(d) for d in dict.fromkeys(order))}")
+            continue
+        shutil.copy2(found, dest / name)
+        if found.parent == base_dir and not (src / name).is_file():
+            lines.append(f"added {name} (from {_describe(found, roots)})")
+    lines.append(_write_inference_yml(base_dir, dest, model_name))
+    lines.append(_place_weights(weights, dest / WEIGHTS, roots))
+    if (src / INDEX).is_file():
+        lines.append(f"left out {INDEX} ({WEIGHTS} is a single complete file)")
+    return lines
+
+
+def _write_inference_yml(base_dir: Path, dest: Path, model_name: str) -> str:
+    """``Global: model_name`` must match ``--vl_rec_model_name`` (FACTS, PaddleX inference)."""
+    text = f"Global:\n  model_name: {model_name}\n"
+    (dest / "inference.yml").write_text(text, encoding="utf-8")
+    base = base_dir / "inference.yml"
+    if base.is_file() and yml_model_name(base.read_text(encoding="utf-8")) == model_name:
+        return f"added inference.yml (model_name: {model_name}, as in BASE/inference.yml)"
+    return f"added inference.yml (model_name: {model_name})"
+
+
+def yml_model_name(text: str) -> str | None:
+    m = re.search(r"^\s*model_name:\s*['\"]?([^'\"\s#]+)", text, re.M)
+    return m.group(1) if m else None
+
+
+def _place_weights(weights: Weights, target: Path, roots: dict[Path, str]) -> str:
+    """One shard: hard link (copy across file systems); several: merged. The source is never moved."""
+    if len(weights.files) == 1:
+        (source,) = weights.files
+        try:
+            os.link(source, target)
+            how = "hard link to"
+        except OSError:
+            shutil.copyfile(source, target)
+            how = "copy of"
+        return f"added {WEIGHTS} ({how} {_describe(source, roots)})"
+    merge_safetensors(weights.files, target)
+    return f"added {WEIGHTS} (merged {len(weights.files)} shards of {_describe(weights.files[0].parent, roots)})"
+
+
+def _build_hf(src: Path, run_dir: Path, base_dir: Path, weights: Weights, dest: Path, model_name: str) -> list[str]:
+    roots = {base_dir: "BASE", run_dir: "RUN"}
+    lines = list(weights.notes)
+    for name in HF_BASE_FILES:
+        if (base_dir / name).is_file():
+            shutil.copy2(base_dir / name, dest / name)
+            lines.append(f"copied {name} from BASE")
+        elif name in REQUIRED or name == "chat_template.jinja":
+            raise UserError(f"{base_dir / name}: not found (--format hf takes the base model's HF files)")
+    remote_code = sorted(base_dir.glob("*.py"))
+    for path in remote_code:
+        shutil.copy2(path, dest / path.name)
+    if remote_code:
+        lines.append(f"copied {len(remote_code)} remote-code .py files from BASE")
+    lines.append(_write_hf_config(base_dir, dest, bool(remote_code)))
+    lines.append(_add_image_token(dest / "tokenizer_config.json"))
+    lines.append(_write_inference_yml(base_dir, dest, model_name))
+    lines.append(_place_weights(weights, dest / WEIGHTS, roots))
+    return [line for line in lines if line]
+
+
+def _write_hf_config(base_dir: Path, dest: Path, has_remote_code: bool) -> str:
+    """BASE config.json + an explicit untied ``text_config`` for transformers >= 5.
+
+    transformers 5 builds ``text_config`` from the flat released keys but not its
+    ``tie_word_embeddings``, then copies the text default (True) to the top level, so the flat file
+    loads with ``lm_head`` tied to the embeddings. Flat keys are kept for other readers (vLLM).
+    """
+    from transformers import PaddleOCRVLConfig
+
+    path = base_dir / "config.json"
+    try:
+        flat = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path}: unreadable ({exc})") from None
+    text_config = flat.get("text_config") or PaddleOCRVLConfig.from_dict(flat).text_config.to_dict()
+    text_config = {k: v for k, v in text_config.items() if k not in ("transformers_version", "architectures")}
+    text_config["tie_word_embeddings"] = False
+    config = {**flat, "text_config": text_config, "tie_word_embeddings": False}
+    if not has_remote_code:
+        config.pop("auto_map", None)  # it names .py files this bundle does not have
+        config.get("vision_config", {}).pop("auto_map", None)
+    _write_json(dest / "config.json", config)
+    return "config.json from BASE: tie_word_embeddings false (top level and text_config)" + (
+        "" if has_remote_code else ", auto_map dropped (no remote code in BASE)")
+
+
+def _add_image_token(path: Path) -> str:
+    """transformers' PaddleOCRVLProcessor reads ``tokenizer.image_token``; the released file has none."""
+    cfg = json.loads(path.read_text(encoding="utf-8"))
+    extra = dict(cfg.get("extra_special_tokens") or {})
+    if extra.get("image_token"):
+        return ""
+    extra.setdefault("image_token", IMAGE_TOKEN)
+    extra.setdefault("video_token", VIDEO_TOKEN)
+    cfg["extra_special_tokens"] = extra
+    _write_json(path, cfg)
+    return f"tokenizer_config.json: extra_special_tokens image_token {IMAGE_TOKEN}, video_token {VIDEO_TOKEN}"
+
+
+# --- verification -------------------------------------------------------------------------------
+
+
+def probe_image():
+    """A small white page with one line of text: enough to run the vision tower once."""
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (224, 64), "white")
+    ImageDraw.Draw(image).text((8, 24), "export check 12.34", fill="black")
+    return image
+
+
+def verify_paddle(model_dir: Path, model_name: str = DEFAULT_MODEL_NAME, max_new_tokens: int = 2) -> str:
+    """Load ``model_dir`` with PaddleX's VL-rec predictor on CPU and generate a couple of tokens."""
+    import numpy as np
+
+    from paddle_ocrvl_sft.predict import paddle_predictor
+
+    try:
+        predictor = paddle_predictor(model_dir, model_name)
+        image = np.asarray(probe_image())[:, :, ::-1].copy()  # PaddleX takes BGR arrays
+        (result,) = list(predictor.predict([{"image": image, "query": "OCR:"}], max_new_tokens=max_new_tokens))
+    except UserError:
+        raise
+    except Exception as exc:  # the loader's own message is the useful part
+        raise UserError(f"verification failed: PaddleX could not load/run the bundle: {type(exc).__name__}: {exc}") from None
+    return f"PaddleX {model_name} predictor loaded it on CPU and generated {result['result']!r}"
+
+
+def verify_hf(model_dir: Path, fine_tuned: list[Path], max_new_tokens: int = 2) -> str:
+    """Load with transformers (model + processor), check ``lm_head`` is the fine-tuned one, generate."""
+    try:
+        import torch
+        from safetensors import safe_open
+
+        model, processor = load_hf(model_dir)
+        lm_head = None
+        for path in fine_tuned:
+            with safe_open(str(path), framework="pt") as fh:
+                if "lm_head.weight" in fh.keys():
+                    lm_head = fh.get_tensor("lm_head.weight").to(model.lm_head.weight.dtype)
+        if lm_head is None or not torch.equal(model.lm_head.weight.detach(), lm_head):
+            raise UserError("verification failed: transformers did not load the fine-tuned lm_head.weight "
+                            "(tied to the embeddings?)")
+        text = hf_generate(model, processor, probe_image(), "OCR:", max_new_tokens)
+    except UserError:
+        raise
+    except Exception as exc:
+        raise UserError(f"verification failed: transformers could not load/run the bundle: {type(exc).__name__}: {exc}") from None
+    return f"transformers loaded it (lm_head untied, fine-tuned) and generated {text!r}"
+
+
+def load_hf(model_dir: str | os.PathLike):
+    """transformers model + processor on CPU, with the PIL image processor (no torchvision needed)."""
+    import torch
+    from transformers import AutoTokenizer, PaddleOCRVLForConditionalGeneration, PaddleOCRVLProcessor
+    from transformers.models.paddleocr_vl.image_processing_pil_paddleocr_vl import PaddleOCRVLImageProcessorPil
+
+    model_dir = str(model_dir)
+    model = PaddleOCRVLForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).eval()
+    processor = PaddleOCRVLProcessor(
+        image_processor=PaddleOCRVLImageProcessorPil.from_pretrained(model_dir),
+        tokenizer=AutoTokenizer.from_pretrained(model_dir),
+        chat_template=(Path(model_dir) / "chat_template.jinja").read_text(encoding="utf-8"),
+    )
+    return model, processor
+
+
+def hf_generate(model, processor, image, query: str, max_new_tokens: int) -> str:
+    import torch
+
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": query}]}]
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+    inputs = processor(images=[image], text=[prompt], return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+    return processor.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)[0]

@@ -1,0 +1,607 @@
+"""``plan``: from validated datasets and a GPU count to a checked ERNIEKit OCR-VL-SFT config.
+
+Every number comes from a small pure function that cites where its formula comes from; the
+plan record (``plan.json``) keeps each number with its formula and inputs. Sources:
+
+- ERNIEKit PaddleOCR-VL SFT guide (seeds 000/002) §4: ``max_steps ≈ D·E/(G·B·A)``,
+  ``warmup_steps ≈ 1% of max_steps``, ``packing_size`` acts like the batch size,
+  ``max_seq_len`` as large as memory allows; §5: the two ways to go from 1 to N GPUs, and
+  "≈ 2 hours on one A800-80G" for the reference run (926 steps).
+- shared/reference/FACTS.md: how ERNIEKit reads the config, mixes files, drops samples, launches.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from paddle_ocrvl_sft import erniekit_schema as schema
+from paddle_ocrvl_sft.errors import UserError
+from paddle_ocrvl_sft.io import atomic_write_text, staged_dir, write_json
+from paddle_ocrvl_sft.tokens import PixelBounds
+
+CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
+DEFAULT_PRESET = "ocr_16k"
+# GPUs each preset's packing_size / gradient_accumulation_steps / learning_rate were set for.
+PRESET_BASE_GPUS = {"ocr_16k": 1, "kie_16k": 1, "ocr_16k_8gpu": 8}
+KEEP_SAMPLES, SCALE_LR = "keep-samples", "scale-lr"
+WARMUP_FRACTION = 0.01
+PLAN_FILES = ("config.yaml", "plan.json")
+
+# Keys the plan computes: an override would silently break the formulas, so point at the flag.
+PLAN_OWNED_KEYS = {
+    "train_dataset_path": "--data",
+    "train_dataset_prob": "--prob",
+    "train_dataset_type": "--data",
+    "eval_dataset_path": "--eval",
+    "eval_dataset_prob": "--eval",
+    "model_name_or_path": "--model",
+    "num_train_epochs": "--epochs",
+    "max_steps": "--epochs/--gpus/--packing-size/--grad-accum (it is computed)",
+    "warmup_steps": "--epochs/--gpus (it is computed as 1% of max_steps)",
+    "learning_rate": "--lr",
+    "packing_size": "--packing-size",
+    "gradient_accumulation_steps": "--grad-accum",
+    "max_seq_len": "--max-seq-len",
+    "min_pixels": "--min-pixels",
+    "max_pixels": "--max-pixels",
+    "output_dir": "--output-dir",
+}
+
+
+def num(value: Any, formula: str, **inputs: Any) -> dict:
+    """One plan number with the formula and the inputs that produced it (for plan.json)."""
+    return {"value": value, "formula": formula, "inputs": inputs}
+
+
+# --- datasets -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DatasetStats:
+    """What plan needs from ``data validate`` for one file."""
+
+    path: str
+    samples: int  # records read
+    valid: int  # samples without errors: what ERNIEKit trains on
+    errors: int = 0
+    token_lengths: tuple[int, ...] = ()  # one per valid sample: image + text tokens
+    tokens_exact: bool = False
+    problems: tuple[str, ...] = ()  # the first few, "FILE:LINE: message"
+
+    @property
+    def max_tokens(self) -> int:
+        return max(self.token_lengths, default=0)
+
+
+def dataset_stats(paths: Sequence[str | os.PathLike], bounds: PixelBounds, tokenizer_dir=None) -> list[DatasetStats]:
+    """Validate each file with the data stage (no ``max_seq_len`` cut: plan decides that)."""
+    from paddle_ocrvl_sft.data.validate import ValidateOptions, validate_paths
+
+    options = ValidateOptions(max_seq_len=None, bounds=bounds, tokenizer_dir=tokenizer_dir, decode=False)
+    stats = []
+    for path in paths:
+        report = validate_paths([path], options)
+        stats.append(
+            DatasetStats(
+                path=str(Path(path).resolve()),
+                samples=report.samples,
+                valid=report.valid,
+                errors=report.errors,
+                token_lengths=tuple(report.token_lengths),
+                tokens_exact=bool(getattr(report, "tokens_exact", False)),
+                problems=tuple(f"{p.path}:{p.line}: {p.message}" for p in report.problems if p.severity == "error")[:5],
+            )
+        )
+    return stats
+
+
+def normalize_probs(probs: Sequence[float] | None, n_files: int) -> list[float]:
+    """ERNIEKit divides each ``train_dataset_prob`` weight by their sum (vl_sft_dataset_json.py)."""
+    weights = [1.0] * n_files if not probs else [float(p) for p in probs]
+    if len(weights) != n_files:
+        raise UserError(f"--prob: {len(weights)} weight(s) for {n_files} --data file(s); give one per file")
+    if any(not math.isfinite(w) or w < 0 for w in weights) or sum(weights) <= 0:
+        raise UserError(f"--prob: weights must be >= 0 with a positive sum, got {weights}")
+    total = sum(weights)
+    return [w / total for w in weights]
+
+
+def dataset_size(kept: Sequence[int], probs: Sequence[float]) -> tuple[int, dict]:
+    """D, the samples one "epoch" means when ERNIEKit mixes several files.
+
+    ERNIEKit's reader (``SFTMultimodalDatasetJson.__iter__``) repeatedly draws a file with
+    probability p_i (weights normalised) and then streams ALL of that file. One draw therefore
+    yields sum(p_i·n_i) samples on average, and file i is read about E·p_i times over E such
+    draws. plan takes D = round(sum(p_i·n_i)) so that E keeps the guide's meaning: with one file,
+    D is simply its number of trainable samples. ``n_i`` counts samples ERNIEKit keeps (valid and
+    not longer than ``max_seq_len``).
+    """
+    if len(kept) != len(probs):
+        raise ValueError("one probability per file")
+    d = round(sum(p * n for p, n in zip(probs, kept)))
+    if d <= 0:
+        raise UserError(
+            "D = 0 trainable samples: every sample is invalid or too long (ERNIEKit's loader would loop forever); "
+            "run `paddle-ocrvl-sft data validate` on the --data files"
+        )
+    return d, num(d, "D = round(sum_i p_i * n_i)", n_i=list(kept), p_i=[round(p, 6) for p in probs])
+
+
+# --- the guide's formulas -------------------------------------------------------------------
+
+
+def max_steps(d: int, epochs: float, gpus: int, packing_size: int, grad_accum: int) -> int:
+    """Guide §4: ``max_steps ≈ D·E/(G·B·A)``, rounded up (29605·2/(1·8·8) = 925.2 -> 926)."""
+    for name, value in (("D", d), ("E (--epochs)", epochs), ("G (--gpus)", gpus), ("B (packing_size)", packing_size), ("A (gradient_accumulation_steps)", grad_accum)):
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            raise UserError(f"{name} must be > 0, got {value}")
+    return math.ceil(d * epochs / (gpus * packing_size * grad_accum))
+
+
+def warmup_steps(steps: int) -> int:
+    """Guide §4: warmup ≈ 1% of max_steps; rounded UP, which reproduces the guide's 10 for 926
+    steps (0.01·926 = 9.26) and seed 001's 1 for 80 steps. At least one step."""
+    return max(1, math.ceil(WARMUP_FRACTION * steps - 1e-9))
+
+
+def keep_samples_split(n: int, packing_size: int, grad_accum: int) -> tuple[int, int]:
+    """Guide §5, going from 1 to N GPUs keeping G·B·A: divide packing_size by x and
+    gradient_accumulation_steps by y with x·y = N. Both must divide exactly; y is taken as
+    large as possible (fewer accumulation steps shorten each step; packs stay the same size)."""
+    for y in sorted((d for d in range(1, n + 1) if n % d == 0), reverse=True):
+        x = n // y
+        if grad_accum % y == 0 and packing_size % x == 0:
+            return x, y
+    raise UserError(
+        f"keep-samples: cannot split N = {n} into x·y with x dividing packing_size={packing_size} and "
+        f"y dividing gradient_accumulation_steps={grad_accum}; use --scale scale-lr or other --packing-size/--grad-accum"
+    )
+
+
+@dataclass(frozen=True)
+class Batch:
+    packing_size: int
+    grad_accum: int
+    learning_rate: float
+
+
+def scale_to_gpus(base: Batch, base_gpus: int, gpus: int, strategy: str | None) -> tuple[Batch, dict]:
+    """Adapt a batch set for ``base_gpus`` GPUs to ``gpus`` GPUs (guide §5).
+
+    keep-samples keeps G·B·A (and the learning rate): B/x, A/y with x·y = N = gpus/base_gpus; going
+    DOWN by M = base_gpus/gpus multiplies A by M. scale-lr keeps B and A and multiplies the
+    learning rate by gpus/base_gpus (samples per step grow by the same factor).
+    """
+    strategy = strategy or KEEP_SAMPLES
+    if strategy not in (KEEP_SAMPLES, SCALE_LR):
+        raise UserError(f"--scale: expected {KEEP_SAMPLES} or {SCALE_LR}, got {strategy!r}")
+    record = {"strategy": strategy, "from_gpus": base_gpus, "to_gpus": gpus}
+    same = {"B": "B = B_base", "A": "A = A_base", "lr": "lr = lr_base"}
+    if gpus == base_gpus:
+        return base, {**record, "formulas": same, "note": "no scaling: G equals the base GPU count"}
+    if strategy == SCALE_LR:
+        factor = gpus / base_gpus
+        return (Batch(base.packing_size, base.grad_accum, base.learning_rate * factor),
+                {**record, "factor": factor, "formulas": {**same, "lr": "lr = lr_base * G/G_base"}})
+    if gpus > base_gpus:
+        if gpus % base_gpus:
+            raise UserError(f"keep-samples: G={gpus} is not a multiple of the base {base_gpus} GPU(s); use --scale scale-lr or --base-gpus")
+        x, y = keep_samples_split(gpus // base_gpus, base.packing_size, base.grad_accum)
+        formulas = {**same, "B": "B = B_base / x  (x*y = G/G_base)", "A": "A = A_base / y  (x*y = G/G_base)"}
+        return Batch(base.packing_size // x, base.grad_accum // y, base.learning_rate), {**record, "x": x, "y": y, "formulas": formulas}
+    if base_gpus % gpus:
+        raise UserError(f"keep-samples: the base {base_gpus} GPU(s) is not a multiple of G={gpus}; use --scale scale-lr or --base-gpus")
+    m = base_gpus // gpus
+    return (Batch(base.packing_size, base.grad_accum * m, base.learning_rate),
+            {**record, "factor": m, "formulas": {**same, "A": "A = A_base * G_base/G"}})
+
+
+# --- token-aware choices --------------------------------------------------------------------
+
+
+def too_long(lengths: Sequence[int], max_seq_len: int) -> int:
+    """Samples ERNIEKit drops at this ``max_seq_len`` (FACTS "Dataset reader": longer than it)."""
+    return sum(1 for n in lengths if n > max_seq_len)
+
+
+def check_max_seq_len(lengths: Sequence[int], max_seq_len: int, allow_drop: bool) -> int:
+    """Refuse a ``max_seq_len`` below the longest sample unless dropping was asked for."""
+    if max_seq_len <= 0:
+        raise UserError(f"--max-seq-len must be > 0, got {max_seq_len}")
+    dropped = too_long(lengths, max_seq_len)
+    if dropped and not allow_drop:
+        longest = max(lengths)
+        suggest = math.ceil(longest / 1024) * 1024
+        raise UserError(
+            f"max_seq_len={max_seq_len} is below the longest sample ({longest} tokens): ERNIEKit would drop "
+            f"{dropped} of {len(lengths)} sample(s); use --max-seq-len {suggest} or --allow-drop"
+        )
+    return dropped
+
+
+@dataclass(frozen=True)
+class Packing:
+    packs: int
+    mean_samples: float  # samples per packed sequence
+    mean_tokens: float  # tokens per packed sequence
+    max_tokens: int
+
+
+def simulate_packing(lengths: Sequence[int], packing_size: int, max_seq_len: int) -> Packing:
+    """Greedy packing in stream order: a pack closes at ``packing_size`` samples or before
+    ``max_seq_len`` tokens would be exceeded (FACTS "batch_size ..."). An estimate of ERNIEKit's
+    packer, which sees a shuffled stream; too-long samples are skipped as ERNIEKit drops them."""
+    packs, count, tokens, total_samples, total_tokens, biggest = 0, 0, 0, 0, 0, 0
+    for n in lengths:
+        if n > max_seq_len:
+            continue
+        if count == packing_size or tokens + n > max_seq_len:
+            packs, biggest = packs + 1, max(biggest, tokens)
+            count, tokens = 0, 0
+        count, tokens = count + 1, tokens + n
+        total_samples, total_tokens = total_samples + 1, total_tokens + n
+    if count:
+        packs, biggest = packs + 1, max(biggest, tokens)
+    if not packs:
+        return Packing(0, 0.0, 0.0, 0)
+    return Packing(packs, total_samples / packs, total_tokens / packs, biggest)
+
+
+# --- estimates (clearly labelled; ERNIEKit cannot run here) -----------------------------------
+
+PARAMS = 0.96e9  # PaddleOCR-VL-0.9B: ~0.47B ERNIE-4.5-0.3B LM (untied 103424-word head) + ~0.43B SigLIP + projector
+BYTES_PER_PARAM_REPLICATED = 4  # bf16 weights + bf16 grads
+BYTES_PER_PARAM_SHARDABLE = 12  # fp32 master weights + Adam m and v (split by sharding_parallel_degree)
+OVERHEAD_GB = 4.0  # CUDA context, kernel workspaces, allocator slack
+MB_PER_TOKEN = 1.5  # logits fp32+bf16 and their grad over 103424 words (~1.0 MB) + recompute checkpoints
+REF_STEPS, REF_HOURS = 926, 2.0  # guide §5: "≈ 2 hours on a single A800-80G"
+REF_SAMPLES_PER_STEP = 64  # guide reference: G·B·A = 1·8·8
+REF_TOKENS_PER_SAMPLE = 300  # ASSUMED: Bengali line crops, >= 188 image tokens (min_pixels) + ~100 text tokens
+REF_TOKENS_PER_SECOND = REF_STEPS * REF_SAMPLES_PER_STEP * REF_TOKENS_PER_SAMPLE / (REF_HOURS * 3600)
+
+ESTIMATE_ASSUMPTIONS = (
+    f"ESTIMATE, not a measurement: ERNIEKit training was not run to produce these numbers.",
+    f"parameters ≈ {PARAMS / 1e9:.2f}B; full fine-tuning keeps bf16 weights+grads ({BYTES_PER_PARAM_REPLICATED} B/param) on every GPU "
+    f"and fp32 master weights + Adam moments ({BYTES_PER_PARAM_SHARDABLE} B/param) split over sharding_parallel_degree",
+    f"+ {OVERHEAD_GB:g} GB CUDA context/workspace + {MB_PER_TOKEN:g} MB per token of the largest packed sequence "
+    "(logits over the 103424-word vocabulary dominate; recompute on)",
+    f"speed calibrated on the guide's ≈ {REF_HOURS:g} h for {REF_STEPS} steps of {REF_SAMPLES_PER_STEP} samples on 1×A800-80G, "
+    f"assuming ≈ {REF_TOKENS_PER_SAMPLE} tokens per Bengali sample -> ≈ {REF_TOKENS_PER_SECOND:.0f} tokens/s per A800/A100-class GPU",
+    "time per step ∝ tokens per GPU per step (A packed sequences × mean tokens per pack); data parallel GPUs work in "
+    "parallel; gradient all-reduce, data loading stalls and checkpoint saves are not counted (multi-node adds more)",
+    "cross-check: PaddleFormers reports 30 GB for full fine-tuning on the same Bengali task (FACTS, published numbers)",
+)
+
+
+def estimate_memory_gb(peak_pack_tokens: int, sharding_degree: int = 1) -> dict:
+    """Per-GPU memory estimate for one packed sequence of ``peak_pack_tokens`` tokens."""
+    shards = max(1, sharding_degree)
+    static = PARAMS * (BYTES_PER_PARAM_REPLICATED + BYTES_PER_PARAM_SHARDABLE / shards) / 1e9
+    activations = peak_pack_tokens * MB_PER_TOKEN / 1e3
+    total = static + OVERHEAD_GB + activations
+    return num(
+        round(total, 1),
+        "P*(4 + 12/shards)/1e9 + overhead + tokens*MB_per_token/1e3",
+        P=PARAMS, shards=shards, overhead_gb=OVERHEAD_GB, tokens=peak_pack_tokens, MB_per_token=MB_PER_TOKEN,
+    )
+
+
+def estimate_step_seconds(grad_accum: int, mean_pack_tokens: float) -> dict:
+    """Seconds per optimizer step on an A800/A100-class GPU, calibrated on the guide."""
+    seconds = grad_accum * mean_pack_tokens / REF_TOKENS_PER_SECOND
+    return num(round(seconds, 2), "A * mean_pack_tokens / ref_tokens_per_s", A=grad_accum,
+               mean_pack_tokens=round(mean_pack_tokens, 1), ref_tokens_per_s=round(REF_TOKENS_PER_SECOND, 1))
+
+
+# --- launch (what `train` needs; FACTS "Launch") ----------------------------------------------
+
+
+def parse_devices(text: str) -> list[str]:
+    return [d.strip() for d in text.split(",") if d.strip()]
+
+
+def default_master_port(plan_dir: Path) -> int:
+    """A stable port per plan dir in 20000-29999: a second job on a busy port JOINS it (FACTS)."""
+    return 20000 + zlib.crc32(str(plan_dir).encode()) % 10000
+
+
+def launch_spec(plan_dir: Path, gpus_per_node: int, nodes: int, *, master_addr: str | None = None,
+                master_port: int | None = None, cuda_visible_devices: str | None = None) -> dict:
+    """The ``erniekit train`` command and environment ``train`` will run (same on every node)."""
+    if gpus_per_node < 1 or nodes < 1:
+        raise UserError(f"--gpus and --nodes must be >= 1, got {gpus_per_node} and {nodes}")
+    if cuda_visible_devices is not None:
+        devices = parse_devices(cuda_visible_devices)
+        if len(devices) != gpus_per_node or len(set(devices)) != len(devices):
+            raise UserError(
+                f"--gpus {gpus_per_node} does not match CUDA_VISIBLE_DEVICES={cuda_visible_devices!r} "
+                f"({len(set(devices))} distinct device(s)): ERNIEKit starts one process per visible card"
+            )
+    else:
+        devices = [str(i) for i in range(gpus_per_node)]
+    if nodes > 1 and not master_addr:
+        raise UserError(f"--nodes {nodes}: give --master-addr (the address of node 0, the same on every node)")
+    port = default_master_port(plan_dir) if master_port is None else master_port
+    if not 1024 <= port <= 65535:
+        raise UserError(f"--master-port must be in 1024..65535, got {port}")
+    env = {
+        "CUDA_VISIBLE_DEVICES": ",".join(devices),
+        "NNODES": str(nodes),
+        "MASTER_ADDR": master_addr or "127.0.0.1",
+        "MASTER_PORT": str(port),
+        "ERNIEKIT_DIST_LOG": str(plan_dir / "logs" / "dist"),
+        "NO_COLOR": "1",
+    }
+    return {
+        "command": ["erniekit", "train", str(plan_dir / "config.yaml")],
+        "env": env,
+        "nodes": nodes,
+        "gpus_per_node": gpus_per_node,
+        "note": "run the same command with the same env on every node; workerlog.N files are appended to, "
+        "so give each attempt its own ERNIEKIT_DIST_LOG; a busy MASTER_PORT makes a new job join the old one",
+    }
+
+
+# --- model dir and presets -------------------------------------------------------------------
+
+
+def model_bounds(model_dir: str | os.PathLike, min_pixels: int | None = None, max_pixels: int | None = None) -> PixelBounds:
+    """Check the base model dir (ERNIEKit reads its preprocessor_config.json directly) and return
+    the pixel bounds images are resized into, with --min-pixels/--max-pixels applied."""
+    path = Path(model_dir)
+    if not path.is_dir():
+        raise UserError(f"--model {path}: no such directory (model_name_or_path must be a LOCAL model dir)")
+    bounds = PixelBounds.from_model_dir(path)
+    lo = bounds.min_pixels if min_pixels is None else min_pixels
+    hi = bounds.max_pixels if max_pixels is None else max_pixels
+    if lo < 28 * 28 or hi < lo:
+        raise UserError(f"--min-pixels/--max-pixels: need 784 <= min_pixels <= max_pixels, got {lo} and {hi}")
+    return PixelBounds(lo, hi)
+
+
+def preset_path(name: str) -> Path:
+    if name.endswith((".yaml", ".yml")) or os.sep in name:
+        return Path(name)
+    path = CONFIGS_DIR / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in CONFIGS_DIR.glob("*.yaml"))
+        raise UserError(f"--preset {name}: unknown preset (known: {', '.join(known) or 'none'}; or give a .yaml path)")
+    return path
+
+
+def load_preset(name: str) -> tuple[dict, Path]:
+    """A preset (or any ERNIEKit YAML) checked against the schema."""
+    path = preset_path(name)
+    config = schema.load_yaml_config(path)
+    return schema.validate_config(config, where=str(path)), path
+
+
+# --- the plan --------------------------------------------------------------------------------
+
+
+@dataclass
+class Plan:
+    config: dict
+    record: dict
+    warnings: list[str] = field(default_factory=list)
+
+
+def _check_overrides(overrides: dict) -> None:
+    owned = [f"{k} (use {PLAN_OWNED_KEYS[k]})" for k in overrides if k in PLAN_OWNED_KEYS]
+    if owned:
+        raise UserError("these keys are computed by plan, not overridable with key=value: " + "; ".join(owned))
+
+
+def _number_or_int(value: float) -> int | float:
+    return int(value) if float(value).is_integer() else float(value)
+
+
+def make_plan(
+    *,
+    train: Sequence[DatasetStats],
+    model_dir: str | os.PathLike,
+    epochs: float,
+    gpus: int,
+    plan_dir: str | os.PathLike,
+    nodes: int = 1,
+    probs: Sequence[float] | None = None,
+    eval_sets: Sequence[DatasetStats] = (),
+    preset: str = DEFAULT_PRESET,
+    base_gpus: int | None = None,
+    scale: str | None = None,
+    packing_size: int | None = None,
+    grad_accum: int | None = None,
+    learning_rate: float | None = None,
+    max_seq_len: int | None = None,
+    allow_drop: bool = False,
+    min_pixels: int | None = None,
+    max_pixels: int | None = None,
+    output_dir: str | os.PathLike | None = None,
+    master_addr: str | None = None,
+    master_port: int | None = None,
+    cuda_visible_devices: str | None = None,
+    overrides: dict | None = None,
+) -> Plan:
+    """The config dict and the plan record; raises :class:`UserError` on any bad input."""
+    overrides = dict(overrides or {})
+    _check_overrides(overrides)
+    if not (isinstance(epochs, (int, float)) and math.isfinite(epochs) and epochs > 0):
+        raise UserError(f"--epochs must be > 0, got {epochs}")
+    plan_dir = Path(plan_dir).resolve()
+    bounds = model_bounds(model_dir, min_pixels, max_pixels)
+    launch = launch_spec(plan_dir, gpus, nodes, master_addr=master_addr, master_port=master_port,
+                         cuda_visible_devices=cuda_visible_devices)
+    base, preset_file = load_preset(preset)
+    g_base = base_gpus or (PRESET_BASE_GPUS.get(preset_file.stem, 1) if preset_file.parent == CONFIGS_DIR else 1)
+    warnings: list[str] = []
+
+    # G, B, A, lr (guide §4-5)
+    g = gpus * nodes
+    for flag, value in (("--packing-size", packing_size), ("--grad-accum", grad_accum), ("--base-gpus", base_gpus)):
+        if value is not None and value < 1:
+            raise UserError(f"{flag} must be >= 1, got {value}")
+    if learning_rate is not None and not (math.isfinite(learning_rate) and learning_rate > 0):
+        raise UserError(f"--lr must be > 0, got {learning_rate}")
+    base_batch = Batch(
+        packing_size or base["packing_size"],
+        grad_accum or base["gradient_accumulation_steps"],
+        float(learning_rate if learning_rate is not None else base["learning_rate"]),
+    )
+    batch, scaling = scale_to_gpus(base_batch, g_base, g, scale)
+
+    # max_seq_len: >= the longest sample unless dropping is allowed
+    seq_len = max_seq_len or base["max_seq_len"]
+    all_lengths = [n for s in train for n in s.token_lengths]
+    dropped = check_max_seq_len(all_lengths, seq_len, allow_drop)
+    if dropped:
+        warnings.append(f"--allow-drop: ERNIEKit will drop {dropped} sample(s) longer than max_seq_len={seq_len}")
+
+    # D (several files: ERNIEKit's weighted draws of whole files)
+    weights = normalize_probs(probs, len(train))
+    kept = [s.valid - too_long(s.token_lengths, seq_len) for s in train]
+    d, d_record = dataset_size(kept, weights)
+    steps = max_steps(d, epochs, g, batch.packing_size, batch.grad_accum)
+    warmup = warmup_steps(steps)
+
+    for s in train:
+        if s.errors:
+            warnings.append(f"{s.path}: {s.samples - s.valid} sample(s) have errors and are not counted in D "
+                            "(ERNIEKit drops them); run `paddle-ocrvl-sft data validate`")
+    for s in eval_sets:
+        if s.valid == 0:
+            warnings.append(f"{s.path}: the eval file has no valid sample")
+
+    # token-aware packing check and estimates
+    packing = simulate_packing(all_lengths, batch.packing_size, seq_len)
+    if packing.packs and packing.mean_samples < 0.95 * batch.packing_size:
+        steps_tokens = math.ceil(d * epochs / (g * packing.mean_samples * batch.grad_accum))
+        warnings.append(
+            f"packs hold ≈ {packing.mean_samples:.2f} samples, not packing_size={batch.packing_size} (max_seq_len "
+            f"fills first): {steps} steps cover ≈ {epochs * packing.mean_samples / batch.packing_size:.2f} epochs; "
+            f"≈ {steps_tokens} steps would cover {epochs:g}"
+        )
+    sharding = max(1, int(overrides.get("sharding_parallel_degree", base.get("sharding_parallel_degree", 1)) or 1))
+    peak_tokens = packing.max_tokens or seq_len
+    memory = estimate_memory_gb(peak_tokens, sharding)
+    per_step = estimate_step_seconds(batch.grad_accum, packing.mean_tokens)
+    hours = round(steps * per_step["value"] / 3600, 2)
+
+    # the config: preset, then computed keys, then the user's overrides
+    model_path = str(Path(model_dir).resolve())
+    out_dir = Path(output_dir).resolve() if output_dir else plan_dir / "output"
+    computed = {
+        "train_dataset_type": ",".join(["erniekit"] * len(train)),
+        "train_dataset_path": ",".join(s.path for s in train),
+        "train_dataset_prob": ",".join(schema.format_float(float(p)) for p in (probs or [1.0] * len(train))),
+        "max_seq_len": seq_len,
+        "model_name_or_path": model_path,
+        "num_train_epochs": _number_or_int(epochs),
+        "max_steps": steps,
+        "warmup_steps": warmup,
+        "learning_rate": batch.learning_rate,
+        "packing_size": batch.packing_size,
+        "gradient_accumulation_steps": batch.grad_accum,
+        "output_dir": str(out_dir),
+        # beside output_dir, not inside: a leftover log dir makes ERNIEKit refuse output_dir (FACTS)
+        "logging_dir": str(plan_dir / "tensorboard_logs"),
+    }
+    config = dict(base)
+    if eval_sets:
+        computed["eval_dataset_type"] = "erniekit"
+        computed["eval_dataset_path"] = ",".join(s.path for s in eval_sets)
+        computed["eval_dataset_prob"] = ",".join(["1.0"] * len(eval_sets))
+    else:
+        for k in ("eval_dataset_path", "eval_dataset_prob"):
+            config.pop(k, None)  # the preset's example paths would point nowhere
+    if min_pixels is not None or max_pixels is not None:
+        computed.update(min_pixels=bounds.min_pixels, max_pixels=bounds.max_pixels, variable_resolution=True)
+        warnings.append("ERNIEKit's SiglipImageProcessor reads pixel bounds from the model dir's preprocessor_config.json; "
+                        "min_pixels/max_pixels in the YAML reach only the data processor. Token counts here use the given bounds.")
+    config.update(computed)
+    config = schema.apply_overrides(config, overrides)
+    schema.validate_config(config, where="generated config")
+    if config.get("save_strategy") == "steps" and config.get("save_steps", 0) > steps:
+        warnings.append(f"save_steps={config['save_steps']} > max_steps={steps}: no intermediate checkpoint will be saved")
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        has_ckpt = any(p.name.startswith("checkpoint-") for p in out_dir.iterdir())
+        warnings.append(f"output_dir {out_dir} is not empty: ERNIEKit will " +
+                        ("resume from its newest checkpoint-*" if has_ckpt else "refuse it unless overwrite_output_dir=True"))
+
+    samples_per_step = g * batch.packing_size * batch.grad_accum
+    numbers = {
+        "D": d_record,
+        "E": num(_number_or_int(epochs), "--epochs"),
+        "G": num(g, "G = gpus_per_node * nodes", gpus_per_node=gpus, nodes=nodes),
+        "packing_size": num(batch.packing_size, scaling["formulas"]["B"], B_base=base_batch.packing_size, **_pick(scaling, "x")),
+        "gradient_accumulation_steps": num(batch.grad_accum, scaling["formulas"]["A"], A_base=base_batch.grad_accum,
+                                           **_pick(scaling, "y", "factor")),
+        "learning_rate": num(batch.learning_rate, scaling["formulas"]["lr"], lr_base=base_batch.learning_rate, G=g, G_base=g_base),
+        "samples_per_step": num(samples_per_step, "G * B * A", G=g, B=batch.packing_size, A=batch.grad_accum),
+        "max_steps": num(steps, "ceil(D * E / (G * B * A))", D=d, E=epochs, G=g, B=batch.packing_size, A=batch.grad_accum),
+        "warmup_steps": num(warmup, "max(1, ceil(0.01 * max_steps))", max_steps=steps),
+        "max_seq_len": num(seq_len, ">= longest sample unless --allow-drop", longest_sample=max(all_lengths, default=0),
+                           dropped=dropped, given=max_seq_len, preset=base["max_seq_len"]),
+        "min_pixels": num(bounds.min_pixels, "--min-pixels or the model's preprocessor_config.json"),
+        "max_pixels": num(bounds.max_pixels, "--max-pixels or the model's preprocessor_config.json"),
+    }
+    record = {
+        "tool": "paddle-ocrvl-sft plan",
+        "plan_version": 1,
+        "preset": {"name": preset, "path": str(preset_file), "base_gpus": g_base},
+        "scaling": scaling,
+        "datasets": {
+            "train": [
+                {"path": s.path, "samples": s.samples, "valid": s.valid, "errors": s.errors, "kept": k,
+                 "dropped_too_long": s.valid - k, "longest_tokens": s.max_tokens, "prob": round(w, 6),
+                 "expected_passes": round(epochs * w, 3)}
+                for s, k, w in zip(train, kept, weights)
+            ],
+            "eval": [{"path": s.path, "samples": s.samples, "valid": s.valid, "errors": s.errors} for s in eval_sets],
+            "tokens_exact": all(s.tokens_exact for s in train),
+        },
+        "numbers": numbers,
+        "packing": {"mean_samples_per_pack": round(packing.mean_samples, 3), "mean_tokens_per_pack": round(packing.mean_tokens, 1),
+                    "max_tokens_per_pack": packing.max_tokens, "note": "greedy packing of the valid samples in file order (estimate)"},
+        "estimates": {
+            "label": "ESTIMATE",
+            "gpu_memory_gb_per_gpu": memory,
+            "seconds_per_step": per_step,
+            "total_hours": num(hours, "max_steps * seconds_per_step / 3600", max_steps=steps, seconds_per_step=per_step["value"]),
+            "assumptions": list(ESTIMATE_ASSUMPTIONS),
+        },
+        "warnings": warnings,
+        "overrides": overrides,
+        "train": launch,
+        "config": str(plan_dir / "config.yaml"),
+    }
+    return Plan(config, record, warnings)
+
+
+def _pick(scaling: dict, *keys: str) -> dict:
+    return {k: scaling[k] for k in keys if k in scaling}
+
+
+def write_plan(plan: Plan, out_dir: str | os.PathLike, force: bool = False) -> Path:
+    """Write PLAN_DIR/config.yaml and PLAN_DIR/plan.json together, or nothing.
+
+    An existing PLAN_DIR is refused without ``force``. Even with ``force`` a PLAN_DIR holding
+    anything but those two files (a training run's output, logs) is refused: it is not ours to delete.
+    """
+    out_dir = Path(out_dir)
+    if force and out_dir.is_dir():
+        foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in PLAN_FILES)
+        if foreign:
+            raise UserError(f"{out_dir}: holds {', '.join(foreign[:5])} besides a plan (training outputs?); "
+                            "--force replaces only a dir with config.yaml/plan.json: choose another -o")
+    header = (f"ERNIEKit OCR-VL-SFT config written by paddle-ocrvl-sft plan (preset {plan.record['preset']['name']}).\n"
+              "Every number and where it comes from: plan.json beside this file.")
+    text = schema.dump_yaml(plan.config, header=header)
+    with staged_dir(out_dir, force=force) as tmp:
+        atomic_write_text(tmp / "config.yaml", text)
+        write_json(tmp / "plan.json", plan.record)
+    return out_dir

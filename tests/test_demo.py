@@ -1,0 +1,88 @@
+"""The end-to-end demo, and the custom KIE prompt through the real `paddleocr doc_parser` CLI."""
+
+import hashlib
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from paddle_ocrvl_sft.cli import main
+from paddle_ocrvl_sft.prompts import kie_prompt
+
+pytestmark = pytest.mark.slow
+
+SPY = '''
+import os
+from paddlex.inference.models.common.tokenizer import LlamaTokenizer
+
+_original = LlamaTokenizer.__call__
+
+def _spy(self, text, *args, **kwargs):
+    with open(os.environ["QUERY_SPY"], "a", encoding="utf-8") as fh:
+        fh.write(repr(text) + "\\n")
+    return _original(self, text, *args, **kwargs)
+
+LlamaTokenizer.__call__ = _spy
+'''
+
+
+def installed_pipeline_digest() -> str:
+    root = Path(next(iter(importlib.util.find_spec("paddlex").submodule_search_locations)))
+    return hashlib.sha256((root / "inference/pipelines/paddleocr_vl/pipeline.py").read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("demo") / "run"
+    before = installed_pipeline_digest()
+    assert main(["demo", "-o", str(run), "--images", "8"]) == 0
+    assert installed_pipeline_digest() == before  # the demo patches a copy, never the installed paddlex
+    return run
+
+
+def test_demo_runs_every_stage_and_labels_the_stand_ins(demo_run, capsys):
+    summary = (demo_run / "SUMMARY.md").read_text()
+    assert "SIMULATED (stand-in trainer, random weights)" in summary
+    for produced in ("data/kie.train.jsonl", "data/kie.val.jsonl", "data/kie.stats.png", "plan/config.yaml",
+                     "plan/plan.json", "plan/output/model-00001-of-00001.safetensors", "export/model.safetensors",
+                     "export/inference.yml", "export/chat_template.jinja", "predictions.jsonl"):
+        assert (demo_run / produced).is_file(), produced
+    (res,) = (demo_run / "doc_parser").glob("*_res.json")
+    assert json.loads(res.read_text())["parsing_res_list"]
+    predictions = [json.loads(line) for line in (demo_run / "predictions.jsonl").read_text().splitlines()]
+    assert {p["prompt"] for p in predictions} == {'OCR:{"RECEIPT NUMBER": "", "ITEMS": [], "TOTAL": ""}'}
+    assert main(["demo", "-o", str(demo_run)]) == 1  # an existing run dir is not overwritten
+    assert "already exists" in capsys.readouterr().err
+
+
+def doc_parser(run: Path, prompt: str, tmp_path: Path, pythonpath: list[Path]) -> tuple[subprocess.CompletedProcess, str]:
+    spy_dir = tmp_path / "spy"
+    spy_dir.mkdir(exist_ok=True)
+    (spy_dir / "sitecustomize.py").write_text(SPY)
+    record = tmp_path / "queries.txt"
+    image = sorted((run / "data" / "imgs").glob("*.png"))[0]
+    env = {**os.environ, "QUERY_SPY": str(record), "PADDLE_PDX_DISABLE_MODEL_SOURCE_CHECK": "True",
+           "PYTHONPATH": os.pathsep.join(str(p) for p in [spy_dir, *pythonpath])}
+    argv = [sys.executable, "-m", "paddleocr", "doc_parser", "-i", str(image), "--vl_rec_model_dir", str(run / "export"),
+            "--vl_rec_model_name", "PaddleOCR-VL-0.9B", "--use_layout_detection", "False", "--prompt_label", prompt,
+            "--device", "cpu", "--max_new_tokens", "4", "--save_path", str(tmp_path / "out")]
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+    return proc, record.read_text(encoding="utf-8") if record.exists() else ""
+
+
+def test_doc_parser_sends_a_custom_kie_prompt_verbatim_after_patch_apply(demo_run, tmp_path):
+    prompt = kie_prompt({"发票号码": "", "Items": [], "FORMULA_ID": ""})
+    proc, queries = doc_parser(demo_run, prompt, tmp_path, [demo_run / "paddlex_patched"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"<|IMAGE_END|>{prompt}\\nAssistant: " in queries  # repr() of the text the tokenizer received
+
+
+def test_doc_parser_refuses_the_same_prompt_on_the_unpatched_install(demo_run, tmp_path):
+    prompt = kie_prompt({"发票号码": ""})
+    proc, queries = doc_parser(demo_run, prompt, tmp_path, [])
+    assert proc.returncode != 0 and queries == ""
+    assert "prompt_label" in proc.stderr and "must be one of" in proc.stderr

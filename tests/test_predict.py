@@ -1,0 +1,254 @@
+"""predict: prompts reach the model verbatim (paddle backend, genai-server backend); KIE parsed."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from paddle_ocrvl_sft import cli
+from paddle_ocrvl_sft.errors import UsageError, UserError
+from paddle_ocrvl_sft.predict import Job, collect_jobs, parse_kie, resolve_prompt, to_record
+from paddle_ocrvl_sft.prompts import kie_prompt
+from paddle_ocrvl_sft.testing import build_tiny_model, receipt_image
+from paddle_ocrvl_sft.tokens import PixelBounds, image_tokens
+
+FIELDS = {"total": "12.50", "date": "2024-01-02"}
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> Path:
+    """A tiny base-layout model: it has model.safetensors + chat template, so PaddleX loads it as is."""
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "base", "base")
+
+
+@pytest.fixture
+def receipt(tmp_path) -> Path:
+    path = tmp_path / "receipt.png"
+    receipt_image(FIELDS).save(path)
+    return path
+
+
+def erniekit_line(image: str, prompt: str, answer: str) -> str:
+    return json.dumps({"image_info": [{"matched_text_index": 0, "image_url": image}],
+                       "text_info": [{"text": prompt, "tag": "mask"}, {"text": answer, "tag": "no_mask"}]},
+                      ensure_ascii=False)
+
+
+# --- prompts, inputs, parsing (fast) --------------------------------------------------------------
+
+
+def test_prompt_options():
+    assert resolve_prompt() is None
+    assert resolve_prompt(prompt="table") == "Table Recognition:"
+    assert resolve_prompt(prompt="Read the stamp:") == "Read the stamp:"
+    assert resolve_prompt(fields="total, date") == 'OCR:{"total": "", "date": ""}'
+    assert resolve_prompt(query='{"商品": [], "total": ""}') == 'OCR:{"商品": [], "total": ""}'
+    assert resolve_prompt(fields="total") == kie_prompt({"total": ""})  # the data stage's rendering
+    with pytest.raises(UsageError, match="--prompt and --fields"):
+        resolve_prompt(prompt="ocr", fields="a")
+    with pytest.raises(UsageError, match="--query: not valid JSON"):
+        resolve_prompt(query="{total}")
+    with pytest.raises(UsageError, match="must be a JSON object"):
+        resolve_prompt(query='["total"]')
+    with pytest.raises(UsageError, match="--fields"):
+        resolve_prompt(fields=" , ")
+
+
+def test_inputs_images_folders_and_erniekit_jsonl(tmp_path, receipt):
+    (tmp_path / "imgs").mkdir()
+    for name in ("b.png", "a.jpg"):
+        receipt_image({"n": name}).save(tmp_path / "imgs" / name)
+    (tmp_path / "imgs" / "notes.txt").write_text("not an image")
+    data = tmp_path / "data" / "val.jsonl"
+    data.parent.mkdir()
+    data.write_text(erniekit_line("../receipt.png", 'OCR:{"total": ""}', '{"total": "12.50"}') + "\n", encoding="utf-8")
+
+    jobs = collect_jobs([receipt, tmp_path / "imgs", data])
+    assert [Path(j.image).name for j in jobs] == ["receipt.png", "a.jpg", "b.png", "receipt.png"]
+    assert [j.prompt for j in jobs] == ["OCR:", "OCR:", "OCR:", 'OCR:{"total": ""}']
+    assert jobs[3].where == f"{data}:1" and jobs[3].reference == '{"total": "12.50"}'
+    assert Path(jobs[3].image).resolve() == receipt.resolve()  # relative to the JSONL's dir, as ERNIEKit does
+    assert collect_jobs([data], "Table Recognition:")[0].prompt == "Table Recognition:"
+
+
+def test_bad_inputs_name_file_and_line(tmp_path):
+    data = tmp_path / "d.jsonl"
+    data.write_text(erniekit_line("missing.png", "OCR:", "x") + "\n{broken\n")
+    with pytest.raises(UserError, match=r"d.jsonl:1: field image_info\[0\].image_url: .*missing.png not found"):
+        collect_jobs([data])
+    data.write_text('{"text_info": []}\n')
+    with pytest.raises(UserError, match=r"d.jsonl:1: not an ERNIEKit sample"):
+        collect_jobs([data])
+    data.write_text("{broken\n")
+    with pytest.raises(UserError, match=r"d.jsonl:1: invalid JSON"):
+        collect_jobs([data])
+    with pytest.raises(UserError, match="no such image, folder or dataset file"):
+        collect_jobs([tmp_path / "nope.png"])
+    with pytest.raises(UserError, match="no images"):
+        collect_jobs([tmp_path])
+
+
+def test_kie_answers_are_repaired_and_the_raw_text_kept():
+    assert parse_kie('{"total": "12.50", "date": "2024-01-02"}') == FIELDS
+    assert parse_kie('{"total": "12.50", "date": "2024-') == {"total": "12.50", "date": "2024-"}  # cut off
+    assert parse_kie("just words") is None
+    job = Job("r.png", 'OCR:{"total": ""}')
+    assert to_record(job, '```json\n{"total": "12.50"}\n```') == {
+        "image": "r.png", "prompt": 'OCR:{"total": ""}', "text": '```json\n{"total": "12.50"}\n```',
+        "fields": {"total": "12.50"}}
+    assert "fields" not in to_record(Job("r.png", "OCR:"), "TOTAL 12.50")
+
+
+# --- paddle backend: the real PaddleX predictor -----------------------------------------------------
+
+
+@pytest.mark.slow
+def test_custom_kie_prompt_reaches_the_model_verbatim_paddle(base, receipt, tmp_path, monkeypatch, capsys):
+    """Spy on the text PaddleX's processor hands its tokenizer (the real predictor code path)."""
+    from paddlex.inference.models.common.tokenizer import LlamaTokenizer
+
+    seen = []
+    original = LlamaTokenizer.__call__
+
+    def spy(self, text, *args, **kwargs):
+        out = original(self, text, *args, **kwargs)
+        seen.append((text, [int(i) for i in out["input_ids"][0]]))
+        return out
+
+    monkeypatch.setattr(LlamaTokenizer, "__call__", spy)
+    query = '{"total": "", "商户名称": ""}'
+    out = tmp_path / "pred.jsonl"
+    argv = ["predict", str(receipt), "--model", str(base), "--query", query, "--device", "cpu",
+            "--max-new-tokens", "6", "-o", str(out), "--no-progress"]
+    assert cli.main(argv) == 0
+
+    prompt = 'OCR:{"total": "", "商户名称": ""}'
+    width, height = receipt_image(FIELDS).size
+    n = image_tokens(height, width, PixelBounds.from_model_dir(base))
+    (text, ids), = [s for s in seen if isinstance(s[0], list)]
+    assert text == [f"<|begin_of_sentence|>User: <|IMAGE_START|>{'<|IMAGE_PLACEHOLDER|>' * n}<|IMAGE_END|>"
+                    f"{prompt}\nAssistant: "]
+    assert ids.count(100295) == n and ids[0] == 100273  # real ids; image tokens as tokens.py counts them
+
+    (record,) = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert record["prompt"] == prompt and record["image"] == str(receipt)
+    assert isinstance(record["text"], str) and "fields" in record  # random model: any text, parsed or None
+    assert "wrote 1 predictions" in capsys.readouterr().err
+
+    assert cli.main(argv) == 1  # OUT exists: refused before the model is loaded
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_unexported_dir_is_explained(tmp_path, capsys):
+    run = build_tiny_model(tmp_path / "run", "erniekit_output", checkpoints=())
+    image = tmp_path / "r.png"
+    receipt_image(FIELDS).save(image)
+    assert cli.main(["predict", str(image), "--model", str(run), "--model-name", "PaddleOCR-VL-0.9B",
+                     "--device", "cpu", "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert f"--model {run}: missing inference.yml, model.safetensors, chat_template.jinja" in err
+    assert "export RUN_DIR --base BASE_DIR" in err and "Traceback" not in err
+
+
+# --- genai-server backend: a fake OpenAI endpoint on 127.0.0.1 ------------------------------------------
+
+
+class FakeOpenAI(BaseHTTPRequestHandler):
+    requests: list = []
+    answer = '{"total": "12.50", "date": "2024-01-02"'  # truncated on purpose: json_repair mends it
+
+    def do_GET(self):
+        self.requests.append(("GET", self.path, None))
+        self._send({"object": "list", "data": [{"id": "PaddleOCR-VL-0.9B", "object": "model"}]})
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.requests.append(("POST", self.path, body))
+        self._send({"choices": [{"index": 0, "message": {"role": "assistant", "content": self.answer}}]})
+
+    def _send(self, obj):
+        raw = json.dumps(obj).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(raw)))
+        self.end_headers()
+        self.wfile.write(raw)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def server():
+    FakeOpenAI.requests = []
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), FakeOpenAI)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    stopper = threading.Timer(60, httpd.shutdown)  # bounded even if a test hangs
+    stopper.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+    finally:
+        stopper.cancel()
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(5)
+
+
+def test_genai_server_backend_sends_image_and_prompt_verbatim(server, receipt, tmp_path):
+    data = tmp_path / "val.jsonl"
+    prompt = 'OCR:{"total": "", "date": ""}'
+    data.write_text(erniekit_line("receipt.png", prompt, json.dumps(FIELDS)) + "\n", encoding="utf-8")
+    out = tmp_path / "pred.jsonl"
+    assert cli.main(["predict", str(data), "--backend", "genai-server", "--server-url", server,
+                     "--max-new-tokens", "64", "--timeout", "10", "-o", str(out), "--no-progress"]) == 0
+
+    (get, post) = FakeOpenAI.requests
+    assert get[:2] == ("GET", "/v1/models")
+    method, path, body = post
+    assert (method, path, body["model"], body["temperature"], body["max_completion_tokens"]) == (
+        "POST", "/v1/chat/completions", "PaddleOCR-VL-0.9B", 0, 64)
+    (message,) = body["messages"]
+    image_part, text_part = message["content"]
+    assert text_part == {"type": "text", "text": prompt}
+    url = image_part["image_url"]["url"]
+    assert url.startswith("data:image/png;base64,")
+    assert base64.b64decode(url.split(",", 1)[1]) == receipt.read_bytes()
+
+    (record,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert record["text"] == FakeOpenAI.answer  # raw text kept
+    assert record["fields"] == FIELDS
+    assert record["reference"] == json.dumps(FIELDS) and record["source"] == f"{data}:1"
+
+
+def test_genai_server_model_name_can_be_given(server, receipt, capsys):
+    assert cli.main(["predict", str(receipt), "--backend", "genai-server", "--server-url", server,
+                     "--server-model", "my-ft", "--prompt", "chart", "--no-progress"]) == 0
+    assert [r[0] for r in FakeOpenAI.requests] == ["POST"]  # no GET /models needed
+    assert FakeOpenAI.requests[0][2]["model"] == "my-ft"
+    record = json.loads(capsys.readouterr().out)
+    assert record["prompt"] == "Chart Recognition:" and "fields" not in record
+
+
+def test_unreachable_server_is_a_clear_error(receipt, capsys):
+    import socket
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    assert cli.main(["predict", str(receipt), "--backend", "genai-server", "--server-url",
+                     f"http://127.0.0.1:{port}/v1", "--timeout", "5", "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --server-url http://127.0.0.1:{port}/v1/models:") and "Traceback" not in err
+
+
+def test_backend_needs_its_target(receipt, capsys):
+    assert cli.main(["predict", str(receipt), "--no-progress"]) == 2
+    assert "--backend paddle needs --model DIR" in capsys.readouterr().err
+    assert cli.main(["predict", str(receipt), "--backend", "genai-server"]) == 2
+    assert "needs --server-url" in capsys.readouterr().err
