@@ -16,9 +16,15 @@ setup(
     version="0.1.0",
     description="From a folder of domain documents to a fine-tuned PaddleOCR-VL-0.9B (ERNIEKit OCR-VL-SFT)",
     python_requires=">=3.10",
-    packages=find_packages(include=["paddle_ocrvl_sft", "paddle_ocrvl_sft.*"]),
-    include_package_data=True,
-    package_data={"paddle_ocrvl_sft": ["resources/*", "resources/**/*"]},
+    # configs/ and patches/ live at the top level of the repo and ship inside the package
+    # as paddle_ocrvl_sft/_configs and _patches (paddle_ocrvl_sft.data_dir finds either)
+    packages=[*find_packages(include=["paddle_ocrvl_sft", "paddle_ocrvl_sft.*"]), "paddle_ocrvl_sft._configs", "paddle_ocrvl_sft._patches"],
+    package_dir={"paddle_ocrvl_sft._configs": "configs", "paddle_ocrvl_sft._patches": "patches"},
+    package_data={
+        "paddle_ocrvl_sft": ["resources/*/*"],
+        "paddle_ocrvl_sft._configs": ["*.yaml"],
+        "paddle_ocrvl_sft._patches": ["*.json"],
+    },
     install_requires=[
         "numpy>=1.26",
         "PyYAML>=6.0",
@@ -27,6 +33,7 @@ setup(
         "json_repair==0.64.5",
         "sentencepiece==0.2.3",
         "tqdm>=4.66",
+        "protobuf>=4.25",  # testing.py edits the SentencePiece model proto (tiny tokenizer fixture)
         "matplotlib>=3.8",
     ],
     extras_require={

@@ -7,3 +7,13 @@ that need them.
 """
 
 __version__ = "0.1.0"
+
+
+def data_dir(name: str):
+    """The top-level ``configs/`` or ``patches/`` dir: the checkout's own in a clone or editable
+    install, the copy packaged as ``paddle_ocrvl_sft/_<name>`` in a wheel (see setup.py)."""
+    from pathlib import Path
+
+    package = Path(__file__).resolve().parent
+    checkout = package.parent / name
+    return checkout if checkout.is_dir() else package / f"_{name}"

@@ -261,9 +261,6 @@ def export(run_dir: str | os.PathLike, base_dir: str | os.PathLike, out: str | o
 
     report = ExportReport(out, fmt)
     with staged_dir(out, force=force) as stage:
-        umask = os.umask(0)
-        os.umask(umask)
-        stage.chmod(0o777 & ~umask)  # mkdtemp makes it 0700; a bundle is meant to be shared/served
         for src, sub, weights in plans:
             dest = stage / sub
             dest.mkdir(parents=True, exist_ok=True)

@@ -24,10 +24,11 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from paddle_ocrvl_sft import data_dir
 from paddle_ocrvl_sft.errors import UserError
 from paddle_ocrvl_sft.io import atomic_open
 
-PATCH_FILE = Path(__file__).resolve().parent.parent / "patches" / "paddlex_custom_prompt.json"
+PATCH_FILE = data_dir("patches") / "paddlex_custom_prompt.json"
 RECORD_SUFFIX = ".paddle-ocrvl-sft.json"  # beside the target: which patch, which hashes, which backup
 _RECORD_KEYS = ("patch_version", "original_sha256", "patched_sha256", "backup")
 _MARKER_RE = re.compile(r"paddle-ocrvl-sft custom-prompt patch v(\d+)")

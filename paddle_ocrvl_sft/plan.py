@@ -20,11 +20,12 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from paddle_ocrvl_sft import erniekit_schema as schema
+from paddle_ocrvl_sft import data_dir
 from paddle_ocrvl_sft.errors import UserError
 from paddle_ocrvl_sft.io import atomic_write_text, staged_dir, write_json
 from paddle_ocrvl_sft.tokens import PixelBounds
 
-CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS_DIR = data_dir("configs")
 DEFAULT_PRESET = "ocr_16k"
 # GPUs each preset's packing_size / gradient_accumulation_steps / learning_rate were set for.
 PRESET_BASE_GPUS = {"ocr_16k": 1, "kie_16k": 1, "ocr_16k_8gpu": 8}
@@ -93,7 +94,7 @@ def dataset_stats(paths: Sequence[str | os.PathLike], bounds: PixelBounds, token
                 valid=report.valid,
                 errors=report.errors,
                 token_lengths=tuple(report.token_lengths),
-                tokens_exact=bool(getattr(report, "tokens_exact", False)),
+                tokens_exact=report.tokens_exact,
                 problems=tuple(f"{p.path}:{p.line}: {p.message}" for p in report.problems if p.severity == "error")[:5],
             )
         )

@@ -30,21 +30,26 @@ def receipt_fields(rng: random.Random) -> dict:
     }
 
 
-def render_receipt(fields: dict, path: Path) -> None:
-    """Draw the fields as a narrow receipt (PIL's built-in font, so no font files needed)."""
+def draw_lines(lines: list[str], width: int = 320):
+    """A receipt-like PIL image: one text line per entry, PIL's built-in font (no font files)."""
     from PIL import Image, ImageDraw
 
+    image = Image.new("RGB", (width, 24 + 18 * len(lines)), "white")
+    draw = ImageDraw.Draw(image)
+    for row, text in enumerate(lines):
+        draw.text((14, 12 + 18 * row), text, fill="black")
+    return image
+
+
+def render_receipt(fields: dict, path: Path) -> None:
+    """Draw a receipt's fields (``receipt_fields`` shape) into ``path``."""
     lines = [fields["STORE"], f"NO. {fields['RECEIPT NUMBER']}   {fields['DATE']}", ""]
     for item in fields["ITEMS"]:
         lines.append(f"{item['QUANTITY']}x {item['NAME']}")
         lines.append(f"   {item['UNIT PRICE']}   {item['TOTAL PRICE']}")
     lines += ["", f"TOTAL CHF {fields['TOTAL']}"]
-    image = Image.new("RGB", (320, 24 + 18 * len(lines)), "white")
-    draw = ImageDraw.Draw(image)
-    for row, text in enumerate(lines):
-        draw.text((14, 12 + 18 * row), text, fill="black")
     path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path)
+    draw_lines(lines).save(path)
 
 
 def make_receipts(root: str | Path, count: int = 24, seed: int = 0) -> Path:

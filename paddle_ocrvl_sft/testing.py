@@ -303,16 +303,8 @@ def _write_checkpoint_state(ckpt: Path) -> None:
 # --- synthetic images ---------------------------------------------------------------------------
 
 
-def receipt_image(fields: dict[str, str], *, width: int = 320, seed: int = 0):
-    """A receipt-like PIL image with one ``NAME: value`` line per field (PIL's default font)."""
-    from PIL import Image, ImageDraw
+def receipt_image(fields: dict[str, str], *, width: int = 320):
+    """A receipt-like PIL image with one ``NAME: value`` line per field."""
+    from paddle_ocrvl_sft.receipts import draw_lines
 
-    rng = np.random.default_rng(seed)
-    height = 60 + 24 * len(fields)
-    image = Image.new("RGB", (width, height), (250, 250, 246))
-    draw = ImageDraw.Draw(image)
-    draw.text((12, 10), "RECEIPT", fill=(0, 0, 0))
-    for row, (name, value) in enumerate(fields.items()):
-        y = 40 + 24 * row + int(rng.integers(0, 3))
-        draw.text((12, y), f"{name.upper()}: {value}", fill=(20, 20, 20))
-    return image
+    return draw_lines(["RECEIPT", *(f"{name.upper()}: {value}" for name, value in fields.items())], width)

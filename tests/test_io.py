@@ -66,3 +66,18 @@ def test_staged_dir_swaps_in_only_when_complete(tmp_path):
             raise RuntimeError("interrupted")
     assert sorted(p.name for p in target.iterdir()) == ["a"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_outputs_get_the_usual_permissions_not_private_temp_ones(tmp_path):
+    import os
+
+    mask = os.umask(0o022)
+    try:
+        with atomic_open(tmp_path / "out.jsonl") as fh:
+            fh.write("x")
+        with staged_dir(tmp_path / "bundle", force=False) as stage:
+            (stage / "a").write_text("1")
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "out.jsonl").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "bundle").stat().st_mode & 0o777 == 0o755

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from paddle_ocrvl_sft.export import read_header, tensor_specs
-from paddle_ocrvl_sft.testing import RESOURCES, SHARD, build_tiny_model, receipt_image, weight_shapes
+from paddle_ocrvl_sft.testing import RESOURCES, SHARD, build_tiny_model, weight_shapes
 
 REFERENCE = Path("/work/shared/reference/PaddleOCR-VL-0.9B-files")
 RELEASED = sorted(p.name for p in RESOURCES.iterdir())
@@ -111,10 +111,3 @@ def test_both_tokenizer_stacks_give_released_ids_for_the_chat_prompt(tiny):
     for ids in (hf_ids, pd_ids):
         assert [i for i in ids if i >= 100272] == [100273, 101305, 100295, 101306]
     assert hf_ids == pd_ids
-
-
-def test_receipt_image_is_deterministic_and_sized_by_fields():
-    a = receipt_image({"total": "12.50", "date": "2024-01-02"})
-    b = receipt_image({"total": "12.50", "date": "2024-01-02"})
-    assert a.size == (320, 108) and a.tobytes() == b.tobytes()
-    assert receipt_image({"total": "9.99"}).tobytes() != a.tobytes()
