@@ -71,7 +71,7 @@ KEYS: tuple[Key, ...] = (
     Key("train_dataset_type", STR, UNSET, _DATA, "Reader per training file, comma-separated ('erniekit' each).", required=True),
     Key("eval_dataset_type", STR, "erniekit", _DATA, "Reader of the eval files."),
     Key("train_dataset_path", STR, UNSET, _DATA, "Training .jsonl files, comma-separated; relative image paths resolve against each file's dir.", required=True),
-    Key("train_dataset_prob", STR, UNSET, _DATA, "A STRING of comma-separated weights, one per training file: each draw picks a file by weight and streams all of it.", required=True,
+    Key("train_dataset_prob", STR, UNSET, _DATA, "A STRING of comma-separated weights, one per training file: each sampler cycle takes int(p_i * N) records of file i (N = records in all files).", required=True,
         danger="must be a string ('1.0'): ERNIEKit calls .split(',') on it; an unquoted 1.0 crashes"),
     Key("eval_dataset_path", STR, "examples/data/sft-eval.jsonl", _DATA, "Eval .jsonl files (kept for the record: the OCR-VL-SFT stage builds no eval dataset)."),
     Key("eval_dataset_prob", STR, "1.0", _DATA, "Weights of the eval files, a string like train_dataset_prob."),

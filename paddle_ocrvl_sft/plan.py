@@ -112,25 +112,34 @@ def normalize_probs(probs: Sequence[float] | None, n_files: int) -> list[float]:
     return [w / total for w in weights]
 
 
-def dataset_size(kept: Sequence[int], probs: Sequence[float]) -> tuple[int, dict]:
-    """D, the samples one "epoch" means when ERNIEKit mixes several files.
+def dataset_size(loaded: Sequence[int], kept: Sequence[int], probs: Sequence[float]) -> tuple[int, dict]:
+    """D, the samples one "epoch" trains when ERNIEKit mixes several files.
 
-    ERNIEKit's reader (``SFTMultimodalDatasetJson.__iter__``) repeatedly draws a file with
-    probability p_i (weights normalised) and then streams ALL of that file. One draw therefore
-    yields sum(p_i·n_i) samples on average, and file i is read about E·p_i times over E such
-    draws. plan takes D = round(sum(p_i·n_i)) so that E keeps the guide's meaning: with one file,
-    D is simply its number of trainable samples. ``n_i`` counts samples ERNIEKit keeps (valid and
-    not longer than ``max_seq_len``).
+    ERNIEKit's reader (``SFTMultimodalDatasetJson.gen_sample_list``/``__iter__``) builds each
+    cycle from ``int(p_i · N)`` draws of file i, where N = Σ n_i is the number of records loaded
+    from all files, and takes the next record of file i at each draw (restarting the file when
+    it runs out). A drawn record that is invalid or too long is skipped by the dataloader, so
+    file i trains ``p_i · N · kept_i / n_i`` samples per cycle and D is their sum. With one
+    file D is just its number of kept samples; file i is read ``p_i · N / n_i`` times per cycle.
     """
-    if len(kept) != len(probs):
-        raise ValueError("one probability per file")
-    d = round(sum(p * n for p, n in zip(probs, kept)))
+    if not (len(loaded) == len(kept) == len(probs)):
+        raise ValueError("one count and one probability per file")
+    total = sum(loaded)
+    trained = [p * total * k / n if n else 0.0 for p, n, k in zip(probs, loaded, kept)]
+    d = round(sum(trained))
     if d <= 0:
         raise UserError(
             "D = 0 trainable samples: every sample is invalid or too long (ERNIEKit's loader would loop forever); "
             "run `paddle-ocrvl-sft data validate` on the --data files"
         )
-    return d, num(d, "D = round(sum_i p_i * n_i)", n_i=list(kept), p_i=[round(p, 6) for p in probs])
+    return d, num(d, "D = round(sum_i p_i * N * kept_i / n_i), N = sum_i n_i", n_i=list(loaded), kept_i=list(kept),
+                  p_i=[round(p, 6) for p in probs])
+
+
+def passes_per_epoch(loaded: Sequence[int], probs: Sequence[float]) -> list[float]:
+    """How many times each file is read per cycle: p_i · N / n_i (see :func:`dataset_size`)."""
+    total = sum(loaded)
+    return [p * total / n if n else 0.0 for p, n in zip(probs, loaded)]
 
 
 # --- the guide's formulas -------------------------------------------------------------------
@@ -465,7 +474,8 @@ def make_plan(
     # D (several files: ERNIEKit's weighted draws of whole files)
     weights = normalize_probs(probs, len(train))
     kept = [s.valid - too_long(s.token_lengths, seq_len) for s in train]
-    d, d_record = dataset_size(kept, weights)
+    loaded = [s.samples for s in train]
+    d, d_record = dataset_size(loaded, kept, weights)
     steps = max_steps(d, epochs, g, batch.packing_size, batch.grad_accum)
     warmup = warmup_steps(steps)
 
@@ -559,8 +569,8 @@ def make_plan(
             "train": [
                 {"path": s.path, "samples": s.samples, "valid": s.valid, "errors": s.errors, "kept": k,
                  "dropped_too_long": s.valid - k, "longest_tokens": s.max_tokens, "prob": round(w, 6),
-                 "expected_passes": round(epochs * w, 3)}
-                for s, k, w in zip(train, kept, weights)
+                 "expected_passes": round(epochs * passes, 3)}
+                for s, k, w, passes in zip(train, kept, weights, passes_per_epoch(loaded, weights))
             ],
             "eval": [{"path": s.path, "samples": s.samples, "valid": s.valid, "errors": s.errors} for s in eval_sets],
             "tokens_exact": all(s.tokens_exact for s in train),

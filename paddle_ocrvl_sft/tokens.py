@@ -10,6 +10,7 @@ import functools
 import json
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,11 +105,17 @@ def estimate_text_tokens(text: str) -> int:
 
 
 class TextTokenCounter:
-    """Counts text tokens: exactly with a model dir's ``tokenizer.model``, else by estimate."""
+    """Counts text tokens: exactly with a model dir's tokenizer, else by estimate.
+
+    The exact count is SentencePiece over ``tokenizer.model`` with the dir's added tokens
+    (``added_tokens.json``: ``<fcel>``, ``<nl>``, ``<|LOC_0|>`` ...) counted as one token each,
+    which is how the released tokenizer treats them.
+    """
 
     def __init__(self, tokenizer_dir: str | os.PathLike | None = None):
         self.exact = tokenizer_dir is not None
         self._sp = None
+        self._added = None
         if tokenizer_dir is not None:
             path = Path(tokenizer_dir) / "tokenizer.model"
             if not path.is_file():
@@ -119,16 +126,33 @@ class TextTokenCounter:
                 self._sp = sentencepiece.SentencePieceProcessor(model_file=str(path))
             except (OSError, RuntimeError) as exc:
                 raise UserError(f"{path}: not a SentencePiece model ({exc})") from None
+            self._added = _added_tokens_pattern(Path(tokenizer_dir) / "added_tokens.json")
 
     def __call__(self, text: str) -> int:
         if self._sp is None:
             return estimate_text_tokens(text)
-        return len(self._sp.encode(text))
+        if self._added is None:
+            return len(self._sp.encode(text))
+        pieces = self._added.split(text)  # captured added tokens sit at the odd positions
+        return len(pieces) // 2 + sum(len(self._sp.encode(p)) for p in pieces[::2] if p)
 
     @functools.cached_property
     def turn_overhead(self) -> int:
         """Tokens a (prompt, answer) turn adds besides its texts: role markers and </s>."""
         return sum(self(m) for m in ROLE_MARKERS) + TURN_SPECIAL_TOKENS
+
+
+def _added_tokens_pattern(path: Path) -> re.Pattern | None:
+    try:
+        tokens = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path}: unreadable ({exc})") from None
+    if not isinstance(tokens, dict) or not tokens:
+        return None
+    # longest first, so "<|LOC_100|>" wins over a shorter token that is its prefix
+    return re.compile("(" + "|".join(re.escape(t) for t in sorted(tokens, key=len, reverse=True)) + ")")
 
 
 def sample_tokens(image_token_counts: list[int], turns: list[tuple[str, str]], count_text: TextTokenCounter) -> int:

@@ -93,13 +93,16 @@ def test_scale_1_to_8_gpus_both_strategies():
 
 
 def test_dataset_size_single_and_weighted_files():
-    assert plan.dataset_size([29605], [1.0])[0] == 29605
+    assert plan.dataset_size([29605], [29605], [1.0])[0] == 29605
+    assert plan.dataset_size([30000], [29605], [1.0])[0] == 29605  # invalid records are drawn, then skipped
     probs = plan.normalize_probs([3, 1], 2)
     assert probs == [0.75, 0.25]
-    d, rec = plan.dataset_size([1000, 200], probs)
-    assert d == 800 and rec["inputs"]["n_i"] == [1000, 200]
+    # ERNIEKit draws int(p_i * N) records of file i per cycle, N = 1200 records in all
+    d, rec = plan.dataset_size([1000, 200], [1000, 100], probs)
+    assert d == round(0.75 * 1200 + 0.25 * 1200 * 100 / 200) == 1050 and rec["inputs"]["n_i"] == [1000, 200]
+    assert plan.passes_per_epoch([1000, 200], probs) == [0.9, 1.5]
     with pytest.raises(UserError, match="D = 0"):
-        plan.dataset_size([0, 0], [0.5, 0.5])
+        plan.dataset_size([5, 5], [0, 0], [0.5, 0.5])
     with pytest.raises(UserError, match="one per file"):
         plan.normalize_probs([1.0], 2)
     with pytest.raises(UserError, match="positive sum"):
@@ -188,9 +191,9 @@ def test_multi_file_plan_records_probabilities(model_dir, tmp_path):
                             model_dir=model_dir, epochs=2, gpus=8, scale="scale-lr", plan_dir=tmp_path / "p")
     cfg, rec = result.config, result.record
     assert (cfg["train_dataset_path"], cfg["train_dataset_prob"], cfg["train_dataset_type"]) == ("/a.jsonl,/b.jsonl", "0.75,0.25", "erniekit,erniekit")
-    assert rec["numbers"]["D"]["value"] == 800
-    assert cfg["max_steps"] == math.ceil(800 * 2 / (8 * 8 * 8)) and cfg["learning_rate"] == 4e-05
-    assert [f["expected_passes"] for f in rec["datasets"]["train"]] == [1.5, 0.5]
+    assert rec["numbers"]["D"]["value"] == 1200  # 900 draws of a.jsonl + 300 of b.jsonl per cycle
+    assert cfg["max_steps"] == math.ceil(1200 * 2 / (8 * 8 * 8)) and cfg["learning_rate"] == 4e-05
+    assert [f["expected_passes"] for f in rec["datasets"]["train"]] == [1.8, 3.0]  # E * p_i * N / n_i
     assert "eval_dataset_path" not in cfg  # the preset's example eval path would point nowhere
 
 
@@ -368,5 +371,6 @@ def test_cli_allow_drop_counts_only_kept_samples(cli_env, model_dir):
     assert run("--data", train, "--data", big, "--model", model_dir, "--epochs", 1, "--gpus", 1, "--max-seq-len", 1024, "--allow-drop", "-o", out) == 0
     rec = json.loads((out / "plan.json").read_text())
     assert [f["dropped_too_long"] for f in rec["datasets"]["train"]] == [0, 3]
-    assert rec["numbers"]["D"]["inputs"]["n_i"] == [10, 0]
+    assert rec["numbers"]["D"]["inputs"]["n_i"] == [10, 3] and rec["numbers"]["D"]["inputs"]["kept_i"] == [10, 0]
+    assert rec["numbers"]["D"]["value"] == round(0.5 * 13 * 10 / 10)  # equal weights; the dropped file's draws train nothing
     assert any("drop 3 sample(s)" in w for w in rec["warnings"])

@@ -111,3 +111,18 @@ def test_exact_counter_needs_a_tokenizer_model(tmp_path):
     (tmp_path / "tokenizer.model").write_bytes(b"garbage")
     with pytest.raises(UserError, match="not a SentencePiece model"):
         TextTokenCounter(tmp_path)
+
+
+@pytest.mark.slow
+def test_exact_counter_equals_the_hf_tokenizer_per_text_segment(tmp_path):
+    """The tiny model's tokenizer (released added tokens at their released ids) through transformers."""
+    from paddle_ocrvl_sft.testing import build_tiny_model
+
+    transformers = pytest.importorskip("transformers")
+    base = build_tiny_model(tmp_path / "base", "base")
+    hf = transformers.AutoTokenizer.from_pretrained(base)
+    count = TextTokenCounter(base)
+    texts = ["OCR:", 'OCR:{"TOTAL": "", "ITEMS": []}', "Table Recognition:", "<fcel>分组<fcel>频数<nl><fcel>[41,51)<ecel><nl>",
+             "TOTAL 12.50\nDATE 01.02.2024", "发票号码 12271524", "<|LOC_100|><|LOC_10|>", "User: ", "\nAssistant: ", ""]
+    assert [count(t) for t in texts] == [len(hf(t, add_special_tokens=False)["input_ids"]) for t in texts]
+    assert count("<fcel>") == 1 and count("<|LOC_100|>") == 1

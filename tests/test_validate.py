@@ -22,11 +22,11 @@ def check_one(tmp_path, row, **options):
     return validate_paths([path], ValidateOptions(**options))
 
 
-def png_b64(size=(60, 40)):
+def image_b64(fmt, size=(60, 40)):
     from PIL import Image
 
     buf = io.BytesIO()
-    Image.new("RGB", size).save(buf, format="PNG")
+    Image.new("RGB", size).save(buf, format=fmt)
     return base64.b64encode(buf.getvalue()).decode()
 
 
@@ -48,7 +48,10 @@ BAD = [
     ("empty-text", sample(prompt="")),
     ("no-image", {**sample(), "image_info": []}),
     ("index-out-of-range", sample(index=5)),
-    ("image-on-answer", sample(index=1)),
+    ("image-on-answer", {**sample(index=2), "text_info": [{"text": "OCR:", "tag": "mask"}, {"text": "a", "tag": "no_mask"},
+                                                         {"text": "b", "tag": "no_mask"}]}),
+    ("http-prefix", sample(url="http_scan.png")),
+    ("base64-mangled", sample(url=image_b64("PNG"))),
     ("bad-type", sample(index="0")),
     ("missing-image", sample(url="nope/missing.png")),
     ("data-url", sample(url="data:image/png;base64,AAAA")),
@@ -97,6 +100,7 @@ def test_json_array_file_reports_element_lines(dataset_dir):
         ("merged-turns", {**sample(), "text_info": [{"text": "OCR:", "tag": "mask"}, {"text": "a", "tag": "no_mask"}, {"text": "b", "tag": "no_mask"}]}),
         ("trailing-prompt", {**sample(), "text_info": [{"text": "OCR:", "tag": "mask"}, {"text": "a", "tag": "no_mask"}, {"text": "OCR:", "tag": "mask"}]}),
         ("remote-image", sample(url="https://example.com/a.png")),
+        ("image-on-answer", sample(index=1)),  # ERNIEKit moves it to the prompt before the answer
     ],
 )
 def test_warning_rules_keep_the_sample(dataset_dir, rule, row):
@@ -109,8 +113,10 @@ def test_remote_image_counted_at_the_max_pixels_bound(dataset_dir):
     assert report.max_tokens > 2822400 // 784
 
 
-def test_base64_image_is_measured_and_flagged(dataset_dir):
-    report = check_one(dataset_dir, sample(url=png_b64()))
+def test_base64_survives_only_when_it_starts_with_a_slash(dataset_dir):
+    jpeg = image_b64("JPEG")
+    assert jpeg.startswith("/9j/")  # os.path.isabs: ERNIEKit does not prefix the dataset's dir
+    report = check_one(dataset_dir, sample(url=jpeg))
     assert rules_of(report) == ["base64-image"] and report.valid == 1
 
 
@@ -158,6 +164,9 @@ def test_too_long_uses_max_seq_len_and_says_estimate(dataset_dir):
     assert check_one(dataset_dir, row, max_seq_len=None).ok
     report = check_one(dataset_dir, row, max_seq_len=300)
     assert rules_of(report) == ["too-long"] and "estimated" in report.problems[0].message
+    assert report.problems[0].message.endswith("ERNIEKit drops it")
+    two_turns = {**row, "text_info": row["text_info"] * 2}
+    assert check_one(dataset_dir, two_turns, max_seq_len=300).problems[0].message.endswith("cuts it to the turns that fit")
 
 
 def test_duplicates_point_at_the_first_occurrence(dataset_dir):
@@ -270,3 +279,19 @@ def test_arbitrary_image_fields_give_a_clean_report(dataset_dir, url, index):
     row["image_info"][0]["matched_text_index"] = index
     report = check_one(dataset_dir, row)
     assert report.samples == 1
+
+
+def test_tokenizer_gives_exact_counts(dataset_dir, tmp_path, capsys):
+    from paddle_ocrvl_sft.testing import build_tiny_model
+    from paddle_ocrvl_sft.tokens import TextTokenCounter, image_tokens, sample_tokens
+
+    base = build_tiny_model(tmp_path / "base", "base")
+    row = sample(prompt="Table Recognition:", answer="<fcel>a<fcel>b<nl>" * 50)
+    report = check_one(dataset_dir, row, tokenizer_dir=base)
+    assert report.tokens_exact
+    assert report.max_tokens == sample_tokens([image_tokens(80, 120)], [(row["text_info"][0]["text"], row["text_info"][1]["text"])],
+                                              TextTokenCounter(base))
+    path = write_jsonl(dataset_dir / "d.jsonl", [row])
+    assert main(["data", "validate", str(path), "--tokenizer", str(base), "--max-seq-len", "300"]) == 1
+    out = capsys.readouterr().out
+    assert "[too-long]" in out and "estimated" not in out

@@ -22,17 +22,20 @@ merged-turns        warning   consecutive same-tag texts: ERNIEKit concatenates 
 trailing-prompt     warning   the last text is a prompt with no answer after it
 no-image            error     ``image_info`` is empty
 index-out-of-range  error     ``matched_text_index`` outside ``text_info``
-image-on-answer     error     an image attached to a ``no_mask`` text
+image-on-answer     error     an image attached to a ``no_mask`` text inside merged answers
+                    warning   ... to the first text of an answer: ERNIEKit moves it to the prompt
 remote-image        warning   ``http(s)`` URL: ERNIEKit fetches it with no timeout (not checked)
+http-prefix         error     a local path starting with "http": ERNIEKit takes it for a URL
 data-url            error     ``data:`` URL: ERNIEKit decodes the field as raw base64
-base64-image        warning   inline base64 image (works, but bloats the dataset)
+base64-image        warning   inline base64 starting with "/" (JPEG): works, but bloats the dataset
+base64-mangled      error     other inline base64: ERNIEKit prefixes the dataset's dir, then decodes
 missing-image       error     not a file and not base64 (resolved against the dataset's dir)
 absolute-path       warning   absolute image path: the dataset is not portable
 path-escapes        warning   a relative path that leaves the dataset's directory
 not-image           error     the file's header is not an image format PIL reads
 corrupt-image       error     ``--decode``: the full decode fails
 aspect-ratio        error     longer side > 200 × shorter side
-too-long            error     sample tokens > ``max_seq_len``: ERNIEKit drops it
+too-long            error     sample tokens > ``max_seq_len``: ERNIEKit drops it (or cuts turns)
 duplicate           warning   same images and same prompt as an earlier sample
 ==================  ========  =============================================================
 """
@@ -200,7 +203,8 @@ class _Checker:
         limit = self.options.max_seq_len
         if limit is not None and tokens > limit:
             how = "" if self.count_text.exact else " (estimated: pass --tokenizer MODEL_DIR for exact counts)"
-            add(ERROR, "too-long", f"sample is {tokens} tokens{how}, above max_seq_len {limit}: ERNIEKit drops it")
+            fate = "drops it" if len(turns) == 1 else "cuts it to the turns that fit"
+            add(ERROR, "too-long", f"sample is {tokens} tokens{how}, above max_seq_len {limit}: ERNIEKit {fate}")
             return found, None, None
         urls = tuple(str(resolve_image(i["image_url"], dataset)) if not is_remote(i["image_url"]) else i["image_url"] for i in images)
         dedup_key = (urls, turns[0][0])
@@ -252,11 +256,22 @@ class _Checker:
                 add(ERROR, "bad-type", f"{where}.matched_text_index: must be an integer, got {index!r}")
             elif not 0 <= index < len(texts):
                 add(ERROR, "index-out-of-range", f"{where}.matched_text_index: {index} is outside text_info (0..{len(texts) - 1})")
-            elif tags_ok and isinstance(texts[index], dict) and texts[index].get("tag") != MASK:
-                add(ERROR, "image-on-answer", f"{where}.matched_text_index: {index} points at a 'no_mask' answer; images go with prompts")
+            elif tags_ok and texts[index].get("tag") != MASK:
+                # ERNIEKit moves an image on the first text of an answer group to the prompt
+                # before it, and rejects one further inside the group (input_ids_messaging)
+                if index > 0 and texts[index - 1].get("tag") == MASK:
+                    add(WARNING, "image-on-answer", f"{where}.matched_text_index: {index} points at a 'no_mask' answer; "
+                        "ERNIEKit moves the image to the prompt before it")
+                else:
+                    add(ERROR, "image-on-answer", f"{where}.matched_text_index: {index} points inside merged 'no_mask' answers; "
+                        "ERNIEKit rejects the sample ('Image should not in No-Mask Data')")
             url = item.get("image_url")
             if not isinstance(url, str) or not url:
                 add(ERROR, "bad-type" if "image_url" in item else "missing-field", f"{where}.image_url: must be a non-empty string")
+                continue
+            if url.startswith("http") and not is_remote(url):
+                add(ERROR, "http-prefix", f"{where}.image_url: {url[:80]}: ERNIEKit takes anything starting with 'http' for a URL; "
+                    f"write it as ./{url}")
                 continue
             if is_remote(url):
                 add(WARNING, "remote-image", f"{where}.image_url: {url[:80]}: ERNIEKit downloads it with no timeout; not checked")
@@ -283,6 +298,12 @@ class _Checker:
             data = _decode_base64(url)
             if data is None:
                 add(ERROR, "missing-image", f"{where}: {url[:120]}: no such file ({path})")
+                return None
+            if not url.startswith("/"):
+                # ERNIEKit joins every non-absolute image_url to the dataset's dir before it
+                # falls back to base64, so only base64 that starts with "/" (JPEG: "/9j/") survives
+                add(ERROR, "base64-mangled", f"{where}: inline base64 image: ERNIEKit prefixes the dataset's directory "
+                    "before decoding it, which corrupts it; write the image to a file")
                 return None
             add(WARNING, "base64-image", f"{where}: inline base64 image ({len(data) // 1024} KiB): works, but bloats the dataset")
             return self._read_size(io.BytesIO(data), where, add)
