@@ -275,7 +275,7 @@ REF_TOKENS_PER_SAMPLE = 300  # ASSUMED: Bengali line crops, >= 188 image tokens 
 REF_TOKENS_PER_SECOND = REF_STEPS * REF_SAMPLES_PER_STEP * REF_TOKENS_PER_SAMPLE / (REF_HOURS * 3600)
 
 ESTIMATE_ASSUMPTIONS = (
-    f"ESTIMATE, not a measurement: ERNIEKit training was not run to produce these numbers.",
+    "ESTIMATE, not a measurement: ERNIEKit training was not run to produce these numbers.",
     f"parameters ≈ {PARAMS / 1e9:.2f}B; full fine-tuning keeps bf16 weights+grads ({BYTES_PER_PARAM_REPLICATED} B/param) on every GPU "
     f"and fp32 master weights + Adam moments ({BYTES_PER_PARAM_SHARDABLE} B/param) split over sharding_parallel_degree",
     f"+ {OVERHEAD_GB:g} GB CUDA context/workspace + {MB_PER_TOKEN:g} MB per token of the largest packed sequence "

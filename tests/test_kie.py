@@ -1,7 +1,6 @@
 import json
 import random
 
-import pytest
 from conftest import write_image, write_jsonl
 
 from paddle_ocrvl_sft.cli import main

@@ -470,8 +470,7 @@ def place_image(url: str, src: Source, out: Path) -> str:
         return url
     if url.startswith("data:"):
         raise Reject("image", "data: URLs are not read by ERNIEKit; save the image to a file")
-    anchor = src.image_root / "_" if src.image_root else src.path  # relocate_image takes a file
-    return relocate_image(url, anchor, out)
+    return relocate_image(url, src.path, out, src.image_root)
 
 
 @dataclass

@@ -117,9 +117,7 @@ def build_kie_dataset(
                     on_error(f"{record.where}: error: {problem}")
                 continue
             image = record.value["image"]
-            # relative image paths resolve against --image-root, else the annotation file's dir
-            anchor = Path(image_root) / "_" if image_root else record.path
-            url = relocate_image(image, anchor, out)
+            url = relocate_image(image, record.path, out, image_root)
             # seeding per image keeps each image's subsets stable when others are added or removed
             digest = hashlib.sha256(f"{seed}\0{image}".encode()).digest()
             rng = random.Random(int.from_bytes(digest[:8], "little"))

@@ -54,13 +54,15 @@ def resolve_image(url: str, dataset_path: str | os.PathLike) -> Path:
     return Path(os.path.join(os.path.dirname(os.path.abspath(dataset_path)), url))
 
 
-def relocate_image(url: str, src_dataset: str | os.PathLike, dst_dataset: str | os.PathLike) -> str:
+def relocate_image(url: str, src_dataset: str | os.PathLike, dst_dataset: str | os.PathLike,
+                   image_root: str | os.PathLike | None = None) -> str:
     """Rewrite a relative image path so it still resolves when the sample moves to ``dst_dataset``.
 
+    The path is relative to ``image_root`` when given, else to ``src_dataset``'s directory.
     Absolute paths and URLs are returned unchanged.
     """
     if is_remote(url) or os.path.isabs(url):
         return url
-    target = resolve_image(url, src_dataset)
+    target = Path(os.path.abspath(image_root), url) if image_root else resolve_image(url, src_dataset)
     dst_dir = os.path.dirname(os.path.abspath(dst_dataset))
     return os.path.relpath(target, dst_dir)
