@@ -28,6 +28,8 @@ from paddle_ocrvl_sft.prompts import kie_prompt
 
 MODEL_NAME = "PaddleOCR-VL-0.9B"
 DEMO_QUERY = {"RECEIPT NUMBER": "", "ITEMS": [], "TOTAL": ""}
+MIN_IMAGES = 4
+RUN_MARKER = ".paddle-ocrvl-sft-demo"
 MAX_NEW_TOKENS = "24"  # a random model never stops by itself: cap generation so the demo takes minutes
 
 
@@ -85,9 +87,16 @@ def run_demo(run_dir: str | os.PathLike, *, force: bool = False, images: int = 1
     from paddle_ocrvl_sft.testing import build_tiny_model
 
     run = Path(run_dir).resolve()
+    if images < MIN_IMAGES:
+        raise UserError(f"--images {images}: the demo needs at least {MIN_IMAGES} (train and validation both need images)")
     refuse_existing(run, force=force)
     if run.exists():
+        # --force replaces only an earlier demo run (or an empty dir), never an arbitrary directory
+        if not run.is_dir() or (any(run.iterdir()) and not (run / RUN_MARKER).is_file()):
+            raise UserError(f"{run}: not an earlier demo run (no {RUN_MARKER}); --force only replaces those: choose another -o")
         shutil.rmtree(run)
+    run.mkdir(parents=True)
+    (run / RUN_MARKER).write_text("written by `paddle-ocrvl-sft demo`; `demo --force` may replace this dir\n")
     started = time.perf_counter()
     data, plan, output = run / "data", run / "plan", run / "plan" / "output"
     steps: list[str] = []

@@ -20,6 +20,7 @@ loading it, and only then moved to OUT (``io.staged_dir``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -39,10 +40,13 @@ INDEX = "model.safetensors.index.json"
 IMAGE_TOKEN = "<|IMAGE_PLACEHOLDER|>"
 VIDEO_TOKEN = "<|video_pad|>"
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
-# paddle bundle: a --vl_rec_model_dir needs these (FACTS "Custom VL-rec model dir minimum" + tokenizer).
+# What a --vl_rec_model_dir must hold (FACTS "Custom VL-rec model dir minimum"); `predict` checks
+# the same list. The other files below are copied when present.
+VL_REC_REQUIRED = ("inference.yml", "config.json", WEIGHTS, "preprocessor_config.json",
+                   "tokenizer.model", "tokenizer_config.json", "chat_template.jinja")
+# paddle bundle: files taken from the run (what it trained with) and those only BASE has.
 PADDLE_RUN_FILES = ("config.json", "generation_config.json", "preprocessor_config.json", *TOKENIZER_FILES)
 PADDLE_BASE_FILES = ("chat_template.jinja", "processor_config.json")
-REQUIRED = ("config.json", "preprocessor_config.json", "tokenizer.model", "tokenizer_config.json")
 HF_BASE_FILES = ("generation_config.json", "preprocessor_config.json", "processor_config.json",
                  "chat_template.jinja", *TOKENIZER_FILES)
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
@@ -98,17 +102,13 @@ def merge_safetensors(shards: list[Path], out: Path) -> None:
     for name, _, begin, end, dtype, shape in entries:
         header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + end - begin]}
         offset += end - begin
-    with open(out, "wb") as dst:
+    with open(out, "wb") as dst, contextlib.ExitStack() as stack:
         dst.write(_header_bytes(header, metadata))
-        handles: dict[Path, object] = {}
-        try:
-            for name, shard, begin, end, *_ in entries:
-                src = handles.setdefault(shard, open(shard, "rb"))
-                src.seek(begin)
-                _copy_range(src, dst, end - begin)
-        finally:
-            for fh in handles.values():
-                fh.close()
+        handles = {shard: stack.enter_context(open(shard, "rb")) for shard in dict.fromkeys(shards)}
+        for name, shard, begin, end, *_ in entries:
+            src = handles[shard]
+            src.seek(begin)
+            _copy_range(src, dst, end - begin)
 
 
 def _header_bytes(header: dict, metadata: dict | None) -> bytes:
@@ -248,9 +248,7 @@ def export(run_dir: str | os.PathLike, base_dir: str | os.PathLike, out: str | o
         if not d.is_dir():
             raise UserError(f"{label} {d}: not a directory")
     out = Path(out).resolve() if out else default_out(run_dir, checkpoint, fmt)
-    for label, d in (("RUN_DIR", run_dir), ("--base", base_dir)):
-        if out == d or d in out.parents:
-            raise UserError(f"-o {out}: inside {label} {d}, which export never modifies; choose another OUT")
+    _refuse_overlap(out, {"RUN_DIR": run_dir, "--base": base_dir})
     base_weights = find_weights(base_dir)
     sources = select_sources(run_dir, checkpoint)
     plans = []
@@ -277,6 +275,14 @@ def export(run_dir: str | os.PathLike, base_dir: str | os.PathLike, out: str | o
     return report
 
 
+def _refuse_overlap(out: Path, inputs: dict[str, Path]) -> None:
+    """OUT is replaced wholesale (``--force``): it may not be, lie inside, or contain an input dir."""
+    for label, d in inputs.items():
+        where = "is" if out == d else "inside" if d in out.parents else "contains" if out in d.parents else None
+        if where:
+            raise UserError(f"-o {out}: {where} {label} {d}, which export never modifies; choose another OUT")
+
+
 def _write_json(path: Path, obj) -> None:
     # Plain writes: the whole bundle is staged and swapped in at once (io.staged_dir).
     path.write_text(json.dumps(obj, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
@@ -300,7 +306,7 @@ def _build_paddle(src: Path, run_dir: Path, base_dir: Path, weights: Weights, de
         order = [base_dir] if name in PADDLE_BASE_FILES else [src, run_dir, base_dir]
         found = _pick(name, order)
         if found is None:
-            if name in REQUIRED or name == "chat_template.jinja":
+            if name in VL_REC_REQUIRED:
                 raise UserError(f"{name}: not in {' or '.join(str(d) for d in dict.fromkeys(order))}")
             continue
         shutil.copy2(found, dest / name)
@@ -350,7 +356,7 @@ def _build_hf(src: Path, run_dir: Path, base_dir: Path, weights: Weights, dest: 
         if (base_dir / name).is_file():
             shutil.copy2(base_dir / name, dest / name)
             lines.append(f"copied {name} from BASE")
-        elif name in REQUIRED or name == "chat_template.jinja":
+        elif name in VL_REC_REQUIRED:
             raise UserError(f"{base_dir / name}: not found (--format hf takes the base model's HF files)")
     remote_code = sorted(base_dir.glob("*.py"))
     for path in remote_code:

@@ -28,6 +28,10 @@ class Record:
     line: int
     value: Any = None
     error: str | None = None  # set instead of ``value`` when the text does not parse
+    # With ``error``: the reader could not resynchronise, so part of the file after this line was
+    # not read at all (a .json array stops at its first syntax error). Skipping the record is not
+    # enough to keep the rest: the rest was never seen.
+    unread_after: bool = False
 
     @property
     def where(self) -> str:
@@ -40,7 +44,8 @@ def iter_records(path: str | os.PathLike) -> Iterator[Record]:
     A ``.jsonl`` file is always read line by line; a ``.json`` file is a JSON array when it
     starts with ``[`` and JSON Lines otherwise. Unparsable JSONL lines and undecodable bytes come back as records with ``error`` set, so a
     validator can report every bad line instead of stopping at the first (ERNIEKit stops there).
-    A ``.json`` file is streamed element by element; its first syntax error ends the stream.
+    A ``.json`` file is streamed element by element; its first syntax error ends the stream
+    (that error record has ``unread_after`` set).
     """
     path = Path(path)
     if path.suffix.lower() == ".json" and _starts_with_bracket(path):
@@ -58,24 +63,37 @@ def _starts_with_bracket(path: Path) -> bool:
     return False
 
 
-def _iter_jsonl(path: Path) -> Iterator[Record]:
+def iter_lines(path: str | os.PathLike, *, skip_blank: bool = True) -> Iterator[tuple[int, str | None, str | None]]:
+    """The lines of a UTF-8 text file, streamed as ``(lineno, text, None)`` (1-based, line ending
+    kept) or ``(lineno, None, why)`` for a line that is not UTF-8.
+
+    Lines end at ``\n``. Each line is decoded on its own, so a bad byte costs its line only and
+    the numbers stay right. A BOM opening line 1 is dropped; blank lines are skipped unless
+    ``skip_blank`` is false.
+    """
     with open(path, "rb") as fh:
         for lineno, raw in enumerate(fh, 1):
             if lineno == 1:
                 raw = raw.removeprefix(b"\xef\xbb\xbf")
-            if not raw.strip():
+            if skip_blank and not raw.strip():
                 continue
             try:
-                text = raw.decode("utf-8")
+                yield lineno, raw.decode("utf-8"), None
             except UnicodeDecodeError as exc:
-                yield Record(path, lineno, error=f"not UTF-8 text ({exc.reason} at byte {exc.start})")
-                continue
-            try:
-                yield Record(path, lineno, json.loads(text))
-            except json.JSONDecodeError as exc:
-                yield Record(path, lineno, error=f"invalid JSON: {exc.msg} (column {exc.colno})")
-            except RecursionError:
-                yield Record(path, lineno, error="invalid JSON: nested too deeply")
+                yield lineno, None, f"not UTF-8 text ({exc.reason} at byte {exc.start})"
+
+
+def _iter_jsonl(path: Path) -> Iterator[Record]:
+    for lineno, text, error in iter_lines(path):
+        if error:
+            yield Record(path, lineno, error=error)
+            continue
+        try:
+            yield Record(path, lineno, json.loads(text))
+        except json.JSONDecodeError as exc:
+            yield Record(path, lineno, error=f"invalid JSON: {exc.msg} (column {exc.colno})")
+        except RecursionError:
+            yield Record(path, lineno, error="invalid JSON: nested too deeply")
 
 
 def _iter_json_array(path: Path) -> Iterator[Record]:
@@ -84,7 +102,7 @@ def _iter_json_array(path: Path) -> Iterator[Record]:
     try:
         yield from reader
     except _ArrayError as exc:
-        yield Record(path, exc.line, error=exc.message)
+        yield Record(path, exc.line, error=exc.message, unread_after=True)
 
 
 class _ArrayError(Exception):
@@ -174,10 +192,15 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", *, force: bool = True,
     With ``force=False`` an existing ``path`` is refused before anything is written.
     """
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path}: is a directory; give a file name")
     if not force and path.exists():
         raise UserError(f"{path}: already exists (use --force to overwrite)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise UserError(f"{path}: cannot write here ({exc.strerror or exc})") from None
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
     try:
         with open(fd, mode, encoding=None if "b" in mode else encoding, newline=None if "b" in mode else "\n") as fh:
@@ -219,6 +242,14 @@ def refuse_existing(*paths: str | os.PathLike, force: bool) -> None:
         p = Path(p)
         if p.exists() and (p.is_file() or any(p.iterdir())):
             raise UserError(f"{p}: already exists (use --force to overwrite)")
+
+
+def refuse_inputs_as_outputs(inputs, outputs) -> None:
+    """An output that is (or would replace) one of the inputs is refused, ``--force`` or not."""
+    resolved = {Path(p).resolve() for p in inputs}
+    for out in outputs:
+        if Path(out).resolve() in resolved:
+            raise UserError(f"{out}: this output would replace an input file; choose another name")
 
 
 @contextlib.contextmanager

@@ -6,9 +6,12 @@ mode runs exactly that path and swaps the query for the custom prompt at the one
 paddlex 3.3-3.7 release hands it to the model: ``<pipeline>.vl_rec_model.predict([{"image", "query"}])``.
 If that hand-over ever looks different, it raises :class:`UpstreamChanged` instead of guessing.
 
-``predict`` and ``serve`` call :func:`predict_with_prompt`; it works the same on a patched install
-(``patch apply``), where the blocks keep the label ``ocr`` too. Heavy imports: none (the caller
-passes an already-built pipeline).
+Runtime mode is this Python API, :func:`predict_with_prompt(pipeline, input, prompt)
+<predict_with_prompt>`, for code that drives the PaddleOCR-VL pipeline on an unpatched install
+(e.g. a read-only site-packages). No CLI command uses it: ``predict`` calls the VL-rec predictor
+directly and needs no patch at all. It works the same on a patched install (``patch apply``),
+where the blocks keep the label ``ocr`` too. Heavy imports: none (the caller passes an
+already-built pipeline).
 """
 
 from __future__ import annotations

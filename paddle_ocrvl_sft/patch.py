@@ -332,6 +332,8 @@ def _write_like(template: Path, path: Path, data: bytes) -> None:
             fh.write(data)
     except PermissionError as exc:
         raise UserError(
-            f"{path}: cannot write ({exc.strerror}); patch with write access to this paddlex, "
-            "or use runtime mode, which touches no file (docs/patch.md)"
+            f"{path}: cannot write ({exc.strerror}); patch with write access to this paddlex, or touch no "
+            "file: `python -m paddle_ocrvl_sft predict` needs no patch, and Python code that drives the "
+            "pipeline can call paddle_ocrvl_sft.paddlex_runtime.predict_with_prompt(pipeline, input, prompt) "
+            "(docs/patch.md, runtime mode)"
         ) from None

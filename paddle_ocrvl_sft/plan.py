@@ -465,7 +465,7 @@ def make_plan(
     batch, scaling = scale_to_gpus(base_batch, g_base, g, scale)
 
     # max_seq_len: >= the longest sample unless dropping is allowed
-    seq_len = max_seq_len or base["max_seq_len"]
+    seq_len = base["max_seq_len"] if max_seq_len is None else max_seq_len
     all_lengths = [n for s in train for n in s.token_lengths]
     dropped = check_max_seq_len(all_lengths, seq_len, allow_drop)
     if dropped:

@@ -16,6 +16,7 @@ data, so training and inference prompts match byte for byte.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import sys
@@ -25,15 +26,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from paddle_ocrvl_sft.data.sample import image_urls, is_remote, resolve_image, sample_turns
+from paddle_ocrvl_sft.data.sample import image_location, image_urls, is_remote, sample_turns
+from paddle_ocrvl_sft.data.validate import DATASET_SUFFIXES
 from paddle_ocrvl_sft.errors import UsageError, UserError
-from paddle_ocrvl_sft.export import DEFAULT_MODEL_NAME, yml_model_name
+from paddle_ocrvl_sft.export import DEFAULT_MODEL_NAME, VL_REC_REQUIRED, yml_model_name
 from paddle_ocrvl_sft.io import atomic_open, iter_records
 from paddle_ocrvl_sft.prompts import BUILTIN_PROMPTS, kie_prompt, prompt_kind, query_for_fields
 
 BACKENDS = ("paddle", "genai-server")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-DATASET_SUFFIXES = (".jsonl", ".json")
 DEFAULT_PROMPT = BUILTIN_PROMPTS["ocr"]
 
 
@@ -107,7 +108,7 @@ def _dataset_jobs(path: Path, prompt: str | None) -> Iterator[Job]:
         except (KeyError, IndexError, TypeError) as exc:
             raise UserError(f"{record.where}: not an ERNIEKit sample (needs image_info[0].image_url and a "
                             f"'mask' text_info item; {type(exc).__name__}: {exc})") from None
-        image = url if is_remote(url) else str(resolve_image(url, path))
+        image = image_location(url, path)
         if not is_remote(url) and not Path(image).is_file():
             raise UserError(f"{record.where}: field image_info[0].image_url: {image} not found")
         yield Job(image, prompt or first_prompt, where=record.where, reference=answer)
@@ -162,17 +163,12 @@ def paddle_predictor(model_dir: str | os.PathLike, model_name: str | None = None
         raise UserError(f"--model {model_dir}: PaddleX cannot load it: {exc}{hint}") from None
 
 
-# A --vl_rec_model_dir needs these (shared/reference/FACTS.md, "Custom VL-rec model dir minimum").
-PADDLE_MODEL_FILES = ("inference.yml", "config.json", "model.safetensors", "preprocessor_config.json",
-                      "tokenizer.model", "tokenizer_config.json", "chat_template.jinja")
-
-
 def check_model_dir(model_dir: str | os.PathLike) -> None:
     """Name every missing inference file up front instead of PaddleX's first FileNotFoundError."""
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise UserError(f"--model {model_dir}: not a directory")
-    missing = [name for name in PADDLE_MODEL_FILES if not (model_dir / name).is_file()]
+    missing = [name for name in VL_REC_REQUIRED if not (model_dir / name).is_file()]
     if missing:
         raise UserError(f"--model {model_dir}: missing {', '.join(missing)} (an ERNIEKit output dir? "
                         "run `python -m paddle_ocrvl_sft export RUN_DIR --base BASE_DIR` first)")
@@ -274,23 +270,55 @@ def make_backend(backend: str, *, model_dir=None, server_url=None, server_model=
 
 
 def run(jobs: list[Job], backend, *, progress: bool = True) -> Iterator[dict]:
-    """Yield one output record per job, with a progress bar on stderr."""
+    """Yield one output record per job, with a progress bar on stderr.
+
+    A job that fails (an unreadable image, a server error for that request) does not stop the
+    run: it yields an :func:`error_record` and prints one ``error:`` line on stderr.
+    """
     from tqdm import tqdm
 
     for job in tqdm(jobs, desc="predict", unit="img", file=sys.stderr, disable=not progress):
-        yield to_record(job, backend(job))
+        try:
+            text = backend(job)
+        except Exception as exc:  # one bad input must not lose the predictions already made
+            record = error_record(job, exc)
+            where = f"{job.where}: {job.image}" if job.where else job.image
+            tqdm.write(f"error: {where}: {record['error']}", file=sys.stderr)
+            yield record
+        else:
+            yield to_record(job, text)
 
 
-def write_records(records: Iterable[dict], out: str | os.PathLike | None, *, force: bool = False) -> int:
-    """JSONL to ``out`` (atomically; refused if it exists without ``force``) or to stdout."""
-    count = 0
-    if out is None:
+def error_record(job: Job, exc: Exception) -> dict:
+    """The output line of a failed job: image, prompt and why (one line, no traceback)."""
+    from PIL import UnidentifiedImageError  # both backends open images with PIL
+
+    if isinstance(exc, UnidentifiedImageError):
+        why = "not an image file PIL can read"
+    elif isinstance(exc, UserError):
+        why = str(exc)
+    else:
+        why = f"{type(exc).__name__}: {exc}"
+    record = {"image": job.image, "prompt": job.prompt, "error": " ".join(why.split())}  # one line
+    if job.where:
+        record["source"] = job.where
+    return record
+
+
+def write_records(records: Iterable[dict], out: str | os.PathLike | None, *,
+                  force: bool = False) -> tuple[int, int]:
+    """JSONL to ``out`` (atomically; refused if it exists without ``force``) or to stdout.
+
+    Returns (records written, how many of them are error records).
+    """
+    written = failed = 0
+    with (contextlib.nullcontext() if out is None else atomic_open(out, "w", force=force)) as fh:
         for record in records:
-            print(json.dumps(record, ensure_ascii=False), flush=True)
-            count += 1
-        return count
-    with atomic_open(out, "w", force=force) as fh:
-        for record in records:
-            fh.write(json.dumps(record, ensure_ascii=False) + "\n")
-            count += 1
-    return count
+            line = json.dumps(record, ensure_ascii=False)
+            if fh is None:
+                print(line, flush=True)
+            else:
+                fh.write(line + "\n")
+            written += 1
+            failed += "error" in record
+    return written, failed

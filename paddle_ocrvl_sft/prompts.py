@@ -1,4 +1,4 @@
-"""Prompts the model is trained and queried with — ONE rendering for data, predict and serve.
+"""Prompts the model is trained and queried with — ONE rendering for data and predict.
 
 Training and inference prompts must match byte for byte (shared/reference/FACTS.md, "Prompt
 format"), so every KIE prompt and target in this project is produced by :func:`render_json`.

@@ -57,7 +57,6 @@ TRAINED_PIECES = 800
 BASE_FILES = ("added_tokens.json", "chat_template.jinja", "generation_config.json", "inference.yml",
               "preprocessor_config.json", "processor_config.json", "special_tokens_map.json",
               "tokenizer_config.json")
-TOKENIZER_FILES = ("tokenizer.model", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
 SHARD = "model-00001-of-00001.safetensors"
 
 

@@ -42,6 +42,15 @@ class PixelBounds:
     min_pixels: int = DEFAULT_MIN_PIXELS
     max_pixels: int = DEFAULT_MAX_PIXELS
 
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_pixels <= self.max_pixels:
+            raise UserError(f"min_pixels {self.min_pixels} / max_pixels {self.max_pixels}: need 1 <= min_pixels <= max_pixels")
+
+    def with_overrides(self, min_pixels: int | None = None, max_pixels: int | None = None) -> "PixelBounds":
+        """These bounds with ``--min-pixels``/``--max-pixels`` applied where given."""
+        return PixelBounds(self.min_pixels if min_pixels is None else min_pixels,
+                           self.max_pixels if max_pixels is None else max_pixels)
+
     @classmethod
     def from_model_dir(cls, model_dir: str | os.PathLike) -> "PixelBounds":
         """Read min/max pixels from a model dir's ``preprocessor_config.json`` (as ERNIEKit does)."""
@@ -52,11 +61,15 @@ class PixelBounds:
             raise UserError(f"{path}: not found (the model dir needs its preprocessor_config.json)") from None
         except (OSError, ValueError) as exc:
             raise UserError(f"{path}: unreadable ({exc})") from None
-        size = cfg.get("size") or {}
+        size = cfg.get("size") if isinstance(cfg, dict) and isinstance(cfg.get("size"), dict) else {}
         try:
-            return cls(int(cfg.get("min_pixels", size.get("min_pixels"))), int(cfg.get("max_pixels", size.get("max_pixels"))))
-        except (TypeError, ValueError):
+            lo, hi = (int(cfg.get(k, size.get(k))) for k in ("min_pixels", "max_pixels"))
+        except (TypeError, ValueError, AttributeError):
             raise UserError(f"{path}: field min_pixels/max_pixels: missing or not an integer") from None
+        try:
+            return cls(lo, hi)
+        except UserError as exc:
+            raise UserError(f"{path}: {exc}") from None
 
 
 def smart_resize(height: int, width: int, bounds: PixelBounds = PixelBounds()) -> tuple[int, int]:

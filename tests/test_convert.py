@@ -221,6 +221,63 @@ def test_csv_and_label_file_errors_name_the_starting_line(tmp_path, capsys):
     assert "not UTF-8" in err[2] and "image_path: a list of files" in err[3]
 
 
+def test_bad_csv_rows_cost_only_themselves(tmp_path, capsys):
+    # regression: one bad byte used to end the read (4,611 of 10,000 rows written, exit 0)
+    lines = [b"image,prompt,answer\n"] + [f"i{i}.png,ocr,t{i}\n".encode() for i in range(10_000)]
+    lines[4612] = b"bad\xff.png,ocr,x\n"  # line 4613
+    lines[7000] = b'"a"b.png,ocr,x\n'  # line 7001: text after a closing quote (csv.Error)
+    lines[8000] = b'm.png,ocr,"two\nlines"\n'  # line 8001: a quoted newline, still one row
+    src = tmp_path / "big.csv"
+    src.write_bytes(b"".join(lines))
+    out = tmp_path / "o.jsonl"
+    assert convert("--from", "csv", src, "-o", out, "--skip-bad") == 0
+    stdout, stderr = capsys.readouterr()
+    assert [line.split(": error: ")[0] for line in stderr.splitlines()] == [f"{src}:4613", f"{src}:7001"]
+    assert "not UTF-8" in stderr and "converted 9998, rejected 2" in stdout
+    answers = [s["text_info"][1]["text"] for s in read_jsonl(out)]
+    assert len(answers) == 9998 and answers[-1] == "t9999" and "two\nlines" in answers
+
+
+def test_unreadable_input_is_never_skipped(tmp_path, capsys):
+    # a quote never closed swallows the rest of the CSV: --skip-bad must not write the first rows and exit 0
+    src = tmp_path / "q.csv"
+    src.write_text('image,prompt,answer\na.png,ocr,x\nb.png,ocr,"unclosed\nc.png,ocr,y\nd.png,ocr,z\n')
+    out = tmp_path / "o.jsonl"
+    assert convert("--from", "csv", src, "-o", out, "--skip-bad") == 1
+    stderr = capsys.readouterr().err
+    assert stderr.splitlines()[0].startswith(f"{src}:3: error: record: line 5: unreadable CSV")
+    assert "2 line(s) after line 3 were not read as rows" in stderr
+    assert "part of the file was not read" in stderr and not out.exists()
+
+    # a .json array stops at its first syntax error: the elements after it were never read
+    src = tmp_path / "a.json"
+    good = {"image": "a.png", "conversations": [{"from": "human", "value": "<image>OCR:"}, {"from": "gpt", "value": "x"}]}
+    src.write_text("[\n" + json.dumps(good) + ",\n{oops},\n" + ",\n".join([json.dumps(good)] * 50) + "\n]\n")
+    assert convert("--from", "llava", src, "-o", out, "--skip-bad") == 1
+    stdout, stderr = capsys.readouterr()
+    assert stderr.splitlines()[0].startswith(f"{src}:3: error: record: invalid JSON")
+    assert f"part of the file was not read (after {src}:3)" in stderr and not out.exists()
+    assert "converted 1, rejected 1" in stdout
+
+
+def test_pubtabnet_tokens_of_the_wrong_type_are_rejected(tmp_path, capsys):
+    structure = {"tokens": ["<tr>", "<td>", "</td>", "</tr>"]}
+    src = write_jsonl(tmp_path / "t.jsonl", [
+        {"image": "a.png", "html": {"structure": structure, "cells": [{"tokens": None}]}},
+        {"image": "b.png", "html": {"structure": {"tokens": None}, "cells": [{"tokens": ["x"]}]}},
+        {"image": "c.png", "html": {"structure": {"tokens": "<tr><td></td></tr>"}, "cells": [{"tokens": ["x"]}]}},
+        {"image": "d.png", "html": {"structure": structure, "cells": [{"tokens": ["<b>", 5]}]}},
+        {"image": "e.png", "html": {"structure": structure, "cells": [{"tokens": ["ok"]}]}},
+    ])
+    out = tmp_path / "o.jsonl"
+    assert convert("--from", "html-table", src, "-o", out, "--skip-bad") == 0
+    stdout, stderr = capsys.readouterr()
+    assert [line.split(": expected")[0] for line in stderr.splitlines()] == [
+        f"{src}:1: error: html.cells[0].tokens", f"{src}:2: error: html.structure.tokens",
+        f"{src}:3: error: html.structure.tokens", f"{src}:4: error: html.cells[0].tokens"]
+    assert [s["text_info"][1]["text"] for s in read_jsonl(out)] == ["<fcel>ok<nl>"]
+
+
 def test_structured_rejects(tmp_path, capsys):
     src = write_jsonl(tmp_path / "t.jsonl", [
         {"image": "a.png", "html": "<div>no table</div>"},
@@ -256,6 +313,7 @@ def test_outputs_are_never_clobbered(tmp_path, capsys):
     assert "already exists (use --force to overwrite)" in capsys.readouterr().err
     assert out.read_text() == "precious\n"
     assert convert(src, "-o", src, "--force") == 1  # never over its own input
+    assert "would replace an input file" in capsys.readouterr().err
     assert convert(src, "-o", out, "--force") == 0 and read_jsonl(out)[0]["text_info"][0]["text"] == "OCR:"
 
 

@@ -59,6 +59,16 @@ def test_demo_runs_every_stage_and_labels_the_stand_ins(demo_run, capsys):
     assert "already exists" in capsys.readouterr().err
 
 
+def test_force_replaces_only_an_earlier_demo_run(tmp_path, capsys):
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "thesis.tex").write_text("keep me")
+    assert main(["demo", "-o", str(precious), "--force"]) == 1
+    assert "not an earlier demo run" in capsys.readouterr().err and (precious / "thesis.tex").read_text() == "keep me"
+    with pytest.raises(SystemExit):
+        main(["demo", "--images", "0"])
+
+
 def doc_parser(run: Path, prompt: str, tmp_path: Path, pythonpath: list[Path]) -> tuple[subprocess.CompletedProcess, str]:
     spy_dir = tmp_path / "spy"
     spy_dir.mkdir(exist_ok=True)

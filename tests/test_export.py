@@ -167,6 +167,25 @@ def test_out_inside_an_input_dir_is_refused(tiny):
     assert not (run / "export").exists()
 
 
+def test_out_that_is_or_contains_an_input_dir_is_refused_even_with_force(tiny, tmp_path, capsys):
+    """Regression: `-o proj --force` for proj/run + proj/base replaced proj, deleting both."""
+    base, run = tiny
+    proj = tmp_path / "proj"
+    shutil.copytree(run, proj / "run", ignore=shutil.ignore_patterns("checkpoint-*"), copy_function=os.link)
+    shutil.copytree(base, proj / "base", copy_function=os.link)
+    before = snapshot(proj)
+    for out, why in ((proj, "contains RUN_DIR"), (tmp_path, "contains RUN_DIR"), (proj / "run", "is RUN_DIR"),
+                     (proj / "base", "is --base"), (proj / "base" / "x", "inside --base")):
+        argv = ["export", str(proj / "run"), "--base", str(proj / "base"), "-o", str(out), "--force", "--no-verify"]
+        assert cli.main(argv) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: -o {out}: {why} ") and "which export never modifies" in err
+    # only BASE inside OUT, written with "..": the check is on resolved paths
+    with pytest.raises(UserError, match=f"-o {proj}: contains --base {proj / 'base'},"):
+        export(run, proj / "base", proj / "base" / "..", force=True, verify=False)
+    assert snapshot(proj) == before and sorted(p.name for p in tmp_path.iterdir()) == ["proj"]
+
+
 def test_checkpoint_selection(tiny, tmp_path):
     base, run = tiny
     export(run, base, tmp_path / "c5", checkpoint="5", verify=False)
@@ -204,6 +223,33 @@ def test_several_shards_are_merged_byte_for_byte(tiny, tmp_path):
     assert tensor_bytes(tmp_path / "out" / WEIGHTS) == original
     assert tensor_specs(read_header(tmp_path / "out" / WEIGHTS)) == specs
     assert any("merged 2 shards" in line for line in report.changes)
+
+
+def test_merge_opens_each_shard_once_and_closes_it(tiny, tmp_path, monkeypatch):
+    import builtins
+
+    from paddle_ocrvl_sft import export as export_module
+
+    _, run = tiny
+    header = read_header(run / SHARD)
+    names = sorted(k for k in header if k != "__metadata__")
+    raw = tensor_bytes(run / SHARD)
+    shards = [tmp_path / "a.safetensors", tmp_path / "b.safetensors"]
+    for shard, keys in zip(shards, (names[::2], names[1::2])):
+        write_safetensors(shard, {k: (header[k]["dtype"], header[k]["shape"], raw[k]) for k in keys})
+    opened = []
+
+    def spy(path, *args, **kwargs):
+        fh = builtins.open(path, *args, **kwargs)
+        opened.append((Path(path), fh))
+        return fh
+
+    monkeypatch.setattr(export_module, "open", spy, raising=False)
+    merge_safetensors(shards, tmp_path / "merged.safetensors")
+    assert tensor_bytes(tmp_path / "merged.safetensors") == raw
+    for shard in shards:  # read_header, the header size, the copy: not once per tensor (hundreds)
+        assert sum(p == shard for p, _ in opened) == 3
+    assert all(fh.closed for _, fh in opened)
 
 
 def test_merge_refuses_a_truncated_shard(tiny, tmp_path):

@@ -55,7 +55,10 @@ def test_build_dataset_validates_and_reports_bad_annotations(tmp_path):
     out = tmp_path / "out" / "kie.jsonl"
     errors = []
     report = build_kie_dataset(ann, out, per_image=4, seed=7, on_error=errors.append)
-    assert (report.images, report.samples, report.rejected) == (1, 5, 2)
+    assert (report.rejected, report.written) == (2, False) and not out.exists()  # rejects: nothing written
+    errors.clear()
+    report = build_kie_dataset(ann, out, per_image=4, seed=7, skip_bad=True, on_error=errors.append)
+    assert (report.images, report.samples, report.rejected, report.written) == (1, 5, 2, True)
     assert [e.split(": error: ")[0] for e in errors] == [f"{ann}:2", f"{ann}:3"]
     assert "data: required" in errors[0]
     assert validate_paths([out]).valid == 5
@@ -66,14 +69,23 @@ def test_build_dataset_validates_and_reports_bad_annotations(tmp_path):
 
 def test_directory_of_per_image_json_and_cli(tmp_path, capsys):
     write_image(tmp_path / "imgs" / "a.png")
-    for i in range(3):
-        (tmp_path / "ann").mkdir(exist_ok=True)
-        (tmp_path / "ann" / f"{i}.json").write_text(json.dumps({"image": "a.png", "data": {"K": str(i)}}))
+    (tmp_path / "ann").mkdir()
+    for i in range(2):  # pretty-printed objects, as seed 001's generator writes them
+        (tmp_path / "ann" / f"{i}.json").write_text(json.dumps({"image": "a.png", "data": {"K": str(i)}}, indent=2))
+    (tmp_path / "ann" / "many.json").write_text(json.dumps([{"image": "a.png", "data": {"K": "x"}},
+                                                            {"image": "a.png", "data": {"K": "y"}}], indent=2))
     out = tmp_path / "kie.jsonl"
     args = ["data", "kie", str(tmp_path / "ann"), "-o", str(out), "--image-root", str(tmp_path / "imgs"), "-n", "2"]
     assert main(args) == 0
-    assert "3 images -> 6 samples" in capsys.readouterr().out
+    assert "4 images -> 8 samples" in capsys.readouterr().out
     first = out.read_bytes()
     assert main(args) == 1  # refuses to overwrite
     assert "already exists" in capsys.readouterr().err
     assert main([*args, "--force", "--seed", "0"]) == 0 and out.read_bytes() == first  # deterministic
+
+
+def test_output_never_replaces_the_annotations(tmp_path, capsys):
+    ann = write_jsonl(tmp_path / "ann.jsonl", [{"image": "a.png", "data": {"K": "1"}}])
+    before = ann.read_bytes()
+    assert main(["data", "kie", str(ann), "-o", str(ann), "--force"]) == 1
+    assert "would replace an input" in capsys.readouterr().err and ann.read_bytes() == before

@@ -15,7 +15,7 @@ from paddle_ocrvl_sft.errors import UsageError, UserError
 from paddle_ocrvl_sft.predict import Job, collect_jobs, parse_kie, resolve_prompt, to_record
 from paddle_ocrvl_sft.prompts import kie_prompt
 from paddle_ocrvl_sft.testing import build_tiny_model, receipt_image
-from paddle_ocrvl_sft.tokens import PixelBounds, image_tokens
+from paddle_ocrvl_sft.tokens import PixelBounds, TextTokenCounter, image_tokens, sample_tokens
 
 FIELDS = {"total": "12.50", "date": "2024-01-02"}
 
@@ -134,6 +134,9 @@ def test_custom_kie_prompt_reaches_the_model_verbatim_paddle(base, receipt, tmp_
     assert text == [f"<|begin_of_sentence|>User: <|IMAGE_START|>{'<|IMAGE_PLACEHOLDER|>' * n}<|IMAGE_END|>"
                     f"{prompt}\nAssistant: "]
     assert ids.count(100295) == n and ids[0] == 100273  # real ids; image tokens as tokens.py counts them
+    # The whole input as tokens.py counts a sample, less the answer's </s> (the input stops after
+    # "\nAssistant: "): tokens.py counts texts one by one, PaddleX tokenizes the joined string.
+    assert len(ids) == sample_tokens([n], [(prompt, "")], TextTokenCounter(base)) - 1
 
     (record,) = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert record["prompt"] == prompt and record["image"] == str(receipt)
@@ -142,6 +145,30 @@ def test_custom_kie_prompt_reaches_the_model_verbatim_paddle(base, receipt, tmp_
 
     assert cli.main(argv) == 1  # OUT exists: refused before the model is loaded
     assert "already exists" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_an_unreadable_image_is_an_error_line_and_the_others_are_kept_paddle(base, tmp_path, capsys):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    receipt_image({"n": "1"}).save(folder / "a.png")
+    (folder / "b.png").write_text("not an image, despite the name")
+    receipt_image({"n": "3"}).save(folder / "c.png")
+    out = tmp_path / "pred.jsonl"
+    assert cli.main(["predict", str(folder), "--model", str(base), "--device", "cpu", "--max-new-tokens", "2",
+                     "-o", str(out), "--no-progress"]) == 1
+
+    records = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [Path(r["image"]).name for r in records] == ["a.png", "b.png", "c.png"]
+    good, bad = records[0::2], records[1]
+    assert all(isinstance(r["text"], str) and "error" not in r for r in good)
+    assert bad == {"image": str(folder / "b.png"), "prompt": "OCR:", "error": "not an image file PIL can read"}
+    err = capsys.readouterr().err
+    assert f"error: {folder / 'b.png'}: not an image file PIL can read\n" in err
+    assert "wrote 2 predictions and 1 error lines" in err and "error: 1 of 3 images failed" in err
+    # Not "Traceback" not in err: PaddleX's logger, set up in an earlier test, may report pytest's
+    # closed capture stream with one. The PIL error itself must not escape.
+    assert "UnidentifiedImageError" not in err
 
 
 def test_unexported_dir_is_explained(tmp_path, capsys):
@@ -233,6 +260,39 @@ def test_genai_server_model_name_can_be_given(server, receipt, capsys):
     assert FakeOpenAI.requests[0][2]["model"] == "my-ft"
     record = json.loads(capsys.readouterr().out)
     assert record["prompt"] == "Chart Recognition:" and "fields" not in record
+
+
+def test_a_non_image_is_an_error_line_and_the_others_are_kept_genai_server(server, receipt, tmp_path, capsys):
+    data = tmp_path / "val.jsonl"
+    (tmp_path / "notes.png").write_bytes(b"%PDF-1.4 not a png")
+    data.write_text("".join(erniekit_line(name, "OCR:", "x") + "\n" for name in ("receipt.png", "notes.png", "receipt.png")))
+    out = tmp_path / "pred.jsonl"
+    assert cli.main(["predict", str(data), "--backend", "genai-server", "--server-url", server,
+                     "-o", str(out), "--no-progress"]) == 1
+    assert [r[0] for r in FakeOpenAI.requests] == ["GET", "POST", "POST"]  # the bad one was never sent
+
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r.get("text") for r in records] == [FakeOpenAI.answer, None, FakeOpenAI.answer]
+    assert records[1] == {"image": str(tmp_path / "notes.png"), "prompt": "OCR:",
+                          "error": "not an image file PIL can read", "source": f"{data}:2"}
+    err = capsys.readouterr().err
+    assert f"error: {data}:2: {tmp_path / 'notes.png'}: not an image file PIL can read" in err
+    assert "error: 1 of 3 images failed" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("option, value, why", [
+    ("--timeout", "-1", "must be a finite number > 0, got -1"),
+    ("--timeout", "0", "must be a finite number > 0, got 0"),
+    ("--timeout", "soon", "expected a number of seconds"),
+    ("--max-new-tokens", "0", "must be >= 1, got 0"),
+])
+def test_bad_timeout_and_token_cap_are_usage_errors(receipt, capsys, option, value, why):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["predict", str(receipt), "--backend", "genai-server", "--server-url", "http://127.0.0.1:9/v1",
+                  option, value])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {option}: {why}" in err and "Traceback" not in err
 
 
 def test_unreachable_server_is_a_clear_error(receipt, capsys):

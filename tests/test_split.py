@@ -33,8 +33,8 @@ def test_split_groups_by_image_and_is_deterministic(tmp_path):
     assert validate_paths([out / "t.jsonl", out / "v.jsonl"]).ok  # image paths rewritten to resolve
     again = split_dataset(src, out / "t2.jsonl", out / "v2.jsonl", val_fraction=0.2, seed=3)
     assert (out / "v2.jsonl").read_text() == (out / "v.jsonl").read_text() and again.val == result.val
-    other = split_dataset(src, out / "t3.jsonl", out / "v3.jsonl", val_fraction=0.2, seed=4)
-    assert images_of(out / "v3.jsonl") != images_of(out / "v.jsonl") or other.val != result.val
+    split_dataset(src, out / "t3.jsonl", out / "v3.jsonl", val_fraction=0.2, seed=4)
+    assert images_of(out / "v3.jsonl") != images_of(out / "v.jsonl")  # another seed, other images
 
 
 def test_stratified_by_kind():
@@ -45,13 +45,34 @@ def test_stratified_by_kind():
     assert chosen == {"table": 1, "ocr": 9}
 
 
-def test_multi_image_samples_join_groups():
-    from paddle_ocrvl_sft.data.split import _UnionFind
+def test_samples_sharing_any_image_stay_on_one_side(tmp_path):
+    for name in "abcdefgh":
+        write_image(tmp_path / f"{name}.png", (60, 40))
 
-    uf = _UnionFind()
-    uf.union("a", "b")
-    uf.union("c", "b")
-    assert uf.find("a") == uf.find("c") != uf.find("d")
+    def two(x, y, answer):
+        return {**sample(url=f"{x}.png", answer=answer), "image_info": [
+            {"matched_text_index": 0, "image_url": f"{x}.png"}, {"matched_text_index": 0, "image_url": f"{y}.png"}]}
+
+    rows = [two("a", "b", "1"), two("c", "b", "2"), sample(url="c.png", answer="3"),  # a-b-c linked through b and c
+            *(sample(url=f"{n}.png", answer=n) for n in "defgh")]
+    src = write_jsonl(tmp_path / "d.jsonl", rows)
+    for seed in range(8):
+        split_dataset(src, tmp_path / "t.jsonl", tmp_path / "v.jsonl", val_fraction=0.4, seed=seed, force=True)
+        sides = [{u["image_url"] for line in (tmp_path / f).read_text().splitlines() for u in json.loads(line)["image_info"]}
+                 for f in ("t.jsonl", "v.jsonl")]
+        assert not sides[0] & sides[1], seed
+
+
+def test_a_small_kind_still_gets_a_validation_group():
+    groups, kinds = [f"g{i}" for i in range(12)], ["table"] * 2 + ["ocr"] * 10
+    val = assign_validation(groups, kinds, 0.1, seed=0)
+    assert sum(1 for g, k in zip(groups, kinds) if g in val and k == "table") == 1  # round(0.2) would be 0
+
+
+def test_outputs_never_replace_the_input(tmp_path):
+    src = write_jsonl(tmp_path / "a.train.jsonl", [sample()])
+    with pytest.raises(UserError, match="would replace an input"):
+        split_dataset(src, src, tmp_path / "a.val.jsonl", force=True)
 
 
 def test_bad_inputs(tmp_path):
@@ -70,3 +91,11 @@ def test_cli_split_refuses_overwrite(tmp_path, capsys):
     assert "train:" in out and (tmp_path / "src" / "all.val.jsonl").exists()
     assert main(["data", "split", str(src)]) == 1
     assert "already exists" in capsys.readouterr().err
+
+
+def test_an_empty_dataset_is_refused(tmp_path):
+    empty = tmp_path / "e.jsonl"
+    empty.write_text("")
+    with pytest.raises(UserError, match="no samples"):
+        split_dataset(empty, tmp_path / "t.jsonl", tmp_path / "v.jsonl")
+    assert not (tmp_path / "t.jsonl").exists()

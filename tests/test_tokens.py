@@ -62,8 +62,8 @@ def test_smart_resize_equals_transformers_on_13000_sizes(bounds):
 
 
 def test_aspect_ratio_boundary():
-    assert smart_resize(28, 28 * 199)
-    assert smart_resize(28, 28 * 200)
+    assert smart_resize(28, 28 * 199) == (28, 28 * 199)
+    assert smart_resize(28, 28 * 200) == (28, 28 * 200)
     with pytest.raises(AspectRatioError):
         smart_resize(28, 28 * 201)
 

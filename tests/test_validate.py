@@ -188,6 +188,27 @@ def test_pixel_bounds_change_image_tokens(dataset_dir):
     assert default - small == 204 - 2
 
 
+def test_empty_dataset_is_not_ok(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    report = validate_paths([empty])
+    assert report.samples == 0 and not report.ok and "loop forever" in report.summary()
+
+
+def test_unreadable_image_is_not_called_missing(dataset_dir, monkeypatch):
+    import builtins
+
+    from paddle_ocrvl_sft.data import validate as module
+
+    def no_permission(path, mode="r", *args, **kwargs):
+        if str(path).endswith("img.png"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return builtins.open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(module, "open", no_permission, raising=False)  # root could read a chmod 0 file
+    assert rules_of(check_one(dataset_dir, sample())) == ["unreadable-image"]
+
+
 def test_missing_input_is_a_usage_error(tmp_path):
     with pytest.raises(UsageError):
         validate_paths([tmp_path / "nope.jsonl"])
@@ -213,8 +234,12 @@ def test_write_clean_splits_rows_and_keeps_input(tmp_path):
     assert report.valid == 2 and report.rejected == 2
     with pytest.raises(UserError, match="already exists"):
         validate_and_write_clean([src], out)
-    with pytest.raises(UsageError, match="must not overwrite an input"):
+    with pytest.raises(UserError, match="would replace an input"):
         validate_and_write_clean([src], src, force=True)
+    rejects_input = write_jsonl(tmp_path / "src" / "in.rejects.jsonl", [sample()])
+    with pytest.raises(UserError, match="would replace an input"):  # the rejects file is an output too
+        validate_and_write_clean([rejects_input], tmp_path / "src" / "in.jsonl", force=True)
+    assert json.loads(rejects_input.read_text()) == sample()
 
 
 def test_cli_exit_codes_and_output(dataset_dir, capsys):

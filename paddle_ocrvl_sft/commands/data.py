@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from paddle_ocrvl_sft.commands import data_convert
+from paddle_ocrvl_sft.commands import data_convert, positive_int
 from paddle_ocrvl_sft.tokens import PixelBounds
 
 
@@ -29,7 +29,8 @@ def register(subparsers) -> None:
     _add_measure_args(p, default_max_seq_len=None)
     p.add_argument("--plot", metavar="PNG", help="histogram PNG (default: <first FILE's stem>.stats.png in the current dir)")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG")
-    p.add_argument("--top", type=int, default=5, help="how many longest samples to list")
+    p.add_argument("--force", action="store_true", help="overwrite an existing PNG")
+    p.add_argument("--top", type=positive_int, default=5, help="how many longest samples to list")
     p.add_argument("--json", action="store_true", help="machine-readable report on stdout")
     p.set_defaults(func=run_stats)
 
@@ -38,12 +39,12 @@ def register(subparsers) -> None:
     p = sub.add_parser("kie", help="key-information-extraction samples from per-image JSON annotations (seed 001)")
     p.add_argument("annotations", metavar="ANNOTATIONS", help='.jsonl/.json of {"image": ..., "data": {...}}, or a dir of *.json')
     p.add_argument("-o", "--out", required=True, metavar="OUT.jsonl")
-    p.add_argument("-n", "--per-image", type=int, default=10, help="random field subsets per image (default 10)")
-    p.add_argument("--max-fields", type=int, default=3, help="at most this many fields per subset (default 3)")
+    p.add_argument("-n", "--per-image", type=int, default=10, help="random field subsets per image (default 10; 0: only OCR:{})")
+    p.add_argument("--max-fields", type=positive_int, default=3, help="at most this many fields per subset (default 3)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-full", action="store_true", help='skip the OCR:{} "extract everything" sample')
     p.add_argument("--image-root", metavar="DIR", help="resolve relative image paths here (default: the annotation file's dir)")
-    p.add_argument("--skip-bad", action="store_true", help="exit 0 even if some annotations were rejected (each is still reported)")
+    p.add_argument("--skip-bad", action="store_true", help="write OUT even if some annotations were rejected (each is still reported)")
     p.add_argument("--force", action="store_true", help="overwrite OUT")
     p.set_defaults(func=run_kie)
 
@@ -57,35 +58,34 @@ def register(subparsers) -> None:
 
 
 def _add_measure_args(p: argparse.ArgumentParser, *, default_max_seq_len: int | None) -> None:
-    p.add_argument("--max-seq-len", type=int, default=default_max_seq_len,
+    p.add_argument("--max-seq-len", type=positive_int, default=default_max_seq_len,
                    help=f"ERNIEKit max_seq_len to check against (default {default_max_seq_len})")
     p.add_argument("--tokenizer", metavar="MODEL_DIR", help="count text tokens exactly with MODEL_DIR/tokenizer.model")
     p.add_argument("--model", metavar="MODEL_DIR", help="take min/max pixels from MODEL_DIR/preprocessor_config.json")
-    p.add_argument("--min-pixels", type=int, help="override min_pixels")
-    p.add_argument("--max-pixels", type=int, help="override max_pixels")
+    p.add_argument("--min-pixels", type=positive_int, help="override min_pixels")
+    p.add_argument("--max-pixels", type=positive_int, help="override max_pixels")
 
 
 def _options(args, **extra):
     from paddle_ocrvl_sft.data.validate import ValidateOptions
 
     bounds = PixelBounds.from_model_dir(args.model) if args.model else PixelBounds()
-    bounds = PixelBounds(args.min_pixels or bounds.min_pixels, args.max_pixels or bounds.max_pixels)
+    bounds = bounds.with_overrides(args.min_pixels, args.max_pixels)
     return ValidateOptions(max_seq_len=args.max_seq_len, bounds=bounds, tokenizer_dir=args.tokenizer, **extra)
 
 
 def run_validate(args) -> int:
-    from paddle_ocrvl_sft.data.validate import validate_and_write_clean, validate_paths
+    from paddle_ocrvl_sft.data.validate import rejects_path, validate_and_write_clean, validate_paths
 
     options = _options(args, decode=args.decode)
     if args.json:
-        # stream the problem list so memory stays flat on huge datasets
-        out = sys.stdout
-        out.write('{"problems": [')
-        first = [True]
+        # the problem list is streamed (flat memory on huge datasets); the opening is written with
+        # the first problem, so an input error before it leaves stdout empty, not half a document
+        opened = []
 
         def on_problem(problem):
-            out.write(("" if first[0] else ",") + "\n  " + json.dumps(problem.to_dict(), ensure_ascii=False))
-            first[0] = False
+            sys.stdout.write(("," if opened else '{"problems": [') + "\n  " + json.dumps(problem.to_dict(), ensure_ascii=False))
+            opened.append(True)
     else:
         def on_problem(problem):
             print(problem)
@@ -95,12 +95,10 @@ def run_validate(args) -> int:
     else:
         report = validate_paths(args.files, options, on_problem=on_problem)
     if args.json:
-        print("\n], \"summary\": " + json.dumps(report.to_dict(), ensure_ascii=False) + "}")
+        print(("\n]" if opened else '{"problems": [') + ', "summary": ' + json.dumps(report.to_dict(), ensure_ascii=False) + "}")
     else:
         print(report.summary())
         if args.write_clean:
-            from paddle_ocrvl_sft.data.validate import rejects_path
-
             print(f"wrote {report.valid} good rows to {args.write_clean}, {report.rejected} rejects to {rejects_path(args.write_clean)}")
     return 0 if report.ok else 1
 
@@ -108,11 +106,16 @@ def run_validate(args) -> int:
 def run_stats(args) -> int:
     from paddle_ocrvl_sft.data.stats import dataset_stats, format_stats, plot_histogram
 
-    problems = []
-    stats = dataset_stats(args.files, _options(args), top=args.top, on_problem=problems.append)
-    plot = None
-    if not args.no_plot and stats.samples:
-        plot = plot_histogram(stats, args.plot or f"{Path(args.files[0]).stem}.stats.png", max_seq_len=args.max_seq_len)
+    from paddle_ocrvl_sft.io import refuse_existing
+
+    plot = None if args.no_plot else Path(args.plot or f"{Path(args.files[0]).stem}.stats.png")
+    if plot:
+        refuse_existing(plot, force=args.force)  # before the pass over the data, not after
+    stats = dataset_stats(args.files, _options(args), top=args.top)
+    if plot and stats.samples:
+        plot_histogram(stats, plot, max_seq_len=args.max_seq_len, force=True)
+    elif plot:
+        plot = None
     if args.json:
         result = stats.to_dict()
         result["plot"] = str(plot) if plot else None
@@ -131,10 +134,16 @@ def run_kie(args) -> int:
 
     report = build_kie_dataset(
         args.annotations, args.out, per_image=args.per_image, max_fields=args.max_fields, seed=args.seed,
-        full=not args.no_full, image_root=args.image_root, force=args.force, on_error=print,
+        full=not args.no_full, image_root=args.image_root, skip_bad=args.skip_bad, force=args.force,
+        on_error=lambda line: print(line, file=sys.stderr),
     )
+    if not report.written:
+        why = (f"{report.rejected} annotation(s) rejected ({report.samples} samples from {report.images} images otherwise); "
+               "fix them or pass --skip-bad") if report.rejected and report.samples else "no usable annotation"
+        print(f"error: {args.out} not written: {why}", file=sys.stderr)
+        return 1
     print(f"{report.images} images -> {report.samples} samples in {args.out}; {report.rejected} annotation(s) rejected")
-    return 1 if report.rejected and not args.skip_bad else 0
+    return 0
 
 
 def run_split(args) -> int:

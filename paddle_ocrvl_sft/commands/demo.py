@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from paddle_ocrvl_sft.commands import positive_int
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("demo", help="run the whole pipeline on a tiny synthetic receipt dataset (CPU, minutes)")
     p.add_argument("-o", "--out", default="runs/demo", metavar="RUN_DIR", help="where everything goes (default runs/demo)")
-    p.add_argument("--images", type=int, default=16, help="synthetic receipts to render (default 16)")
+    p.add_argument("--images", type=positive_int, default=16, help="synthetic receipts to render (default 16, at least 4)")
     sim = p.add_mutually_exclusive_group()
     sim.add_argument("--simulate", dest="simulate", action="store_true", default=None,
                      help="train with the CPU stand-in even if a GPU is present (default: only when ERNIEKit cannot run)")

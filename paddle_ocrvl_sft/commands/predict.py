@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import sys
 
+from paddle_ocrvl_sft.commands import positive_int, positive_seconds
+
 DESCRIPTION = (
     "Run PaddleOCR-VL on images, folders of images or ERNIEKit .jsonl datasets (each line gives its image "
     "and its own prompt). Backend paddle calls PaddleX's VL-rec predictor directly, so custom KIE prompts "
     "work without any patch; backend genai-server talks to an OpenAI-compatible server. Writes one JSON "
-    "line per image: image, prompt, text (raw) and, for KIE prompts, fields (parsed with json_repair)."
+    "line per image: image, prompt, text (raw) and, for KIE prompts, fields (parsed with json_repair). "
+    "An image that fails gets an error line instead; the others still run, and the exit status is 1."
 )
 
 
@@ -23,10 +26,10 @@ def register(subparsers) -> None:
     p.add_argument("--backend", choices=("paddle", "genai-server"), default="paddle")
     p.add_argument("--server-url", metavar="URL", help="genai-server: e.g. http://127.0.0.1:8118/v1")
     p.add_argument("--server-model", metavar="NAME", help="genai-server: model name (default: first of GET /models)")
-    p.add_argument("--timeout", type=float, default=600.0, help="genai-server: seconds per request (default 600)")
+    p.add_argument("--timeout", type=positive_seconds, default=600.0, help="genai-server: seconds per request (default 600)")
     p.add_argument("--model-name", help="PaddleX model name (default: from DIR/inference.yml)")
     p.add_argument("--device", help="paddle: e.g. cpu, gpu:0 (default: PaddleX's choice)")
-    p.add_argument("--max-new-tokens", type=int, metavar="N", help="cap on generated tokens (default: the backend's)")
+    p.add_argument("--max-new-tokens", type=positive_int, metavar="N", help="cap on generated tokens (default: the backend's)")
     p.add_argument("-o", "--out", metavar="OUT.jsonl", help="write JSONL here (atomically); default: stdout")
     p.add_argument("--force", action="store_true", help="overwrite OUT")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
@@ -43,7 +46,11 @@ def run(args) -> int:
     backend = P.make_backend(args.backend, model_dir=args.model, server_url=args.server_url,
                              server_model=args.server_model, model_name=args.model_name, device=args.device,
                              max_new_tokens=args.max_new_tokens, timeout=args.timeout)
-    count = P.write_records(P.run(jobs, backend, progress=not args.no_progress), args.out, force=args.force)
+    written, failed = P.write_records(P.run(jobs, backend, progress=not args.no_progress), args.out, force=args.force)
     if args.out:
-        print(f"wrote {count} predictions to {args.out}", file=sys.stderr)
+        errors = f" and {failed} error lines" if failed else ""
+        print(f"wrote {written - failed} predictions{errors} to {args.out}", file=sys.stderr)
+    if failed:
+        print(f"error: {failed} of {written} images failed (their lines carry an \"error\" field)", file=sys.stderr)
+        return 1
     return 0

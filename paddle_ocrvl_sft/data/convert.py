@@ -25,7 +25,7 @@ from typing import Any, Callable, ClassVar, Iterator
 from paddle_ocrvl_sft.data import otsl
 from paddle_ocrvl_sft.data.sample import MASK, NO_MASK, image_urls, is_remote, make_sample, relocate_image, sample_turns
 from paddle_ocrvl_sft.errors import UsageError, UserError
-from paddle_ocrvl_sft.io import Record, atomic_open, iter_records
+from paddle_ocrvl_sft.io import Record, atomic_open, iter_lines, iter_records, refuse_inputs_as_outputs
 from paddle_ocrvl_sft.prompts import BUILTIN_PROMPTS
 
 # `<image>` (LLaVA, GOT-OCR2.0, ShareGPT, ms-swift) and `<image_00>` (MiniCPM-V multi-image).
@@ -77,7 +77,7 @@ class Converter:
         kind = self.reader
         if kind == "manifest":
             kind = "csv" if path.suffix.lower() == ".csv" else "json"
-        return {"json": iter_records, "csv": iter_csv_rows, "lines": iter_lines}[kind](path)
+        return {"json": iter_records, "csv": iter_csv_rows, "lines": iter_label_lines}[kind](path)
 
     def convert(self, value: Any, src: Source) -> Example:
         raise NotImplementedError
@@ -282,20 +282,28 @@ def _structured(converter: Converter, value: Any, kind: str, target: Callable[[]
         raise Reject(where, str(exc)) from None
 
 
+def _token_list(value: Any, where: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(token, str) for token in value):
+        raise Reject(where, f"expected a list of token strings, got {value!r:.80}")
+    return value
+
+
 def _pubtabnet_html(obj: dict) -> str:
     """PubTabNet / PaddleOCR table labels: structure tokens with each cell's tokens poured in
     after ``<td>`` (or after the ``>`` closing ``<td`` + attributes)."""
-    try:
-        tokens, cells = obj["structure"]["tokens"], [cell["tokens"] for cell in obj["cells"]]
-    except (KeyError, TypeError):
-        raise Reject("html", "expected an HTML string or {'structure': {'tokens': [...]}, 'cells': [...]}") from None
+    structure, cells = obj.get("structure"), obj.get("cells")
+    if not isinstance(structure, dict) or not isinstance(cells, list):
+        raise Reject("html", "expected an HTML string or {'structure': {'tokens': [...]}, 'cells': [...]}")
+    tokens = _token_list(structure.get("tokens"), "html.structure.tokens")
+    cells = [_token_list(cell.get("tokens") if isinstance(cell, dict) else cell, f"html.cells[{i}].tokens")
+             for i, cell in enumerate(cells)]
     out, k = ["<table>"], 0
     for token in tokens:
-        out.append(str(token))
+        out.append(token)
         if token in ("<td>", ">"):
             if k == len(cells):
                 raise Reject("html.cells", f"{len(cells)} cells for more <td> in the structure")
-            out.append("".join(map(str, cells[k])))
+            out.append("".join(cells[k]))
             k += 1
     if k != len(cells):
         raise Reject("html.cells", f"{len(cells)} cells for {k} <td> in the structure")
@@ -388,55 +396,87 @@ class ErnieKitConverter(Converter):
 # --- readers that are not JSON -----------------------------------------------------------------
 
 
-def iter_lines(path: Path) -> Iterator[Record]:
-    """Non-blank lines of a text file (newline removed), streamed with 1-based line numbers."""
-    with open(path, "rb") as fh:
-        for lineno, raw in enumerate(fh, 1):
-            raw = raw.removeprefix(b"\xef\xbb\xbf") if lineno == 1 else raw
-            if not raw.strip():
-                continue
-            try:
-                yield Record(path, lineno, raw.decode("utf-8").rstrip("\r\n"))
-            except UnicodeDecodeError as exc:
-                yield Record(path, lineno, error=f"not UTF-8 text ({exc.reason} at byte {exc.start})")
+def iter_label_lines(path: Path) -> Iterator[Record]:
+    """Non-blank lines of a text file (line ending removed), streamed with 1-based line numbers."""
+    for lineno, text, error in iter_lines(path):
+        yield Record(path, lineno, None if error else text.rstrip("\r\n"), error)
 
 
-class _LineCounter:
-    """Feeds lines to ``csv.reader`` and remembers where the current row started."""
+_LONE_CR = re.compile(r"(?<=\r)(?!\n)")  # old Mac line ends: a CR not followed by LF
 
-    def __init__(self, fh):
-        self.fh, self.line, self.row_start = fh, 0, None
+
+class _BadLine(Exception):
+    """Raised through ``csv.reader`` for a line that is not UTF-8; the reader resumes after it."""
+
+
+class _CsvLines:
+    """Feeds ``csv.reader`` one line at a time, each decoded on its own, and remembers the line
+    where the current row started. ``csv.reader`` starts every row afresh, so after a bad line or
+    a ``csv.Error`` reading goes on with the next line."""
+
+    def __init__(self, path: Path):
+        self.lines = iter_lines(path, skip_blank=False)
+        self.pending: list[str] = []  # the rest of a physical line split at lone CRs
+        self.extra = 0  # lone CRs seen so far: each one ends a line too
+        self.line, self.row_start = 0, None
 
     def __iter__(self):
         return self
 
     def __next__(self) -> str:
-        text = next(self.fh)
+        if not self.pending:
+            lineno, text, error = next(self.lines)  # StopIteration ends the reader
+            first = lineno + self.extra
+            if error is not None:
+                self.line = first
+                self.row_start = self.row_start or first
+                raise _BadLine(error)
+            self.pending = [piece for piece in _LONE_CR.split(text) if piece]
+            self.extra += len(self.pending) - 1
+            self.line = first - 1
         self.line += 1
         if self.row_start is None:
             self.row_start = self.line
-        return text
+        return self.pending.pop(0)
 
 
 def iter_csv_rows(path: Path) -> Iterator[Record]:
-    """Rows of a CSV with a header as ``{column: value}`` records, streamed (quoted newlines ok)."""
-    with open(path, encoding="utf-8-sig", newline="") as fh:
-        lines = _LineCounter(fh)
-        reader = csv.reader(lines)
-        header = None
+    """Rows of a CSV with a header as ``{column: value}`` records, streamed (quoted newlines ok).
+
+    A bad row (not UTF-8, malformed quoting, wrong number of fields) is an error record at the
+    line where it starts, and reading goes on with the next line. When the bad row had taken in
+    more lines than its first (a quote opened and never properly closed), those lines may have
+    been rows of their own: that error has ``unread_after`` set, and says which lines.
+    """
+    lines = _CsvLines(path)
+    reader = csv.reader(lines, strict=True)  # strict: an unclosed quote fails instead of eating the file
+    header = None
+    while True:
+        lines.row_start = None
         try:
-            for row in reader:
-                start, lines.row_start = lines.row_start, None
-                if not any(cell.strip() for cell in row):
-                    continue
-                if header is None:
-                    header = [name.strip().lower() for name in row]
-                elif len(row) != len(header):
-                    yield Record(path, start, error=f"{len(row)} fields for a {len(header)}-column header ({','.join(header)})")
-                else:
-                    yield Record(path, start, dict(zip(header, row)))
-        except (UnicodeDecodeError, csv.Error) as exc:
-            yield Record(path, (lines.row_start or lines.line), error=f"unreadable CSV: {exc}")
+            row = next(reader)
+        except StopIteration:
+            return
+        except (_BadLine, csv.Error) as exc:
+            start, end = lines.row_start or lines.line, lines.line
+            why = str(exc) if isinstance(exc, _BadLine) else f"unreadable CSV: {exc}"
+            if end > start:  # a quote opened on line `start` took in the lines up to `end`
+                why = (f"line {end}: {why}, inside a quoted field opened on line {start}; "
+                       f"{end - start} line(s) after line {start} were not read as rows")
+            if header is None:
+                yield Record(path, start, error=f"{why}; the header is unreadable, so nothing was read", unread_after=True)
+                return
+            yield Record(path, start, error=why, unread_after=end > start)
+            continue
+        start = lines.row_start
+        if not any(cell.strip() for cell in row):
+            continue
+        if header is None:
+            header = [name.strip().lower() for name in row]
+        elif len(row) != len(header):
+            yield Record(path, start, error=f"{len(row)} fields for a {len(header)}-column header ({','.join(header)})")
+        else:
+            yield Record(path, start, dict(zip(header, row)))
 
 
 # --- writers -----------------------------------------------------------------------------------
@@ -477,7 +517,7 @@ def place_image(url: str, src: Source, out: Path) -> str:
 class Summary:
     converted: int = 0
     rejected: int = 0
-    written: bool = False  # False when rejects (without skip_bad) or no converted record kept OUT unwritten
+    written: bool = False  # False when rejects (without skip_bad), unread input or no converted record kept OUT unwritten
     reasons: list[str] = field(default_factory=list)
 
 
@@ -501,7 +541,8 @@ def convert_file(
 
     Each rejected record is passed to ``report`` as ``FILE:LINE: error: FIELD: WHY``. OUT is
     written atomically, and only when every record converted, or with ``skip_bad`` when at least
-    one did (an all-invalid dataset makes ERNIEKit's loader loop forever: FACTS.md).
+    one did (an all-invalid dataset makes ERNIEKit's loader loop forever: FACTS.md) and the reader
+    lost nothing (an error it could not read past, e.g. a syntax error in a ``.json`` array).
     """
     converter = get_converter(fmt)
     if to not in WRITERS:
@@ -509,8 +550,7 @@ def convert_file(
     src_path, out_path = Path(src_path), Path(out_path)
     if not src_path.is_file():
         raise UserError(f"{src_path}: no such file")
-    if src_path.resolve() == out_path.resolve():
-        raise UserError(f"{out_path}: the output would replace the input")
+    refuse_inputs_as_outputs([src_path], [out_path])
     if image_root is not None and not Path(image_root).is_dir():
         raise UserError(f"--image-root {image_root}: not a directory")
     src = Source(src_path, Path(image_root) if image_root else None,
@@ -518,9 +558,11 @@ def convert_file(
     write, summary = WRITERS[to], Summary()
     try:
         with atomic_open(out_path, "w", force=force) as fh:
+            lost_after = None  # the first error past which the reader lost part of the file
             for record in converter.records(src_path):
                 try:
                     if record.error:
+                        lost_after = lost_after or (record.where if record.unread_after else None)
                         raise Reject("record", record.error)
                     example = converter.convert(record.value, src)
                     example.images = [place_image(url, src, out_path) for url in example.images]
@@ -530,7 +572,10 @@ def convert_file(
                     continue
                 fh.write(json.dumps(write(example), ensure_ascii=False) + "\n")
                 summary.converted += 1
-            if summary.rejected and not skip_bad:
+            if lost_after:  # --skip-bad drops the records it reports, not ones it never read
+                summary.reasons.append(f"part of the file was not read (after {lost_after}); fix it and run again, "
+                                       "--skip-bad cannot keep records that were never read")
+            elif summary.rejected and not skip_bad:
                 summary.reasons.append(f"{summary.rejected} record(s) rejected (fix them, or pass --skip-bad to keep the rest)")
             if not summary.converted:
                 summary.reasons.append("no record converted")

@@ -9,12 +9,13 @@ Input records are ``{"image": "path.jpg", "data": {...nested fields...}}``, one 
   ``OCR:{"F": []}`` for a list; the target is the matching sub-object ``{"F": data["F"], ...}``.
 
 Prompts and targets are rendered by :func:`paddle_ocrvl_sft.prompts.render_json`, the same
-function ``predict`` and ``serve`` use, so training and inference match byte for byte.
+function ``predict`` uses, so training and inference match byte for byte.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import random
@@ -23,8 +24,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from paddle_ocrvl_sft.data.sample import make_sample, relocate_image
-from paddle_ocrvl_sft.errors import UsageError
-from paddle_ocrvl_sft.io import Record, atomic_open, iter_records
+from paddle_ocrvl_sft.errors import UsageError, UserError
+from paddle_ocrvl_sft.io import Record, atomic_open, iter_records, refuse_inputs_as_outputs
 from paddle_ocrvl_sft.prompts import kie_prompt, render_json
 
 
@@ -63,17 +64,34 @@ def kie_turns(data: dict, *, subsets: int, max_fields: int, rng: random.Random, 
 
 
 def iter_annotations(source: str | os.PathLike) -> Iterator[Record]:
-    """Records of a .jsonl/.json annotation file, or one record per ``*.json`` file of a directory."""
+    """Records of a .jsonl/.json annotation file, or of every ``*.json`` file of a directory.
+
+    In a directory each file holds one (usually pretty-printed) annotation object, or an array
+    of them.
+    """
     source = Path(source)
     if source.is_dir():
         for path in sorted(source.rglob("*.json")):
-            for record in iter_records(path):
-                yield record
-                break  # a per-image file holds one object
+            yield from _annotation_file(path)
         return
     if not source.is_file():
         raise UsageError(f"{source}: no such file or directory")
     yield from iter_records(source)
+
+
+def _annotation_file(path: Path) -> Iterator[Record]:
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        yield Record(path, 1, error=f"unreadable ({exc})")
+        return
+    if text.lstrip().startswith("["):
+        yield from iter_records(path)
+        return
+    try:
+        yield Record(path, 1, json.loads(text))
+    except json.JSONDecodeError as exc:
+        yield Record(path, exc.lineno, error=f"invalid JSON: {exc.msg} (column {exc.colno})")
 
 
 @dataclass
@@ -81,6 +99,11 @@ class KieReport:
     images: int = 0
     samples: int = 0
     rejected: int = 0
+    written: bool = False  # False: rejects without skip_bad, or nothing to write; OUT untouched
+
+
+class _Discard(Exception):
+    """Abandons the atomic write: OUT stays as it was."""
 
 
 def _annotation_error(value: Any) -> str | None:
@@ -102,27 +125,44 @@ def build_kie_dataset(
     seed: int = 0,
     full: bool = True,
     image_root: str | os.PathLike | None = None,
+    skip_bad: bool = False,
     force: bool = False,
     on_error: Callable[[str], None] | None = None,
 ) -> KieReport:
-    """Write an ERNIEKit JSONL of KIE samples; bad annotations are reported (``FILE:LINE: ...``)."""
+    """Write an ERNIEKit JSONL of KIE samples; bad annotations are reported (``FILE:LINE: ...``).
+
+    OUT is written (atomically) only when every annotation was usable, or with ``skip_bad`` when
+    at least one sample came out; otherwise it is left as it was and ``written`` is False.
+    """
+    if per_image < 0 or max_fields < 1:
+        raise UserError(f"--per-image must be >= 0 and --max-fields >= 1, got {per_image} and {max_fields}")
+    if not full and per_image == 0:
+        raise UserError("--no-full with --per-image 0 would write no sample")
     out = Path(out)
+    if Path(source).is_file():
+        refuse_inputs_as_outputs([source], [out])
     report = KieReport()
-    with atomic_open(out, force=force) as fh:
-        for record in iter_annotations(source):
-            problem = record.error or _annotation_error(record.value)
-            if problem:
-                report.rejected += 1
-                if on_error:
-                    on_error(f"{record.where}: error: {problem}")
-                continue
-            image = record.value["image"]
-            url = relocate_image(image, record.path, out, image_root)
-            # seeding per image keeps each image's subsets stable when others are added or removed
-            digest = hashlib.sha256(f"{seed}\0{image}".encode()).digest()
-            rng = random.Random(int.from_bytes(digest[:8], "little"))
-            for prompt, target in kie_turns(record.value["data"], subsets=per_image, max_fields=max_fields, rng=rng, full=full):
-                fh.write(render_json(make_sample([url], [(prompt, target)])) + "\n")
-                report.samples += 1
-            report.images += 1
+    try:
+        with atomic_open(out, force=force) as fh:
+            for record in iter_annotations(source):
+                problem = record.error or _annotation_error(record.value)
+                if problem:
+                    report.rejected += 1
+                    if on_error:
+                        on_error(f"{record.where}: error: {problem}")
+                    continue
+                image = record.value["image"]
+                url = relocate_image(image, record.path, out, image_root)
+                # seeding per image keeps each image's subsets stable when others are added or removed
+                digest = hashlib.sha256(f"{seed}\0{image}".encode()).digest()
+                rng = random.Random(int.from_bytes(digest[:8], "little"))
+                for prompt, target in kie_turns(record.value["data"], subsets=per_image, max_fields=max_fields, rng=rng, full=full):
+                    fh.write(render_json(make_sample([url], [(prompt, target)])) + "\n")
+                    report.samples += 1
+                report.images += 1
+            if (report.rejected and not skip_bad) or not report.samples:
+                raise _Discard
+    except _Discard:
+        return report
+    report.written = True
     return report

@@ -54,6 +54,11 @@ def resolve_image(url: str, dataset_path: str | os.PathLike) -> Path:
     return Path(os.path.join(os.path.dirname(os.path.abspath(dataset_path)), url))
 
 
+def image_location(url: str, dataset_path: str | os.PathLike) -> str:
+    """What an image_url points at: the URL itself, or the resolved local path (as a string)."""
+    return url if is_remote(url) else str(resolve_image(url, dataset_path))
+
+
 def relocate_image(url: str, src_dataset: str | os.PathLike, dst_dataset: str | os.PathLike,
                    image_root: str | os.PathLike | None = None) -> str:
     """Rewrite a relative image path so it still resolves when the sample moves to ``dst_dataset``.

@@ -12,10 +12,10 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from paddle_ocrvl_sft.data.sample import image_urls, is_remote, relocate_image, resolve_image, sample_turns
+from paddle_ocrvl_sft.data.sample import image_location, image_urls, relocate_image, sample_turns
 from paddle_ocrvl_sft.data.validate import check_dataset_paths
 from paddle_ocrvl_sft.errors import UserError
-from paddle_ocrvl_sft.io import atomic_open, iter_records, refuse_existing
+from paddle_ocrvl_sft.io import atomic_open, iter_records, refuse_existing, refuse_inputs_as_outputs
 from paddle_ocrvl_sft.prompts import prompt_kind, render_json
 
 
@@ -62,7 +62,8 @@ def assign_validation(groups: list[str], kinds: list[str], val_fraction: float, 
     for kind in sorted(per_kind):
         candidates = per_kind[kind]
         random.Random(f"{seed}:{kind}").shuffle(candidates)
-        target = round(val_fraction * sum(size[g] for g in candidates))
+        # at least one group per kind while the kind has two: a small kind still gets validated
+        target = max(1 if len(candidates) > 1 else 0, round(val_fraction * sum(size[g] for g in candidates)))
         taken = 0
         for g in candidates:
             if taken >= target:
@@ -86,6 +87,7 @@ def split_dataset(
         raise UserError(f"--val {val_fraction}: must be between 0 and 1 (a fraction of the samples)")
     (source,) = check_dataset_paths([source])
     out_train, out_val = Path(out_train), Path(out_val)
+    refuse_inputs_as_outputs([source], [out_train, out_val])
     refuse_existing(out_train, out_val, force=force)
 
     union = _UnionFind()
@@ -95,7 +97,7 @@ def split_dataset(
         try:
             if record.error:
                 raise ValueError(record.error)
-            urls = [str(resolve_image(u, source)) if not is_remote(u) else u for u in image_urls(record.value)]
+            urls = [image_location(u, source) for u in image_urls(record.value)]
             kinds.append(prompt_kind(sample_turns(record.value)[0][0]))
         except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
             raise UserError(f"{record.where}: not a valid sample ({exc}); run `data validate --write-clean` first") from None
@@ -103,6 +105,8 @@ def split_dataset(
         for other in urls[1:]:
             union.union(key, other)
         first_image.append(key)
+    if not kinds:
+        raise UserError(f"{source}: no samples to split")
     groups = [union.find(k) for k in first_image]
     val_groups = assign_validation(groups, kinds, val_fraction, seed)
 

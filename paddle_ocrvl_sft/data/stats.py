@@ -120,7 +120,7 @@ def dataset_stats(
     return stats
 
 
-def plot_histogram(stats: DatasetStats, out: str | os.PathLike, *, max_seq_len: int | None = None) -> Path:
+def plot_histogram(stats: DatasetStats, out: str | os.PathLike, *, max_seq_len: int | None = None, force: bool = False) -> Path:
     """PNG: sample token lengths (with the recommended max_seq_len) and image sizes."""
     import matplotlib
 
@@ -128,8 +128,10 @@ def plot_histogram(stats: DatasetStats, out: str | os.PathLike, *, max_seq_len: 
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from paddle_ocrvl_sft.io import atomic_open
+    from paddle_ocrvl_sft.io import atomic_open, refuse_existing
 
+    out = Path(out)
+    refuse_existing(out, force=force)  # before any drawing
     tokens = np.frombuffer(stats.report.token_lengths, dtype=np.uint32)
     fig, (ax_tokens, ax_pixels) = plt.subplots(1, 2, figsize=(11, 4))
     ax_tokens.hist(tokens, bins=50, color="#3b6ea5")
@@ -141,7 +143,6 @@ def plot_histogram(stats: DatasetStats, out: str | os.PathLike, *, max_seq_len: 
     ax_pixels.hist(np.sqrt(pixels), bins=50, color="#5a9e6f")
     ax_pixels.set(title="Image size", xlabel="sqrt(width x height) px", ylabel="images")
     fig.tight_layout()
-    out = Path(out)
     with atomic_open(out, "wb") as fh:
         fig.savefig(fh, format="png", dpi=90)
     plt.close(fig)

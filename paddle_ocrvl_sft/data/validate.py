@@ -32,6 +32,7 @@ base64-mangled      error     other inline base64: ERNIEKit prefixes the dataset
 missing-image       error     not a file and not base64 (resolved against the dataset's dir)
 absolute-path       warning   absolute image path: the dataset is not portable
 path-escapes        warning   a relative path that leaves the dataset's directory
+unreadable-image    error     the image file exists but cannot be read (permissions)
 not-image           error     the file's header is not an image format PIL reads
 corrupt-image       error     ``--decode``: the full decode fails
 aspect-ratio        error     longer side > 200 × shorter side
@@ -55,9 +56,9 @@ from typing import Any, Callable, Iterable
 
 import imagesize
 
-from paddle_ocrvl_sft.data.sample import MASK, NO_MASK, is_remote, relocate_image, resolve_image, sample_turns
+from paddle_ocrvl_sft.data.sample import MASK, NO_MASK, image_location, is_remote, relocate_image, resolve_image, sample_turns
 from paddle_ocrvl_sft.errors import UsageError
-from paddle_ocrvl_sft.io import atomic_open, iter_records, refuse_existing
+from paddle_ocrvl_sft.io import atomic_open, iter_records, refuse_existing, refuse_inputs_as_outputs
 from paddle_ocrvl_sft.prompts import prompt_kind
 from paddle_ocrvl_sft.tokens import FACTOR, AspectRatioError, PixelBounds, TextTokenCounter, image_tokens, sample_tokens
 
@@ -126,7 +127,8 @@ class ValidationReport:
 
     @property
     def ok(self) -> bool:
-        return self.errors == 0
+        """No error and something to train on (ERNIEKit loops forever on an empty dataset)."""
+        return self.errors == 0 and self.valid > 0
 
     @property
     def max_tokens(self) -> int:
@@ -140,7 +142,7 @@ class ValidationReport:
         ]
         if self.rejected:
             lines.append(f"ERNIEKit would silently drop or crash on the {self.rejected} rejected sample(s): fix them first.")
-        if self.valid == 0 and self.samples:
+        if self.valid == 0:
             lines.append("No valid sample: ERNIEKit's loader would loop forever on this dataset.")
         if self.by_rule:
             lines.append("by rule: " + ", ".join(f"{r}={n}" for r, n in sorted(self.by_rule.items())))
@@ -206,8 +208,7 @@ class _Checker:
             fate = "drops it" if len(turns) == 1 else "cuts it to the turns that fit"
             add(ERROR, "too-long", f"sample is {tokens} tokens{how}, above max_seq_len {limit}: ERNIEKit {fate}")
             return found, None, None
-        urls = tuple(str(resolve_image(i["image_url"], dataset)) if not is_remote(i["image_url"]) else i["image_url"] for i in images)
-        dedup_key = (urls, turns[0][0])
+        dedup_key = (tuple(image_location(i["image_url"], dataset) for i in images), turns[0][0])
         return found, SampleInfo(str(dataset), line, prompt_kind(turns[0][0]), tokens, tuple(sizes)), dedup_key
 
     @staticmethod
@@ -294,7 +295,10 @@ class _Checker:
         path = resolve_image(url, dataset)
         try:
             fh = open(path, "rb")
-        except (FileNotFoundError, NotADirectoryError, IsADirectoryError, OSError):
+        except PermissionError:
+            add(ERROR, "unreadable-image", f"{where}: {path}: permission denied")
+            return None
+        except OSError:  # not a file: ERNIEKit falls back to decoding the field as base64
             data = _decode_base64(url)
             if data is None:
                 add(ERROR, "missing-image", f"{where}: {url[:120]}: no such file ({path})")
@@ -356,7 +360,7 @@ def check_dataset_paths(paths: Iterable[str | os.PathLike]) -> list[Path]:
     checked = []
     for p in map(Path, paths):
         if not p.is_file():
-            raise UsageError(f"{p}: no such file")
+            raise UsageError(f"{p}: {'a directory, not a dataset file' if p.is_dir() else 'no such file'}")
         if p.suffix.lower() not in DATASET_SUFFIXES:
             raise UsageError(f"{p}: expected a .jsonl or .json dataset file")
         checked.append(p)
@@ -465,8 +469,7 @@ def validate_and_write_clean(
     out = Path(out)
     rejects = rejects_path(out)
     files = check_dataset_paths(paths)
-    if any(out.resolve() == p.resolve() for p in files):
-        raise UsageError(f"{out}: --write-clean must not overwrite an input file")
+    refuse_inputs_as_outputs(files, [out, rejects])
     refuse_existing(out, rejects, force=force)
     with atomic_open(out) as good, atomic_open(rejects) as bad:
 
