@@ -188,7 +188,8 @@ class _ArrayReader:
 def atomic_open(path: str | os.PathLike, mode: str = "w", *, force: bool = True, encoding: str | None = "utf-8"):
     """Open a temporary file beside ``path``; on success move it over ``path`` in one step.
 
-    On any exception (Ctrl-C included) the temporary file is removed and ``path`` is untouched.
+    On any exception (Ctrl-C included) the temporary file is removed and ``path`` is untouched;
+    :class:`DiscardOutput` does the same on purpose and is not propagated.
     With ``force=False`` an existing ``path`` is refused before anything is written.
     """
     path = Path(path)
@@ -208,10 +209,15 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", *, force: bool = True,
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        raise
+        if not isinstance(exc, DiscardOutput):
+            raise
+
+
+class DiscardOutput(Exception):
+    """Raise inside ``atomic_open`` to abandon the write: the target stays as it was."""
 
 
 def _umask() -> int:

@@ -81,3 +81,14 @@ def test_outputs_get_the_usual_permissions_not_private_temp_ones(tmp_path):
         os.umask(mask)
     assert (tmp_path / "out.jsonl").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "bundle").stat().st_mode & 0o777 == 0o755
+
+
+def test_discard_output_leaves_the_target_as_it_was(tmp_path):
+    from paddle_ocrvl_sft.io import DiscardOutput
+
+    target = tmp_path / "out.jsonl"
+    target.write_text("old")
+    with atomic_open(target) as fh:
+        fh.write("new")
+        raise DiscardOutput
+    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["out.jsonl"]

@@ -25,7 +25,7 @@ from typing import Any, Callable, ClassVar, Iterator
 from paddle_ocrvl_sft.data import otsl
 from paddle_ocrvl_sft.data.sample import MASK, NO_MASK, image_urls, is_remote, make_sample, relocate_image, sample_turns
 from paddle_ocrvl_sft.errors import UsageError, UserError
-from paddle_ocrvl_sft.io import Record, atomic_open, iter_lines, iter_records, refuse_inputs_as_outputs
+from paddle_ocrvl_sft.io import DiscardOutput, Record, atomic_open, iter_lines, iter_records, refuse_inputs_as_outputs
 from paddle_ocrvl_sft.prompts import BUILTIN_PROMPTS
 
 # `<image>` (LLaVA, GOT-OCR2.0, ShareGPT, ms-swift) and `<image_00>` (MiniCPM-V multi-image).
@@ -521,9 +521,6 @@ class Summary:
     reasons: list[str] = field(default_factory=list)
 
 
-class _Discard(Exception):
-    """Abandons the atomic write: OUT stays as it was."""
-
 
 def convert_file(
     fmt: str,
@@ -556,32 +553,29 @@ def convert_file(
     src = Source(src_path, Path(image_root) if image_root else None,
                  builtin_or_text(default_prompt) if default_prompt else None)
     write, summary = WRITERS[to], Summary()
-    try:
-        with atomic_open(out_path, "w", force=force) as fh:
-            lost_after = None  # the first error past which the reader lost part of the file
-            for record in converter.records(src_path):
-                try:
-                    if record.error:
-                        lost_after = lost_after or (record.where if record.unread_after else None)
-                        raise Reject("record", record.error)
-                    example = converter.convert(record.value, src)
-                    example.images = [place_image(url, src, out_path) for url in example.images]
-                except Reject as exc:
-                    summary.rejected += 1
-                    report(f"{record.where}: error: {exc.field}: {exc.why}")
-                    continue
-                fh.write(json.dumps(write(example), ensure_ascii=False) + "\n")
-                summary.converted += 1
-            if lost_after:  # --skip-bad drops the records it reports, not ones it never read
-                summary.reasons.append(f"part of the file was not read (after {lost_after}); fix it and run again, "
-                                       "--skip-bad cannot keep records that were never read")
-            elif summary.rejected and not skip_bad:
-                summary.reasons.append(f"{summary.rejected} record(s) rejected (fix them, or pass --skip-bad to keep the rest)")
-            if not summary.converted:
-                summary.reasons.append("no record converted")
-            if summary.reasons:
-                raise _Discard
-    except _Discard:
-        return summary
-    summary.written = True
+    with atomic_open(out_path, "w", force=force) as fh:
+        lost_after = None  # the first error past which the reader lost part of the file
+        for record in converter.records(src_path):
+            try:
+                if record.error:
+                    lost_after = lost_after or (record.where if record.unread_after else None)
+                    raise Reject("record", record.error)
+                example = converter.convert(record.value, src)
+                example.images = [place_image(url, src, out_path) for url in example.images]
+            except Reject as exc:
+                summary.rejected += 1
+                report(f"{record.where}: error: {exc.field}: {exc.why}")
+                continue
+            fh.write(json.dumps(write(example), ensure_ascii=False) + "\n")
+            summary.converted += 1
+        if lost_after:  # --skip-bad drops the records it reports, not ones it never read
+            summary.reasons.append(f"part of the file was not read (after {lost_after}); fix it and run again, "
+                                   "--skip-bad cannot keep records that were never read")
+        elif summary.rejected and not skip_bad:
+            summary.reasons.append(f"{summary.rejected} record(s) rejected (fix them, or pass --skip-bad to keep the rest)")
+        if not summary.converted:
+            summary.reasons.append("no record converted")
+        if summary.reasons:
+            raise DiscardOutput
+        summary.written = True
     return summary

@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterator
 
 from paddle_ocrvl_sft.data.sample import make_sample, relocate_image
 from paddle_ocrvl_sft.errors import UsageError, UserError
-from paddle_ocrvl_sft.io import Record, atomic_open, iter_records, refuse_inputs_as_outputs
+from paddle_ocrvl_sft.io import DiscardOutput, Record, atomic_open, iter_records, refuse_inputs_as_outputs
 from paddle_ocrvl_sft.prompts import kie_prompt, render_json
 
 
@@ -102,9 +102,6 @@ class KieReport:
     written: bool = False  # False: rejects without skip_bad, or nothing to write; OUT untouched
 
 
-class _Discard(Exception):
-    """Abandons the atomic write: OUT stays as it was."""
-
 
 def _annotation_error(value: Any) -> str | None:
     if not isinstance(value, dict):
@@ -142,27 +139,24 @@ def build_kie_dataset(
     if Path(source).is_file():
         refuse_inputs_as_outputs([source], [out])
     report = KieReport()
-    try:
-        with atomic_open(out, force=force) as fh:
-            for record in iter_annotations(source):
-                problem = record.error or _annotation_error(record.value)
-                if problem:
-                    report.rejected += 1
-                    if on_error:
-                        on_error(f"{record.where}: error: {problem}")
-                    continue
-                image = record.value["image"]
-                url = relocate_image(image, record.path, out, image_root)
-                # seeding per image keeps each image's subsets stable when others are added or removed
-                digest = hashlib.sha256(f"{seed}\0{image}".encode()).digest()
-                rng = random.Random(int.from_bytes(digest[:8], "little"))
-                for prompt, target in kie_turns(record.value["data"], subsets=per_image, max_fields=max_fields, rng=rng, full=full):
-                    fh.write(render_json(make_sample([url], [(prompt, target)])) + "\n")
-                    report.samples += 1
-                report.images += 1
-            if (report.rejected and not skip_bad) or not report.samples:
-                raise _Discard
-    except _Discard:
-        return report
-    report.written = True
+    with atomic_open(out, force=force) as fh:
+        for record in iter_annotations(source):
+            problem = record.error or _annotation_error(record.value)
+            if problem:
+                report.rejected += 1
+                if on_error:
+                    on_error(f"{record.where}: error: {problem}")
+                continue
+            image = record.value["image"]
+            url = relocate_image(image, record.path, out, image_root)
+            # seeding per image keeps each image's subsets stable when others are added or removed
+            digest = hashlib.sha256(f"{seed}\0{image}".encode()).digest()
+            rng = random.Random(int.from_bytes(digest[:8], "little"))
+            for prompt, target in kie_turns(record.value["data"], subsets=per_image, max_fields=max_fields, rng=rng, full=full):
+                fh.write(render_json(make_sample([url], [(prompt, target)])) + "\n")
+                report.samples += 1
+            report.images += 1
+        if (report.rejected and not skip_bad) or not report.samples:
+            raise DiscardOutput
+        report.written = True
     return report
