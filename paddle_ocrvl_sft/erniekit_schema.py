@@ -85,9 +85,9 @@ KEYS: tuple[Key, ...] = (
     Key("sft_image_normalize", BOOL, False, _PROC, "Normalise images in the trainer (delayed).", danger=f"{_REF} True"),
     Key("sft_image_rescale", BOOL, False, _PROC, "Rescale images to [0, 1] in the trainer (delayed).", danger=f"{_REF} True"),
     Key("image_dtype", STR, "uint8", _PROC, "dtype of image tensors handed to the model.", danger=f"default uint8; {_REF} float32", choices=("float32", "uint8", "bfloat16")),
-    Key("min_pixels", INT, UNSET, _PROC, "Data-processor lower pixel bound (passthrough of --min-pixels); the model dir's preprocessor_config.json stays authoritative for SiglipImageProcessor."),
-    Key("max_pixels", INT, UNSET, _PROC, "Data-processor upper pixel bound (passthrough of --max-pixels); see min_pixels."),
-    Key("variable_resolution", BOOL, False, _PROC, "Let the processor pick a resolution per image within min/max pixels."),
+    Key("min_pixels", INT, UNSET, _PROC, "Lower pixel bound for training images; applied only with variable_resolution: True (else the model dir's preprocessor_config.json rules)."),
+    Key("max_pixels", INT, UNSET, _PROC, "Upper pixel bound for training images; see min_pixels."),
+    Key("variable_resolution", BOOL, False, _PROC, "Apply the YAML min_pixels/max_pixels to the image processor (set_pixels)."),
     # --- model ------------------------------------------------------------------------------
     Key("model_name_or_path", STR, UNSET, _MODEL, "LOCAL base model directory (its preprocessor_config.json is read directly).", required=True,
         danger="a hub id like PaddlePaddle/PaddleOCR-VL only works if that relative dir exists"),

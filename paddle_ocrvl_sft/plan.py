@@ -531,8 +531,11 @@ def make_plan(
             config.pop(k, None)  # the preset's example paths would point nowhere
     if min_pixels is not None or max_pixels is not None:
         computed.update(min_pixels=bounds.min_pixels, max_pixels=bounds.max_pixels, variable_resolution=True)
-        warnings.append("ERNIEKit's SiglipImageProcessor reads pixel bounds from the model dir's preprocessor_config.json; "
-                        "min_pixels/max_pixels in the YAML reach only the data processor. Token counts here use the given bounds.")
+        # ERNIEKit applies YAML min/max_pixels only with variable_resolution (InputIdsMassageProcessor.set_pixels on
+        # its one image processor); inference reads the bundle's preprocessor_config.json instead
+        warnings.append("min_pixels/max_pixels: ERNIEKit resizes training images within these bounds (variable_resolution: True), "
+                        "but PaddleX and transformers read the model dir's preprocessor_config.json at inference: set the same "
+                        "bounds in the exported bundle's preprocessor_config.json. Token counts here use the given bounds.")
     config.update(computed)
     config = schema.apply_overrides(config, overrides)
     schema.validate_config(config, where="generated config")
