@@ -320,3 +320,17 @@ def test_tokenizer_gives_exact_counts(dataset_dir, tmp_path, capsys):
     assert main(["data", "validate", str(path), "--tokenizer", str(base), "--max-seq-len", "300"]) == 1
     out = capsys.readouterr().out
     assert "[too-long]" in out and "estimated" not in out
+
+
+def test_every_rule_is_documented_in_the_module_and_in_docs():
+    import re
+    from pathlib import Path
+
+    from paddle_ocrvl_sft.data import validate as module
+
+    source = Path(module.__file__).read_text()
+    emitted = set(re.findall(r'add\((?:ERROR|WARNING), "([a-z0-9-]+)"', source)) | {"invalid-json", "duplicate"}
+    in_docstring = set(re.findall(r"^([a-z0-9-]+) +(?:error|warning) ", module.__doc__, re.M))
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "data.md").read_text()
+    in_docs = set(re.findall(r"^\| `([a-z0-9-]+)` \| (?:error|warning) \|", docs, re.M))
+    assert emitted == in_docstring == in_docs, (emitted ^ in_docstring, emitted ^ in_docs)
