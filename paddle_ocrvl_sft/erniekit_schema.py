@@ -37,6 +37,7 @@ from typing import Any, Iterable
 import yaml
 
 from paddle_ocrvl_sft.errors import UserError
+from paddle_ocrvl_sft.io import read_text
 
 STR, INT, FLOAT, NUMBER, BOOL, STR_LIST = "str", "int", "float", "number", "bool", "list[str]"
 UNSET = None  # ERNIEKit's ``None`` default: the key may be left out
@@ -547,11 +548,7 @@ def load_yaml_config(path) -> dict:
     """Read an ERNIEKit YAML exactly as ERNIEKit does (``yaml.safe_load``); errors name the file."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: unreadable ({exc})") from None
+        data = yaml.safe_load(read_text(path))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)

@@ -181,6 +181,17 @@ class _ArrayReader:
                 raise _ArrayError(self.line, "unexpected text after the closing ']'")
 
 
+def read_text(path: str | os.PathLike, *, missing: str = "no such file") -> str:
+    """A small text file a user pointed at (config, model file); failures become one clear error."""
+    path = Path(path)
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{path}: {missing}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: unreadable ({exc})") from None
+
+
 # --- writing -------------------------------------------------------------------------------
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from paddle_ocrvl_sft.errors import UserError
+from paddle_ocrvl_sft.io import read_text
 
 PATCH_SIZE = 14
 MERGE_SIZE = 2
@@ -56,11 +57,9 @@ class PixelBounds:
         """Read min/max pixels from a model dir's ``preprocessor_config.json`` (as ERNIEKit does)."""
         path = Path(model_dir) / "preprocessor_config.json"
         try:
-            cfg = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise UserError(f"{path}: not found (the model dir needs its preprocessor_config.json)") from None
-        except (OSError, ValueError) as exc:
-            raise UserError(f"{path}: unreadable ({exc})") from None
+            cfg = json.loads(read_text(path, missing="not found (the model dir needs its preprocessor_config.json)"))
+        except ValueError as exc:
+            raise UserError(f"{path}: not valid JSON ({exc})") from None
         size = cfg.get("size") if isinstance(cfg, dict) and isinstance(cfg.get("size"), dict) else {}
         try:
             lo, hi = (int(cfg.get(k, size.get(k))) for k in ("min_pixels", "max_pixels"))
