@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -36,27 +37,17 @@ MAX_NEW_TOKENS = "24"  # a random model never stops by itself: cap generation so
 def _cli(argv: list[str], log: Callable[[str], None]) -> None:
     from paddle_ocrvl_sft.cli import main
 
-    log("$ paddle-ocrvl-sft " + " ".join(_quote(a) for a in argv))
+    log("$ paddle-ocrvl-sft " + " ".join(shlex.quote(a) for a in argv))
     status = main(argv)
     if status:
         raise UserError(f"demo step failed (exit {status}): paddle-ocrvl-sft {' '.join(argv)}")
 
 
-def _quote(arg: str) -> str:
-    import shlex
-
-    return shlex.quote(arg)
-
-
 def patched_paddlex_copy(dest: Path, log: Callable[[str], None]) -> Path:
     """Copy the installed paddlex into ``dest`` and patch the copy: the installed one stays untouched."""
-    import importlib.util
+    from paddle_ocrvl_sft.patch import find_target
 
-    spec = importlib.util.find_spec("paddlex")
-    if spec is None or not spec.submodule_search_locations:
-        raise UserError("paddlex is not installed: pip install -e '.[infer]'")
-    source = Path(next(iter(spec.submodule_search_locations)))
-    shutil.copytree(source, dest / "paddlex", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(find_target().package_dir, dest / "paddlex", ignore=shutil.ignore_patterns("__pycache__"))
     _cli(["patch", "apply", "--paddlex-path", str(dest)], log)
     return dest
 
@@ -66,7 +57,7 @@ def doc_parser(image: Path, model_dir: Path, prompt: str, save: Path, pythonpath
     argv = [sys.executable, "-m", "paddleocr", "doc_parser", "-i", str(image), "--vl_rec_model_dir", str(model_dir),
             "--vl_rec_model_name", MODEL_NAME, "--use_layout_detection", "False", "--prompt_label", prompt,
             "--device", "cpu", "--max_new_tokens", MAX_NEW_TOKENS, "--save_path", str(save)]
-    log("$ PYTHONPATH=" + str(pythonpath) + " paddleocr " + " ".join(_quote(a) for a in argv[4:]))
+    log("$ PYTHONPATH=" + str(pythonpath) + " paddleocr " + " ".join(shlex.quote(a) for a in argv[4:]))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(pythonpath), os.environ.get("PYTHONPATH")])),
            "PADDLE_PDX_DISABLE_MODEL_SOURCE_CHECK": "True"}
     proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Callable
 
 from paddle_ocrvl_sft.errors import UserError
-from paddle_ocrvl_sft.io import staged_dir
+from paddle_ocrvl_sft.io import staged_dir, write_json
 
 DEFAULT_MODEL_NAME = "PaddleOCR-VL-0.9B"
 FORMATS = ("paddle", "hf")
@@ -283,11 +283,6 @@ def _refuse_overlap(out: Path, inputs: dict[str, Path]) -> None:
             raise UserError(f"-o {out}: {where} {label} {d}, which export never modifies; choose another OUT")
 
 
-def _write_json(path: Path, obj) -> None:
-    # Plain writes: the whole bundle is staged and swapped in at once (io.staged_dir).
-    path.write_text(json.dumps(obj, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-
-
 def _pick(name: str, dirs: list[Path]) -> Path | None:
     return next((d / name for d in dirs if (d / name).is_file()), None)
 
@@ -391,7 +386,7 @@ def _write_hf_config(base_dir: Path, dest: Path, has_remote_code: bool) -> str:
     if not has_remote_code:
         config.pop("auto_map", None)  # it names .py files this bundle does not have
         config.get("vision_config", {}).pop("auto_map", None)
-    _write_json(dest / "config.json", config)
+    write_json(dest / "config.json", config)
     return "config.json from BASE: tie_word_embeddings false (top level and text_config)" + (
         "" if has_remote_code else ", auto_map dropped (no remote code in BASE)")
 
@@ -405,7 +400,7 @@ def _add_image_token(path: Path) -> str:
     extra.setdefault("image_token", IMAGE_TOKEN)
     extra.setdefault("video_token", VIDEO_TOKEN)
     cfg["extra_special_tokens"] = extra
-    _write_json(path, cfg)
+    write_json(path, cfg)
     return f"tokenizer_config.json: extra_special_tokens image_token {IMAGE_TOKEN}, video_token {VIDEO_TOKEN}"
 
 

@@ -63,7 +63,7 @@ def num(value: Any, formula: str, **inputs: Any) -> dict:
 
 
 @dataclass(frozen=True)
-class DatasetStats:
+class FileSummary:
     """What plan needs from ``data validate`` for one file."""
 
     path: str
@@ -79,7 +79,7 @@ class DatasetStats:
         return max(self.token_lengths, default=0)
 
 
-def dataset_stats(paths: Sequence[str | os.PathLike], bounds: PixelBounds, tokenizer_dir=None) -> list[DatasetStats]:
+def summarize_files(paths: Sequence[str | os.PathLike], bounds: PixelBounds, tokenizer_dir=None) -> list[FileSummary]:
     """Validate each file with the data stage (no ``max_seq_len`` cut: plan decides that)."""
     from paddle_ocrvl_sft.data.validate import ValidateOptions, validate_paths
 
@@ -88,7 +88,7 @@ def dataset_stats(paths: Sequence[str | os.PathLike], bounds: PixelBounds, token
     for path in paths:
         report = validate_paths([path], options)
         stats.append(
-            DatasetStats(
+            FileSummary(
                 path=str(Path(path).resolve()),
                 samples=report.samples,
                 valid=report.valid,
@@ -413,14 +413,14 @@ def _number_or_int(value: float) -> int | float:
 
 def make_plan(
     *,
-    train: Sequence[DatasetStats],
+    train: Sequence[FileSummary],
     model_dir: str | os.PathLike,
     epochs: float,
     gpus: int,
     plan_dir: str | os.PathLike,
     nodes: int = 1,
     probs: Sequence[float] | None = None,
-    eval_sets: Sequence[DatasetStats] = (),
+    eval_sets: Sequence[FileSummary] = (),
     preset: str = DEFAULT_PRESET,
     base_gpus: int | None = None,
     scale: str | None = None,

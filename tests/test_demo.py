@@ -1,7 +1,6 @@
 """The end-to-end demo, and the custom KIE prompt through the real `paddleocr doc_parser` CLI."""
 
 import hashlib
-import importlib.util
 import json
 import os
 import subprocess
@@ -11,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from paddle_ocrvl_sft.cli import main
+from paddle_ocrvl_sft.patch import find_target
 from paddle_ocrvl_sft.prompts import kie_prompt
 
 pytestmark = pytest.mark.slow
@@ -31,8 +31,7 @@ LlamaTokenizer.__call__ = _spy
 
 
 def installed_pipeline_digest() -> str:
-    root = Path(next(iter(importlib.util.find_spec("paddlex").submodule_search_locations)))
-    return hashlib.sha256((root / "inference/pipelines/paddleocr_vl/pipeline.py").read_bytes()).hexdigest()
+    return hashlib.sha256(find_target().path.read_bytes()).hexdigest()
 
 
 @pytest.fixture(scope="module")

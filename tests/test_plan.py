@@ -40,8 +40,8 @@ def model_dir(tmp_path) -> Path:
     return make_model_dir(tmp_path)
 
 
-def stats(n: int, tokens: int = 300, path: str = "/data/train.jsonl", **kw) -> plan.DatasetStats:
-    return plan.DatasetStats(path=path, samples=n, valid=n, token_lengths=(tokens,) * n, **kw)
+def stats(n: int, tokens: int = 300, path: str = "/data/train.jsonl", **kw) -> plan.FileSummary:
+    return plan.FileSummary(path=path, samples=n, valid=n, token_lengths=(tokens,) * n, **kw)
 
 
 # --- the guide's formulas ---------------------------------------------------------------------

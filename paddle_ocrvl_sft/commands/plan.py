@@ -68,8 +68,8 @@ def run_plan(args) -> int:
     refuse_existing(args.out, force=args.force)
     bounds = plan.model_bounds(args.model, args.min_pixels, args.max_pixels)
     tokenizer_dir = args.model if (Path(args.model) / "tokenizer.model").is_file() else None
-    train = plan.dataset_stats(args.data, bounds, tokenizer_dir)
-    eval_sets = plan.dataset_stats(args.eval, bounds, tokenizer_dir) if args.eval else []
+    train = plan.summarize_files(args.data, bounds, tokenizer_dir)
+    eval_sets = plan.summarize_files(args.eval, bounds, tokenizer_dir) if args.eval else []
     result = plan.make_plan(
         train=train, eval_sets=eval_sets, model_dir=args.model, epochs=args.epochs, gpus=args.gpus, nodes=args.nodes,
         probs=args.prob, preset=args.preset, base_gpus=args.base_gpus, scale=args.scale,
