@@ -20,117 +20,29 @@ loading it, and only then moved to OUT (``io.staged_dir``).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 import shutil
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from paddle_ocrvl_sft.bundle import DEFAULT_MODEL_NAME, INDEX, VL_REC_REQUIRED, WEIGHTS, yml_model_name
 from paddle_ocrvl_sft.errors import UserError
 from paddle_ocrvl_sft.io import staged_dir, write_json
+from paddle_ocrvl_sft.safetensors_file import merge_safetensors, read_header, tensor_specs
 
-DEFAULT_MODEL_NAME = "PaddleOCR-VL-0.9B"
 FORMATS = ("paddle", "hf")
-WEIGHTS = "model.safetensors"
-INDEX = "model.safetensors.index.json"
 IMAGE_TOKEN = "<|IMAGE_PLACEHOLDER|>"
 VIDEO_TOKEN = "<|video_pad|>"
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
-# What a --vl_rec_model_dir must hold (FACTS "Custom VL-rec model dir minimum"); `predict` checks
-# the same list. The other files below are copied when present.
-VL_REC_REQUIRED = ("inference.yml", "config.json", WEIGHTS, "preprocessor_config.json",
-                   "tokenizer.model", "tokenizer_config.json", "chat_template.jinja")
 # paddle bundle: files taken from the run (what it trained with) and those only BASE has.
 PADDLE_RUN_FILES = ("config.json", "generation_config.json", "preprocessor_config.json", *TOKENIZER_FILES)
 PADDLE_BASE_FILES = ("chat_template.jinja", "processor_config.json")
 HF_BASE_FILES = ("generation_config.json", "preprocessor_config.json", "processor_config.json",
                  "chat_template.jinja", *TOKENIZER_FILES)
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
-
-
-# --- safetensors container (header + raw bytes; no framework needed, bf16 included) ------------
-
-
-def read_header(path: str | os.PathLike) -> dict:
-    """The JSON header of a safetensors file: ``{name: {dtype, shape, data_offsets}, "__metadata__"?}``."""
-    path = Path(path)
-    try:
-        with open(path, "rb") as fh:
-            (size,) = struct.unpack("<Q", fh.read(8))
-            if size > 100 * 2**20:
-                raise ValueError("header larger than 100 MiB")
-            return json.loads(fh.read(size))
-    except (OSError, ValueError, struct.error) as exc:
-        raise UserError(f"{path}: not a readable safetensors file ({exc})") from None
-
-
-def tensor_specs(header: dict) -> dict[str, tuple[str, tuple[int, ...]]]:
-    return {k: (v["dtype"], tuple(v["shape"])) for k, v in header.items() if k != "__metadata__"}
-
-
-def write_safetensors(path: str | os.PathLike, tensors: dict, metadata: dict | None = None) -> None:
-    """Write ``{name: (dtype_code, shape, raw_bytes)}`` in the safetensors layout (names sorted)."""
-    header, offset = {}, 0
-    for name in sorted(tensors):
-        dtype, shape, data = tensors[name]
-        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + len(data)]}
-        offset += len(data)
-    blob = _header_bytes(header, metadata)
-    with open(path, "wb") as fh:
-        fh.write(blob)
-        for name in sorted(tensors):
-            fh.write(tensors[name][2])
-
-
-def merge_safetensors(shards: list[Path], out: Path) -> None:
-    """Stream several shards into one file, copying each tensor's bytes unchanged."""
-    entries = []  # (name, shard, begin, end, dtype, shape)
-    metadata = None
-    for shard in shards:
-        header = read_header(shard)
-        metadata = metadata or header.get("__metadata__")
-        start = 8 + _stored_header_size(shard)
-        for name, (dtype, shape) in tensor_specs(header).items():
-            begin, end = header[name]["data_offsets"]
-            entries.append((name, shard, start + begin, start + end, dtype, shape))
-    entries.sort()
-    header, offset = {}, 0
-    for name, _, begin, end, dtype, shape in entries:
-        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + end - begin]}
-        offset += end - begin
-    with open(out, "wb") as dst, contextlib.ExitStack() as stack:
-        dst.write(_header_bytes(header, metadata))
-        handles = {shard: stack.enter_context(open(shard, "rb")) for shard in dict.fromkeys(shards)}
-        for name, shard, begin, end, *_ in entries:
-            src = handles[shard]
-            src.seek(begin)
-            _copy_range(src, dst, end - begin)
-
-
-def _header_bytes(header: dict, metadata: dict | None) -> bytes:
-    if metadata:
-        header = {"__metadata__": metadata, **header}
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)  # the spec pads the header so tensor data starts 8-byte aligned
-    return struct.pack("<Q", len(raw)) + raw
-
-
-def _stored_header_size(path: Path) -> int:
-    with open(path, "rb") as fh:
-        return struct.unpack("<Q", fh.read(8))[0]
-
-
-def _copy_range(src, dst, length: int, chunk: int = 1 << 24) -> None:
-    while length > 0:
-        data = src.read(min(chunk, length))
-        if not data:
-            raise UserError(f"{src.name}: truncated safetensors file")
-        dst.write(data)
-        length -= len(data)
 
 
 # --- finding the fine-tuned weights -------------------------------------------------------------
@@ -324,10 +236,6 @@ def _write_inference_yml(base_dir: Path, dest: Path, model_name: str) -> str:
     return f"added inference.yml (model_name: {model_name})"
 
 
-def yml_model_name(text: str) -> str | None:
-    m = re.search(r"^\s*model_name:\s*['\"]?([^'\"\s#]+)", text, re.M)
-    return m.group(1) if m else None
-
 
 def _place_weights(weights: Weights, target: Path, roots: dict[Path, str]) -> str:
     """One shard: hard link (copy across file systems); several: merged. The source is never moved."""
@@ -439,6 +347,8 @@ def verify_hf(model_dir: Path, fine_tuned: list[Path], max_new_tokens: int = 2) 
         import torch
         from safetensors import safe_open
 
+        from paddle_ocrvl_sft.predict import hf_generate, load_hf
+
         model, processor = load_hf(model_dir)
         lm_head = None
         for path in fine_tuned:
@@ -454,30 +364,3 @@ def verify_hf(model_dir: Path, fine_tuned: list[Path], max_new_tokens: int = 2) 
     except Exception as exc:
         raise UserError(f"verification failed: transformers could not load/run the bundle: {type(exc).__name__}: {exc}") from None
     return f"transformers loaded it (lm_head untied, fine-tuned) and generated {text!r}"
-
-
-def load_hf(model_dir: str | os.PathLike):
-    """transformers model + processor on CPU, with the PIL image processor (no torchvision needed)."""
-    import torch
-    from transformers import AutoTokenizer, PaddleOCRVLForConditionalGeneration, PaddleOCRVLProcessor
-    from transformers.models.paddleocr_vl.image_processing_pil_paddleocr_vl import PaddleOCRVLImageProcessorPil
-
-    model_dir = str(model_dir)
-    model = PaddleOCRVLForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).eval()
-    processor = PaddleOCRVLProcessor(
-        image_processor=PaddleOCRVLImageProcessorPil.from_pretrained(model_dir),
-        tokenizer=AutoTokenizer.from_pretrained(model_dir),
-        chat_template=(Path(model_dir) / "chat_template.jinja").read_text(encoding="utf-8"),
-    )
-    return model, processor
-
-
-def hf_generate(model, processor, image, query: str, max_new_tokens: int) -> str:
-    import torch
-
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": query}]}]
-    prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
-    inputs = processor(images=[image], text=[prompt], return_tensors="pt")
-    with torch.no_grad():
-        out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-    return processor.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)[0]

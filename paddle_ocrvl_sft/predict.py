@@ -26,10 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from paddle_ocrvl_sft.bundle import check_model_dir, model_name_of
 from paddle_ocrvl_sft.data.sample import image_location, image_urls, is_remote, sample_turns
 from paddle_ocrvl_sft.data.validate import DATASET_SUFFIXES
 from paddle_ocrvl_sft.errors import UsageError, UserError
-from paddle_ocrvl_sft.export import DEFAULT_MODEL_NAME, VL_REC_REQUIRED, yml_model_name
 from paddle_ocrvl_sft.io import atomic_open, iter_records
 from paddle_ocrvl_sft.prompts import BUILTIN_PROMPTS, kie_prompt, prompt_kind, query_for_fields
 
@@ -139,14 +139,6 @@ def to_record(job: Job, text: str) -> dict:
 # --- backends -----------------------------------------------------------------------------------
 
 
-def model_name_of(model_dir: Path) -> str:
-    """``Global.model_name`` of the dir's inference.yml (what PaddleX dispatches on)."""
-    path = model_dir / "inference.yml"
-    if path.is_file():
-        return yml_model_name(path.read_text(encoding="utf-8")) or DEFAULT_MODEL_NAME
-    return DEFAULT_MODEL_NAME
-
-
 def paddle_predictor(model_dir: str | os.PathLike, model_name: str | None = None, device: str | None = "cpu"):
     """PaddleX's VL-rec predictor for a local dir (offline: the model-source check is turned off)."""
     model_dir = Path(model_dir)
@@ -161,17 +153,6 @@ def paddle_predictor(model_dir: str | os.PathLike, model_name: str | None = None
     except (ValueError, FileNotFoundError) as exc:
         hint = " (an ERNIEKit output dir? run `python -m paddle_ocrvl_sft export RUN_DIR --base BASE` first)"
         raise UserError(f"--model {model_dir}: PaddleX cannot load it: {exc}{hint}") from None
-
-
-def check_model_dir(model_dir: str | os.PathLike) -> None:
-    """Name every missing inference file up front instead of PaddleX's first FileNotFoundError."""
-    model_dir = Path(model_dir)
-    if not model_dir.is_dir():
-        raise UserError(f"--model {model_dir}: not a directory")
-    missing = [name for name in VL_REC_REQUIRED if not (model_dir / name).is_file()]
-    if missing:
-        raise UserError(f"--model {model_dir}: missing {', '.join(missing)} (an ERNIEKit output dir? "
-                        "run `python -m paddle_ocrvl_sft export RUN_DIR --base BASE_DIR` first)")
 
 
 class PaddleBackend:
@@ -322,3 +303,39 @@ def write_records(records: Iterable[dict], out: str | os.PathLike | None, *,
             written += 1
             failed += "error" in record
     return written, failed
+
+
+# --- transformers (PyTorch) ---------------------------------------------------------------------
+
+
+def load_hf(model_dir: str | os.PathLike):
+    """transformers model + processor on CPU, with the PIL image processor (no torchvision needed)."""
+    import torch
+    from transformers import (
+        AutoTokenizer,
+        PaddleOCRVLForConditionalGeneration,
+        PaddleOCRVLProcessor,
+    )
+    from transformers.models.paddleocr_vl.image_processing_pil_paddleocr_vl import (
+        PaddleOCRVLImageProcessorPil,
+    )
+
+    model_dir = str(model_dir)
+    model = PaddleOCRVLForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).eval()
+    processor = PaddleOCRVLProcessor(
+        image_processor=PaddleOCRVLImageProcessorPil.from_pretrained(model_dir),
+        tokenizer=AutoTokenizer.from_pretrained(model_dir),
+        chat_template=(Path(model_dir) / "chat_template.jinja").read_text(encoding="utf-8"),
+    )
+    return model, processor
+
+
+def hf_generate(model, processor, image, query: str, max_new_tokens: int) -> str:
+    import torch
+
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": query}]}]
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+    inputs = processor(images=[image], text=[prompt], return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+    return processor.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)[0]

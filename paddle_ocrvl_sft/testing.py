@@ -33,8 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
-from paddle_ocrvl_sft.export import write_safetensors
 from paddle_ocrvl_sft.io import write_json
+from paddle_ocrvl_sft.safetensors_file import write_safetensors
 
 RESOURCES = Path(__file__).parent / "resources" / "paddleocr_vl_0.9b"
 LAYOUTS = ("base", "erniekit_output")

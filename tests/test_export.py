@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 
 from paddle_ocrvl_sft import cli
+from paddle_ocrvl_sft.bundle import INDEX, WEIGHTS
 from paddle_ocrvl_sft.errors import UserError
-from paddle_ocrvl_sft.export import (INDEX, WEIGHTS, export, merge_safetensors, read_header, tensor_specs,
-                                     write_safetensors)
+from paddle_ocrvl_sft.export import export
+from paddle_ocrvl_sft.safetensors_file import merge_safetensors, read_header, tensor_specs, write_safetensors
 from paddle_ocrvl_sft.testing import SHARD, build_tiny_model, receipt_image
 
 MODEL_NAME = "PaddleOCR-VL-0.9B"
@@ -228,7 +229,7 @@ def test_several_shards_are_merged_byte_for_byte(tiny, tmp_path):
 def test_merge_opens_each_shard_once_and_closes_it(tiny, tmp_path, monkeypatch):
     import builtins
 
-    from paddle_ocrvl_sft import export as export_module
+    from paddle_ocrvl_sft import safetensors_file
 
     _, run = tiny
     header = read_header(run / SHARD)
@@ -244,7 +245,7 @@ def test_merge_opens_each_shard_once_and_closes_it(tiny, tmp_path, monkeypatch):
         opened.append((Path(path), fh))
         return fh
 
-    monkeypatch.setattr(export_module, "open", spy, raising=False)
+    monkeypatch.setattr(safetensors_file, "open", spy, raising=False)
     merge_safetensors(shards, tmp_path / "merged.safetensors")
     assert tensor_bytes(tmp_path / "merged.safetensors") == raw
     for shard in shards:  # read_header, the header size, the copy: not once per tensor (hundreds)
@@ -302,8 +303,7 @@ def test_hf_export_loads_with_transformers_and_generates(tiny, exported, receipt
     import torch
     from PIL import Image
 
-    from paddle_ocrvl_sft.export import hf_generate, load_hf
-    from paddle_ocrvl_sft.predict import PaddleBackend, Job
+    from paddle_ocrvl_sft.predict import Job, PaddleBackend, hf_generate, load_hf
 
     base, run = tiny
     out = tmp_path / "hf"

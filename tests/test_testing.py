@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from paddle_ocrvl_sft.export import read_header, tensor_specs
+from paddle_ocrvl_sft.safetensors_file import read_header, tensor_specs
 from paddle_ocrvl_sft.testing import RESOURCES, SHARD, build_tiny_model, weight_shapes
 
 REFERENCE = Path("/work/shared/reference/PaddleOCR-VL-0.9B-files")
