@@ -162,8 +162,12 @@ class PaddleBackend:
         self.kwargs = {} if max_new_tokens is None else {"max_new_tokens": max_new_tokens}
 
     def __call__(self, job: Job) -> str:
-        (result,) = list(self.predictor.predict([{"image": job.image, "query": job.prompt}], **self.kwargs))
-        return result["result"]
+        return self.batch([job])[0]
+
+    def batch(self, jobs: list[Job]) -> list[str]:
+        """PaddleX's predictor takes a list of inputs and batches them itself."""
+        results = list(self.predictor.predict([{"image": j.image, "query": j.prompt} for j in jobs], **self.kwargs))
+        return [r["result"] for r in results]
 
 
 class GenAIServerBackend:
@@ -250,24 +254,43 @@ def make_backend(backend: str, *, model_dir=None, server_url=None, server_model=
 # --- running ------------------------------------------------------------------------------------
 
 
-def run(jobs: list[Job], backend, *, progress: bool = True) -> Iterator[dict]:
-    """Yield one output record per job, with a progress bar on stderr.
+def run(jobs: list[Job], backend, *, progress: bool = True, batch_size: int = 1) -> Iterator[dict]:
+    """Yield one output record per job, in order, with a progress bar on stderr.
 
-    A job that fails (an unreadable image, a server error for that request) does not stop the
-    run: it yields an :func:`error_record` and prints one ``error:`` line on stderr.
+    A backend is called on one :class:`Job` and returns its text; one with a ``batch(jobs)`` method
+    gets ``batch_size`` jobs at a time. A job that fails (an unreadable image, a server error for
+    that request) does not stop the run: it yields an :func:`error_record` and prints one ``error:``
+    line on stderr. When a whole batch fails, its jobs are retried one by one so the error lands
+    on the job that caused it.
     """
     from tqdm import tqdm
 
-    for job in tqdm(jobs, desc="predict", unit="img", file=sys.stderr, disable=not progress):
-        try:
-            text = backend(job)
-        except Exception as exc:  # one bad input must not lose the predictions already made
-            record = error_record(job, exc)
-            where = f"{job.where}: {job.image}" if job.where else job.image
-            tqdm.write(f"error: {where}: {record['error']}", file=sys.stderr)
-            yield record
-        else:
-            yield to_record(job, text)
+    if batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1, got {batch_size}")
+    batched = batch_size > 1 and hasattr(backend, "batch")
+    with tqdm(total=len(jobs), desc="predict", unit="img", file=sys.stderr, disable=not progress) as bar:
+        for start in range(0, len(jobs), batch_size if batched else 1):
+            chunk = jobs[start:start + (batch_size if batched else 1)]
+            texts = None
+            if batched:
+                try:
+                    texts = list(backend.batch(chunk))
+                except Exception:  # noqa: BLE001 - retried one by one below, which names the culprit
+                    texts = None
+            for i, job in enumerate(chunk):
+                if texts is not None:
+                    yield to_record(job, texts[i])
+                    continue
+                try:
+                    text = backend(job)
+                except Exception as exc:  # one bad input must not lose the predictions already made
+                    record = error_record(job, exc)
+                    where = f"{job.where}: {job.image}" if job.where else job.image
+                    tqdm.write(f"error: {where}: {record['error']}", file=sys.stderr)
+                    yield record
+                else:
+                    yield to_record(job, text)
+            bar.update(len(chunk))
 
 
 def error_record(job: Job, exc: Exception) -> dict:

@@ -148,7 +148,8 @@ def test_custom_kie_prompt_reaches_the_model_verbatim_paddle(base, receipt, tmp_
 
 
 @pytest.mark.slow
-def test_an_unreadable_image_is_an_error_line_and_the_others_are_kept_paddle(base, tmp_path, capsys):
+@pytest.mark.parametrize("batch_size", ["1", "3"])
+def test_an_unreadable_image_is_an_error_line_and_the_others_are_kept_paddle(base, tmp_path, capsys, batch_size):
     folder = tmp_path / "imgs"
     folder.mkdir()
     receipt_image({"n": "1"}).save(folder / "a.png")
@@ -156,7 +157,7 @@ def test_an_unreadable_image_is_an_error_line_and_the_others_are_kept_paddle(bas
     receipt_image({"n": "3"}).save(folder / "c.png")
     out = tmp_path / "pred.jsonl"
     assert cli.main(["predict", str(folder), "--model", str(base), "--device", "cpu", "--max-new-tokens", "2",
-                     "-o", str(out), "--no-progress"]) == 1
+                     "-o", str(out), "--no-progress", "--batch-size", batch_size]) == 1
 
     records = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert [Path(r["image"]).name for r in records] == ["a.png", "b.png", "c.png"]
@@ -169,6 +170,41 @@ def test_an_unreadable_image_is_an_error_line_and_the_others_are_kept_paddle(bas
     # Not "Traceback" not in err: PaddleX's logger, set up in an earlier test, may report pytest's
     # closed capture stream with one. The PIL error itself must not escape.
     assert "UnidentifiedImageError" not in err
+
+
+class FakeBatchBackend:
+    """Upper-cases the prompt; a batch holding a job whose image is "bad" fails as a whole."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, job):
+        self.calls.append([job.image])
+        if job.image == "bad":
+            raise ValueError("cannot read bad")
+        return job.prompt.upper()
+
+    def batch(self, jobs):
+        self.calls.append([j.image for j in jobs])
+        if any(j.image == "bad" for j in jobs):
+            raise ValueError("batch failed")
+        return [j.prompt.upper() for j in jobs]
+
+
+def test_run_batches_and_retries_a_failed_batch_one_by_one(capsys):
+    from paddle_ocrvl_sft.predict import run
+
+    jobs = [Job(name, f"p{name}") for name in ("a", "b", "bad", "c", "d")]
+    backend = FakeBatchBackend()
+    records = list(run(jobs, backend, progress=False, batch_size=2))
+    assert [r["image"] for r in records] == ["a", "b", "bad", "c", "d"]
+    assert [r.get("text") for r in records] == ["PA", "PB", None, "PC", "PD"]
+    assert records[2]["error"] == "ValueError: cannot read bad"
+    assert backend.calls == [["a", "b"], ["bad", "c"], ["bad"], ["c"], ["d"]]
+    assert "error: bad: ValueError: cannot read bad" in capsys.readouterr().err
+    backend.calls.clear()
+    assert [r["text"] for r in run(jobs[:2], backend, progress=False)] == ["PA", "PB"]
+    assert backend.calls == [["a"], ["b"]]  # batch_size 1: one job per call
 
 
 def test_unexported_dir_is_explained(tmp_path, capsys):

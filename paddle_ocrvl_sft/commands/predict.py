@@ -30,6 +30,8 @@ def register(subparsers) -> None:
     p.add_argument("--model-name", help="PaddleX model name (default: from DIR/inference.yml)")
     p.add_argument("--device", help="paddle: e.g. cpu, gpu:0 (default: PaddleX's choice)")
     p.add_argument("--max-new-tokens", type=positive_int, metavar="N", help="cap on generated tokens (default: the backend's)")
+    p.add_argument("--batch-size", type=positive_int, default=1, metavar="N",
+                   help="images per model call where the backend batches (paddle); default 1")
     p.add_argument("-o", "--out", metavar="OUT.jsonl", help="write JSONL here (atomically); default: stdout")
     p.add_argument("--force", action="store_true", help="overwrite OUT")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
@@ -46,7 +48,7 @@ def run(args) -> int:
     backend = P.make_backend(args.backend, model_dir=args.model, server_url=args.server_url,
                              server_model=args.server_model, model_name=args.model_name, device=args.device,
                              max_new_tokens=args.max_new_tokens, timeout=args.timeout)
-    written, failed = P.write_records(P.run(jobs, backend, progress=not args.no_progress), args.out, force=args.force)
+    written, failed = P.write_records(P.run(jobs, backend, progress=not args.no_progress, batch_size=args.batch_size), args.out, force=args.force)
     if args.out:
         errors = f" and {failed} error lines" if failed else ""
         print(f"wrote {written - failed} predictions{errors} to {args.out}", file=sys.stderr)
