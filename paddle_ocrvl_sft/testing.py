@@ -299,6 +299,22 @@ def _write_checkpoint_state(ckpt: Path) -> None:
         (ckpt / name).write_bytes(b"placeholder\n")
 
 
+# --- upstream sources for tests -------------------------------------------------------------------
+
+
+def erniekit_source() -> Path | None:
+    """ERNIEKit's source for tests that run the real reader or trainer: ``$ERNIEKIT_SRC`` (a clone
+    or a tarball), else the vendored ``../shared/vendor/ERNIE-*.tar.gz`` beside a checkout of this
+    repo (develop@41ab1c5 ≈ release/v1.4), else None (the caller skips and says why)."""
+    import os
+
+    given = os.environ.get("ERNIEKIT_SRC")
+    if given:
+        return Path(given)
+    vendored = sorted((Path(__file__).resolve().parents[2] / "shared" / "vendor").glob("ERNIE-*.tar.gz"))
+    return vendored[-1] if vendored else None
+
+
 # --- synthetic images ---------------------------------------------------------------------------
 
 
