@@ -35,6 +35,10 @@ setup(
         "tqdm>=4.66",
         "protobuf>=4.25",  # testing.py edits the SentencePiece model proto (tiny tokenizer fixture)
         "matplotlib>=3.8",
+        # eval: edit distances, list-item assignment, tree edit distance for TEDS
+        "rapidfuzz==3.14.6",
+        "scipy==1.17.1",
+        "apted==1.0.3",
     ],
     extras_require={
         "infer": INFER,

@@ -1,0 +1,90 @@
+"""``eval --model DIR --data VAL.jsonl [--baseline DIR]``: the numbers, before vs after, as a report."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from paddle_ocrvl_sft.commands import positive_int, positive_seconds
+
+DESCRIPTION = (
+    "Run a model on a validation set with each sample's own prompt (through predict's backends; resumable: "
+    "a rerun skips what OUT/predictions.jsonl already holds) or score saved predictions (--predictions), then "
+    "score by task: OCR text (CER, NED, exact match), KIE (field and whole-document accuracy, missing/extra "
+    "keys, valid JSON), tables (TEDS), formulas (exact match), charts (cell accuracy). With a baseline, both "
+    "side by side. Writes OUT/metrics.json, predictions.jsonl, scores.jsonl, plots/*.png and a "
+    "self-contained report.html; prints a summary table. Metric definitions: docs/eval.md."
+)
+
+
+def normalizations(text: str) -> list[str]:
+    from paddle_ocrvl_sft.evaluate.metrics import NORMALIZATIONS
+
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in NORMALIZATIONS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list of {', '.join(NORMALIZATIONS)}, got {text!r}")
+    return names
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("eval", help="score a model (vs a baseline) on a validation set: CER, field accuracy, TEDS",
+                              description=DESCRIPTION)
+    p.add_argument("--data", required=True, metavar="VAL.jsonl", help="ERNIEKit validation samples (their answers are the references)")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--model", metavar="DIR", help="the model to evaluate (an exported bundle)")
+    source.add_argument("--predictions", metavar="PRED.jsonl", help="score predict's saved output instead of running a model")
+    base = p.add_mutually_exclusive_group()
+    base.add_argument("--baseline", metavar="DIR", help="a second model to compare with (e.g. the base model)")
+    base.add_argument("--baseline-predictions", metavar="PRED.jsonl", help="the baseline's saved predict output (with --predictions)")
+    p.add_argument("-o", "--out", default="runs/eval", metavar="OUT_DIR", help="output dir (default runs/eval)")
+    p.add_argument("--normalize", type=normalizations, default=[], metavar="whitespace,width,numbers",
+                   help="compare texts after these normalizations (default none; recorded in metrics.json)")
+    p.add_argument("--backend", default="paddle", metavar="NAME", help="a predict backend: paddle (default), genai-server, ...")
+    p.add_argument("--server-url", metavar="URL", help="genai-server: e.g. http://127.0.0.1:8118/v1")
+    p.add_argument("--server-model", metavar="NAME", help="genai-server: model name (default: first of GET /models)")
+    p.add_argument("--timeout", type=positive_seconds, default=600.0, help="genai-server: seconds per request (default 600)")
+    p.add_argument("--model-name", help="PaddleX model name (default: from DIR/inference.yml)")
+    p.add_argument("--device", help="e.g. cpu, gpu:0 (default: the backend's choice)")
+    p.add_argument("--max-new-tokens", type=positive_int, metavar="N", help="cap on generated tokens (default: the backend's)")
+    p.add_argument("--batch-size", type=positive_int, default=1, metavar="N", help="images per model call (default 1)")
+    p.add_argument("--force", action="store_true", help="start OUT_DIR over (its predictions are discarded)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.set_defaults(func=run_eval)
+
+
+def run_eval(args) -> int:
+    from paddle_ocrvl_sft.errors import UsageError
+    from paddle_ocrvl_sft.evaluate import evaluate, evaluate_predictions, summary
+
+    if args.predictions:
+        if args.baseline:
+            raise UsageError("--baseline runs a model; with --predictions give --baseline-predictions")
+        metrics = evaluate_predictions(args.predictions, args.data, out_dir=args.out,
+                                       baseline_predictions=args.baseline_predictions, normalize=args.normalize,
+                                       force=args.force)
+    else:
+        if args.baseline_predictions:
+            raise UsageError("--baseline-predictions goes with --predictions; to run a baseline model give --baseline DIR")
+        if args.model is None and args.backend != "genai-server":
+            raise UsageError("give --model DIR (or --predictions PRED.jsonl to score saved predictions)")
+        metrics = evaluate(args.model, args.data, out_dir=args.out, baseline=args.baseline, backend=args.backend,
+                           device=args.device, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+                           normalize=args.normalize, force=args.force, progress=not args.no_progress,
+                           **_backend_options(args))
+    print(summary(metrics))
+    print(f"report: {args.out}/report.html", file=sys.stderr)
+    if metrics["errors"]:
+        print(f"error: {metrics['errors']} of {metrics['n']} predictions failed (scored as empty answers; "
+              "rerun to retry them)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _backend_options(args) -> dict:
+    """Backend options passed only when given (the genai-server timeout always with that backend)."""
+    given = {"server_url": args.server_url, "server_model": args.server_model, "model_name": args.model_name}
+    options = {k: v for k, v in given.items() if v is not None}
+    if args.backend == "genai-server":
+        options["timeout"] = args.timeout
+    return options
