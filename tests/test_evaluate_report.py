@@ -90,7 +90,7 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
     assert "kie (n=2)\tfield accuracy\t0.0%\t75.0%\t+75.0 pts (better)" in text
     assert "kie (n=2)\tdocument accuracy\t0.0%\t50.0%\t+50.0 pts (better)" in text
     assert "ocr (n=1)\tCER\t61.5%\t7.7%\t-53.8 pts (better)" in text
-    assert "invoice\t1\tkie field accuracy\t0.0%\t50.0%" in text
+    assert "invoice\t1\tkie field accuracy\t0.0%\t50.0%\t+50.0 pts (better)" in text
     assert "Worst samples (3 of 3, lowest score first)" in text
     assert "wrong fields (1 of 2)\nfield\treference\tprediction\nDATE\t01.02.2024\t01.02.2023" in text
     assert len(probe["images"]) == 5

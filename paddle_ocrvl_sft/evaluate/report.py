@@ -86,9 +86,12 @@ def _bar_plot(bars: list[tuple[str, float, float | None]], title: str, *, vertic
     size = (max(6.0, 1.3 * len(bars)), 3.6) if vertical else (8.0, max(2.4, 0.34 * len(bars) + 1.2))
     fig, ax = plt.subplots(figsize=size, dpi=100)
     draw = ax.bar if vertical else ax.barh
+    groups = []
     if has_base:
-        draw(pos - width / 2, base, width, color=BASE_COLOR, label="baseline")
-    draw(pos + (width / 2 if has_base else 0), model, width, color=MODEL_COLOR, label="model")
+        groups.append(draw(pos - width / 2, base, width, color=BASE_COLOR, label="baseline"))
+    groups.append(draw(pos + (width / 2 if has_base else 0), model, width, color=MODEL_COLOR, label="model"))
+    for bars_drawn in groups:  # the value on each bar, so a zero is visible as "0.00"
+        ax.bar_label(bars_drawn, fmt="%.2f", fontsize=7, padding=2)
     if vertical:
         ax.set_xticks(pos, labels, fontsize=8)
         ax.set_ylim(0, 1.05)
@@ -186,7 +189,7 @@ def doc_type_table(metrics: dict) -> str:
         return ""
     base_types = (metrics.get("baseline") or {}).get("by_doc_type", {})
     head = "<tr><th>document type</th><th>n</th><th>metric</th>" + ("<th>baseline</th>" if base_types else "") \
-        + "<th>model</th></tr>"
+        + "<th>model</th>" + ("<th>change</th>" if base_types else "") + "</tr>"
     rows = []
     for name, m in types.items():
         for kind in kinds_of(m):
@@ -195,7 +198,10 @@ def doc_type_table(metrics: dict) -> str:
                 cells = f"<td>{_e(name)}</td><td class='num'>{m[kind]['n']}</td><td>{_e(kind)} {_e(label)}</td>"
                 if base_types:
                     cells += f'<td class="num">{_format(key, before)}</td>'
-                rows.append(f"<tr>{cells}<td class='num'>{_format(key, m[kind][key])}</td></tr>")
+                cells += f"<td class='num'>{_format(key, m[kind][key])}</td>"
+                if base_types:
+                    cells += _change_cell(key, before, m[kind][key], higher)
+                rows.append(f"<tr>{cells}</tr>")
     return f"<h2>By document type</h2><table>{head}{''.join(rows)}</table>"
 
 

@@ -24,9 +24,10 @@ from paddle_ocrvl_sft.prompts import PROMPT_KINDS, prompt_kind
 DOC_TYPE_KEY = "doc_type"
 STRUCTURED_KINDS = ("kie", "table", "formula", "chart")
 
-# The headline metrics of each task, for summaries and the report: (key, label, higher is better).
+# The headline metrics of each task, for summaries and the report: (key, label, higher is better);
+# the first two are the ones shown per document type.
 HEADLINES = {
-    "text": (("cer", "CER", False), ("cer_macro", "CER (macro)", False), ("ned", "NED", False),
+    "text": (("cer", "CER", False), ("ned", "NED", False), ("cer_macro", "CER (macro)", False),
              ("exact", "exact match", True)),
     "kie": (("field_accuracy", "field accuracy", True), ("document_accuracy", "document accuracy", True),
             ("json_valid", "valid JSON", True), ("json_valid_repaired", "valid JSON after repair", True),
