@@ -23,7 +23,6 @@ import random
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 TITLE = "## `eval`: scoring KIE predictions"

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import sample, write_image, write_jsonl
+from conftest import sample, write_jsonl
 from paddle_ocrvl_sft import cli
-from paddle_ocrvl_sft.errors import UserError
+from paddle_ocrvl_sft.errors import UsageError, UserError
 from paddle_ocrvl_sft.evaluate import evaluate, evaluate_predictions, runner, summary
 from paddle_ocrvl_sft.evaluate.score import load_samples
 from paddle_ocrvl_sft.prompts import kie_prompt, render_json
@@ -94,6 +94,15 @@ def test_bad_options_are_usage_errors(val, capsys):
     assert exc.value.code == 2
     assert cli.main(["eval", "--data", str(val)]) == 2
     assert "give --model DIR" in capsys.readouterr().err
+    assert cli.main(["eval", "--data", str(val.parent / "r0.png"), "--predictions", "p.jsonl"]) == 1
+    assert "r0.png: expected an ERNIEKit .jsonl/.json dataset file" in capsys.readouterr().err
+    assert cli.main(["eval", "--data", str(val), "--predictions", str(val.parent / "nope.jsonl")]) == 1
+    assert "nope.jsonl: no such predictions file" in capsys.readouterr().err
+    assert cli.main(["eval", "--data", str(val), "--model", "m", "--backend", "nope", "-o", str(val.parent / "o")]) == 2
+    assert "--backend nope: must be one of paddle" in capsys.readouterr().err  # predict.BACKENDS
+    assert not (val.parent / "o").exists()  # refused before anything was written
+    with pytest.raises(UsageError, match="--normalize: unknown normalization case"):
+        evaluate("no-model-needed", val, out_dir=val.parent / "o", normalize=["case"])  # before any model loads
 
 
 class FakeBackend:

@@ -109,6 +109,11 @@ def test_kie_leaves_and_empty_containers():
     s = M.kie_score('{"N": 12.5, "L": ["x"]}', ref)
     assert [(f.path, f.correct) for f in s.fields] == [("N", True), ("E", False), ("L", False)]
     assert s.missing == 1
+    # Lists inside list items are aligned too: every leaf found, in whatever order.
+    nested = {"A": [{"T": ["x", "y"]}, {"T": ["z"]}]}
+    s = M.kie_score('{"A": [{"T": ["z"]}, {"T": ["y", "x"]}]}', nested)
+    assert [(f.path, f.prediction, f.correct) for f in s.fields] == [
+        ("A[0].T[0]", "x", True), ("A[0].T[1]", "y", True), ("A[1].T[0]", "z", True)]
 
 
 # --- tables -------------------------------------------------------------------------------------------

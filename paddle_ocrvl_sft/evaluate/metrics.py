@@ -17,9 +17,11 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any, Callable, Iterable
 
+from apted import APTED, Config
 from rapidfuzz.distance import Levenshtein
 
 from paddle_ocrvl_sft.data.otsl import Cell, grid_to_cells, parse_html_table, parse_otsl
+from paddle_ocrvl_sft.predict import parse_kie
 
 # --- normalization -----------------------------------------------------------------------------
 
@@ -218,8 +220,6 @@ def _align(reference: list, prediction: list, normalize) -> dict[int, int]:
 
 def kie_score(text: str, reference: dict, normalize: Callable[[str], str] = identity) -> KieScore:
     """Score a raw KIE answer against the reference object (parsed with json_repair, as predict does)."""
-    from paddle_ocrvl_sft.predict import parse_kie
-
     try:
         valid = isinstance(json.loads(text), dict)
     except (ValueError, RecursionError):
@@ -257,6 +257,25 @@ def table_tree(rows: list[list[Cell]], normalize: Callable[[str], str] = identit
                            for row in rows])
 
 
+class _TableCosts(Config):
+    """APTED costs of TEDS: insert/delete 1; rename 1 across tags or spans, else the cell texts' NED."""
+
+    valuecls = float
+
+    def __init__(self, structure_only: bool):
+        self.structure_only = structure_only
+
+    def rename(self, a: _Node, b: _Node) -> float:
+        if a.tag != b.tag or a.rowspan != b.rowspan or a.colspan != b.colspan:
+            return 1.0
+        if a.tag == "td" and not self.structure_only:
+            return ned(a.text, b.text)
+        return 0.0
+
+    def children(self, node: _Node) -> list[_Node]:
+        return node.children
+
+
 def _tree_size(node: _Node) -> int:
     return 1 + sum(_tree_size(child) for child in node.children)
 
@@ -270,26 +289,10 @@ def teds(pred_rows: list[list[Cell]], ref_rows: list[list[Cell]], *, structure_o
     (for ``td``) the normalized edit distance of the cell texts, 0 with ``structure_only``.
     A prediction with no cells scores 0, as in PubTabNet's reference implementation.
     """
-    from apted import APTED, Config
-
     if not any(pred_rows):
         return 0.0
-
-    class TableConfig(Config):
-        valuecls = float
-
-        def rename(self, a: _Node, b: _Node) -> float:
-            if a.tag != b.tag or a.rowspan != b.rowspan or a.colspan != b.colspan:
-                return 1.0
-            if a.tag == "td" and not structure_only:
-                return ned(a.text, b.text)
-            return 0.0
-
-        def children(self, node: _Node) -> list[_Node]:
-            return node.children
-
     pred, ref = table_tree(pred_rows, normalize), table_tree(ref_rows, normalize)
-    distance = APTED(pred, ref, TableConfig()).compute_edit_distance()
+    distance = APTED(pred, ref, _TableCosts(structure_only)).compute_edit_distance()
     return 1.0 - distance / max(_tree_size(pred), _tree_size(ref))
 
 

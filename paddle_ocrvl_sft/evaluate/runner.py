@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from paddle_ocrvl_sft.errors import UsageError, UserError
+from paddle_ocrvl_sft.evaluate.metrics import normalizer
 from paddle_ocrvl_sft.evaluate.score import (EvalSample, aggregate, format_change, format_value, headlines,
                                              join_predictions, kinds_of, load_samples, score_samples)
 from paddle_ocrvl_sft.io import atomic_open, atomic_write_text, refuse_existing, write_json
-from paddle_ocrvl_sft.predict import Job, make_backend, run
+from paddle_ocrvl_sft.predict import BACKENDS, Job, make_backend, run
 
 PREDICTIONS = "predictions.jsonl"
 BASELINE = "baseline"
@@ -40,9 +41,12 @@ def evaluate(model_dir, data, *, out_dir, baseline=None, backend: str = "paddle"
     (also in ``OUT/metrics.json``): per task, ``n``, ``errors``, ``by_doc_type`` where samples name
     one, and the baseline's metrics under ``"baseline"``.
     """
+    if backend not in BACKENDS:
+        raise UsageError(f"--backend {backend}: must be one of {', '.join(BACKENDS)}")
     if baseline is not None and backend == "genai-server":
         raise UsageError("--baseline: a genai-server serves one model; save each model's predictions with "
                          "`predict` and score them with --predictions and --baseline-predictions")
+    normalize = checked_normalizations(normalize)
     samples = load_samples(data)
     out = Path(out_dir)
     options = {"device": device, "max_new_tokens": max_new_tokens, **backend_options}
@@ -66,6 +70,7 @@ def evaluate(model_dir, data, *, out_dir, baseline=None, backend: str = "paddle"
 def evaluate_predictions(predictions, data, *, out_dir, baseline_predictions=None, normalize: Iterable[str] = (),
                          force: bool = False) -> dict:
     """Score saved ``predict`` output (joined to ``data`` by image and prompt) without a model."""
+    normalize = checked_normalizations(normalize)
     samples = load_samples(data)
     out = Path(out_dir)
     refuse_existing(out, force=force)
@@ -79,17 +84,23 @@ def evaluate_predictions(predictions, data, *, out_dir, baseline_predictions=Non
                                     "baseline": None if baseline_predictions is None else str(baseline_predictions)})
 
 
+def checked_normalizations(normalize: Iterable[str]) -> list[str]:
+    """The normalization switches, checked before any model runs (their order of application is fixed)."""
+    normalize = sorted(set(normalize))
+    try:
+        normalizer(normalize)
+    except ValueError as exc:
+        raise UsageError(f"--normalize: {exc}") from None
+    return normalize
+
+
 def score_and_report(samples: list[EvalSample], records: list[dict], base_records: list[dict] | None, out: Path, *,
-                     normalize: Iterable[str], labels: dict) -> dict:
+                     normalize: list[str], labels: dict) -> dict:
     """Score predictions (and the baseline's), write scores, metrics.json, plots and report.html."""
     from paddle_ocrvl_sft.evaluate.report import write_report
 
-    normalize = sorted(set(normalize))
-    try:
-        rows = score_samples(samples, records, normalize)
-        base_rows = score_samples(samples, base_records, normalize) if base_records is not None else None
-    except ValueError as exc:  # an unknown normalization name
-        raise UsageError(f"--normalize: {exc}") from None
+    rows = score_samples(samples, records, normalize)
+    base_rows = score_samples(samples, base_records, normalize) if base_records is not None else None
     metrics = {**aggregate(rows), "normalize": normalize, "data": labels["data"], "model": labels["model"]}
     write_jsonl(out / "scores.jsonl", rows)
     if base_rows is not None:
@@ -165,7 +176,10 @@ def _prepare_out_dir(out: Path, info: dict, force: bool) -> None:
         for stale in (out / PREDICTIONS, out / BASELINE / PREDICTIONS):
             stale.unlink(missing_ok=True)
     elif info_path.is_file():
-        before = json.loads(info_path.read_text(encoding="utf-8"))
+        try:
+            before = json.loads(info_path.read_text(encoding="utf-8"))
+        except ValueError:
+            raise UserError(f"{info_path}: not JSON; use --force to start this evaluation over") from None
         changed = [k for k in info if before.get(k) != info[k]]
         if changed:
             what = ", ".join(f"{k} was {before.get(k)}" for k in changed)

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
-from paddle_ocrvl_sft.errors import UserError
 import paddle_ocrvl_sft.evaluate.metrics as M
+from paddle_ocrvl_sft.data.validate import DATASET_SUFFIXES
+from paddle_ocrvl_sft.errors import UserError
 from paddle_ocrvl_sft.io import iter_records
 from paddle_ocrvl_sft.predict import Job, collect_jobs
 from paddle_ocrvl_sft.prompts import PROMPT_KINDS, prompt_kind
@@ -94,6 +95,8 @@ def image_key(image: str) -> str:
 
 def load_samples(data: str | os.PathLike) -> list[EvalSample]:
     """The samples of an ERNIEKit .jsonl/.json validation file, checked before any model runs."""
+    if Path(data).suffix.lower() not in DATASET_SUFFIXES or not Path(data).is_file():
+        raise UserError(f"--data {data}: expected an ERNIEKit .jsonl/.json dataset file (its answers are the references)")
     jobs = collect_jobs([data])
     if not jobs:
         raise UserError(f"{data}: no samples to evaluate")
@@ -125,6 +128,8 @@ def join_predictions(samples: list[EvalSample], predictions: str | os.PathLike) 
     A sample without a prediction is an error (naming the first few); predictions for images the
     data does not have are ignored (the caller may say so: see the returned list's length).
     """
+    if not Path(predictions).is_file():
+        raise UserError(f"{predictions}: no such predictions file")
     by_key: dict[tuple[str, str], list[dict]] = {}
     for record in iter_records(predictions):
         value = record.value
