@@ -13,6 +13,7 @@ import html
 import io
 from pathlib import Path
 
+from paddle_ocrvl_sft.data.sample import is_remote
 from paddle_ocrvl_sft.evaluate.score import format_change, format_value, headlines, kinds_of
 from paddle_ocrvl_sft.io import atomic_write_bytes, atomic_write_text
 
@@ -33,7 +34,7 @@ td.num{text-align:right;font-variant-numeric:tabular-nums}.better{color:#137a2a;
 .sample .body{flex:1;min-width:0}.label{color:#555;font-size:12px;margin-top:6px}
 pre{white-space:pre-wrap;word-break:break-word;background:#f8f8f8;padding:6px;margin:2px 0;font-size:13px}
 del{background:#ffd7d5;text-decoration:line-through}ins{background:#d3f5d9;text-decoration:none}
-.ok{color:#137a2a}.bad{color:#b3261e}
+.bad{color:#b3261e}
 """
 
 
@@ -125,17 +126,16 @@ def data_url(data: bytes, mime: str) -> str:
 
 def thumbnail(image: str) -> str | None:
     """A JPEG thumbnail of a local image as a data URL (None for URLs and unreadable files)."""
-    if "://" in image:
+    if is_remote(image):
         return None
     from PIL import Image
 
     try:
         with Image.open(image) as img:
-            img = img.convert("RGB")
-            img.thumbnail(THUMBNAIL)
+            img.thumbnail(THUMBNAIL)  # before convert: JPEGs are decoded at a reduced scale
             buf = io.BytesIO()
-            img.save(buf, format="JPEG", quality=85)
-    except (OSError, ValueError):
+            img.convert("RGB").save(buf, format="JPEG", quality=85)
+    except (OSError, ValueError, Image.DecompressionBombError):
         return None
     return data_url(buf.getvalue(), "image/jpeg")
 
@@ -156,31 +156,27 @@ def char_diff(reference: str, prediction: str) -> str:
     return "".join(out) + cut
 
 
-def _change_cell(key: str, before, now, higher: bool) -> str:
-    if before is None:
-        return "<td></td>"
-    text = format_change(key, before, now, higher)
-    cls = "better" if text.endswith("(better)") else "worse" if text.endswith("(worse)") else ""
-    return f'<td class="num {cls}">{_e(text)}</td>'
+def _metric_cells(key: str, before, now, higher: bool, compare: bool) -> str:
+    """``<td>`` cells: baseline, model and the change (the baseline's two only when comparing)."""
+    if not compare:
+        return f'<td class="num">{_format(key, now)}</td>'
+    change = "" if before is None else format_change(key, before, now, higher)
+    cls = "better" if change.endswith("(better)") else "worse" if change.endswith("(worse)") else ""
+    return (f'<td class="num">{_format(key, before)}</td><td class="num">{_format(key, now)}</td>'
+            f'<td class="num {cls}">{_e(change)}</td>')
+
+
+def _table(columns: list[str], compare: bool, rows: list[str]) -> str:
+    head = "".join(f"<th>{c}</th>" for c in [*columns, *(["baseline", "model", "change"] if compare else ["model"])])
+    return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
 
 
 def summary_table(metrics: dict) -> str:
     base = metrics.get("baseline")
-    head = "<tr><th>task</th><th>metric</th>" + ("<th>baseline</th>" if base else "") + "<th>model</th>" \
-        + ("<th>change</th>" if base else "") + "</tr>"
-    rows = []
-    for kind in kinds_of(metrics):
-        for key, label, higher in headlines(kind):
-            now = metrics[kind][key]
-            before = base.get(kind, {}).get(key) if base else None
-            cells = f"<td>{_e(kind)} (n={metrics[kind]['n']})</td><td>{_e(label)}</td>"
-            if base:
-                cells += f'<td class="num">{_format(key, before)}</td>'
-            cells += f'<td class="num">{_format(key, now)}</td>'
-            if base:
-                cells += _change_cell(key, before, now, higher)
-            rows.append(f"<tr>{cells}</tr>")
-    return f"<table>{head}{''.join(rows)}</table>"
+    rows = [f"<tr><td>{_e(kind)} (n={metrics[kind]['n']})</td><td>{_e(label)}</td>"
+            f"{_metric_cells(key, (base or {}).get(kind, {}).get(key), metrics[kind][key], higher, bool(base))}</tr>"
+            for kind in kinds_of(metrics) for key, label, higher in headlines(kind)]
+    return _table(["task", "metric"], bool(base), rows)
 
 
 def doc_type_table(metrics: dict) -> str:
@@ -188,21 +184,11 @@ def doc_type_table(metrics: dict) -> str:
     if not types:
         return ""
     base_types = (metrics.get("baseline") or {}).get("by_doc_type", {})
-    head = "<tr><th>document type</th><th>n</th><th>metric</th>" + ("<th>baseline</th>" if base_types else "") \
-        + "<th>model</th>" + ("<th>change</th>" if base_types else "") + "</tr>"
-    rows = []
-    for name, m in types.items():
-        for kind in kinds_of(m):
-            for key, label, higher in headlines(kind)[:2]:
-                before = base_types.get(name, {}).get(kind, {}).get(key)
-                cells = f"<td>{_e(name)}</td><td class='num'>{m[kind]['n']}</td><td>{_e(kind)} {_e(label)}</td>"
-                if base_types:
-                    cells += f'<td class="num">{_format(key, before)}</td>'
-                cells += f"<td class='num'>{_format(key, m[kind][key])}</td>"
-                if base_types:
-                    cells += _change_cell(key, before, m[kind][key], higher)
-                rows.append(f"<tr>{cells}</tr>")
-    return f"<h2>By document type</h2><table>{head}{''.join(rows)}</table>"
+    rows = [f"<tr><td>{_e(name)}</td><td class='num'>{m[kind]['n']}</td><td>{_e(kind)} {_e(label)}</td>"
+            f"{_metric_cells(key, base_types.get(name, {}).get(kind, {}).get(key), m[kind][key], higher, bool(base_types))}"
+            "</tr>"
+            for name, m in types.items() for kind in kinds_of(m) for key, label, higher in headlines(kind)[:2]]
+    return f"<h2>By document type</h2>{_table(['document type', 'n', 'metric'], bool(base_types), rows)}"
 
 
 def _text_block(label: str, text: str) -> str:
@@ -244,7 +230,7 @@ def render_html(metrics: dict, rows: list[dict], base_rows: list[dict] | None, p
     meta.append("normalization: " + (_e(", ".join(metrics["normalize"])) if metrics["normalize"] else "none"))
     if metrics["errors"]:
         meta.append(f"<span class='bad'>{metrics['errors']} failed predictions (scored as empty answers)</span>")
-    order = sorted(range(len(rows)), key=lambda i: (rows[i]["score"], rows[i]["source"]))[:WORST]
+    order = sorted(range(len(rows)), key=lambda i: (rows[i]["score"], i))[:WORST]
     cards = "".join(sample_card(rows[i], base_rows[i] if base_rows else None) for i in order)
     images = "".join(f'<img src="{data_url(png, "image/png")}" alt="{_e(name)}">' for name, png in plots.items())
     return (

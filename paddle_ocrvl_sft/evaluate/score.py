@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 import paddle_ocrvl_sft.evaluate.metrics as M
+from paddle_ocrvl_sft.data.sample import is_remote
 from paddle_ocrvl_sft.data.validate import DATASET_SUFFIXES
 from paddle_ocrvl_sft.errors import UserError
 from paddle_ocrvl_sft.io import iter_records
@@ -90,7 +91,7 @@ class EvalSample:
 
 def image_key(image: str) -> str:
     """How predictions are joined to samples: URLs as they are, local paths resolved."""
-    return image if "://" in image else os.path.realpath(image)
+    return image if is_remote(image) else os.path.realpath(image)
 
 
 def load_samples(data: str | os.PathLike) -> list[EvalSample]:
