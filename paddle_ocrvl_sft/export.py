@@ -24,6 +24,7 @@ import json
 import os
 import re
 import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -50,17 +51,22 @@ CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 
 @dataclass
 class Weights:
-    """The safetensors file(s) holding one model and what was found beside them."""
+    """The safetensors file(s) holding one model, tensors taken from elsewhere, and notes."""
 
     files: list[Path]
     notes: list[str] = field(default_factory=list)
+    take: dict[str, Path] = field(default_factory=dict)  # tensor name -> the file it is copied from
 
     @property
     def specs(self) -> dict[str, tuple[str, tuple[int, ...]]]:
         specs = {}
-        for path in self.files:
-            specs.update(tensor_specs(read_header(path)))
+        for path in [*self.files, *dict.fromkeys(self.take.values())]:
+            header = tensor_specs(read_header(path))
+            specs.update(header if path in self.files else {k: v for k, v in header.items() if self.take.get(k) == path})
         return specs
+
+    def file_of(self, name: str) -> Path:
+        return next(path for path in self.files if name in read_header(path))
 
 
 def find_weights(src: Path) -> Weights:
@@ -90,6 +96,30 @@ def find_weights(src: Path) -> Weights:
     if shards:
         return Weights(shards, [f"no {INDEX}: using {', '.join(p.name for p in shards)}"])
     raise UserError(f"{src}: no model weights (expected {INDEX} + shards or {WEIGHTS})")
+
+
+def trained_weights(src: Path, base: Weights, work: Path, log: Callable[[str], None]) -> Weights:
+    """The fine-tuned weights of ERNIEKit or PaddleFormers output, completed from BASE where needed.
+
+    PaddleFormers: a LoRA run is merged with its own exporter and the merge verified
+    (``backends.paddleformers.merge_lora``); its saved weights lack the SigLIP pooling head, which
+    is taken from BASE, exactly those tensors and only them (CPU_TRAINING.md A.5, A.6).
+    """
+    from paddle_ocrvl_sft.backends import paddleformers as pf
+
+    if pf.is_lora_output(src) and not (src / INDEX).is_file() and not (src / WEIGHTS).is_file():
+        merged = pf.merge_lora(src, base.files[0].parent, work, log)
+        weights = Weights([merged], [f"merged the LoRA adapter ({pf.ADAPTER_CONFIG}) into BASE with PaddleFormers' exporter, "
+                                     "and verified the merge"])
+    else:
+        weights = find_weights(src)
+    base_specs = base.specs
+    missing = pf.missing_head(set(weights.specs), set(base_specs))
+    if missing:
+        weights.take = {name: base.file_of(name) for name in missing}
+        weights.notes.append(f"added the {len(missing)} {pf.HEAD_PREFIX}* tensors from BASE (PaddleFormers does not save "
+                             "the SigLIP pooling head; PaddleX's loader requires it)")
+    return weights
 
 
 def check_same_architecture(weights: Weights, base: Weights, src: Path, base_dir: Path) -> None:
@@ -163,14 +193,13 @@ def export(run_dir: str | os.PathLike, base_dir: str | os.PathLike, out: str | o
     _refuse_overlap(out, {"RUN_DIR": run_dir, "--base": base_dir})
     base_weights = find_weights(base_dir)
     sources = select_sources(run_dir, checkpoint)
-    plans = []
-    for src, sub in sources:
-        weights = find_weights(src)
-        check_same_architecture(weights, base_weights, src, base_dir)
-        plans.append((src, sub, weights))
-
     report = ExportReport(out, fmt)
-    with staged_dir(out, force=force) as stage:
+    with tempfile.TemporaryDirectory(prefix="paddle-ocrvl-sft-export-") as work, staged_dir(out, force=force) as stage:
+        plans = []
+        for i, (src, sub) in enumerate(sources):
+            weights = trained_weights(src, base_weights, Path(work) / str(i), log)
+            check_same_architecture(weights, base_weights, src, base_dir)
+            plans.append((src, sub, weights))
         for src, sub, weights in plans:
             dest = stage / sub
             dest.mkdir(parents=True, exist_ok=True)
@@ -238,7 +267,11 @@ def _write_inference_yml(base_dir: Path, dest: Path, model_name: str) -> str:
 
 
 def _place_weights(weights: Weights, target: Path, roots: dict[Path, str]) -> str:
-    """One shard: hard link (copy across file systems); several: merged. The source is never moved."""
+    """One shard: hard link (copy across file systems); several, or tensors taken from BASE:
+    merged byte for byte. The source is never moved."""
+    if weights.take:
+        merge_safetensors(weights.files, target, take=weights.take)
+        return f"added {WEIGHTS} ({_describe(weights.files[0], roots)} + {len(weights.take)} tensors of BASE)"
     if len(weights.files) == 1:
         (source,) = weights.files
         try:

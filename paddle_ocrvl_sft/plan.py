@@ -1,4 +1,4 @@
-"""``plan``: from validated datasets and a GPU count to a checked ERNIEKit OCR-VL-SFT config.
+"""``plan``: from validated datasets and a GPU count to a checked trainer config (ERNIEKit or PaddleFormers).
 
 Every number comes from a small pure function that cites where its formula comes from; the
 plan record (``plan.json``) keeps each number with its formula and inputs. Sources:
@@ -8,30 +8,31 @@ plan record (``plan.json``) keeps each number with its formula and inputs. Sourc
   ``max_seq_len`` as large as memory allows; §5: the two ways to go from 1 to N GPUs, and
   "≈ 2 hours on one A800-80G" for the reference run (926 steps).
 - shared/reference/FACTS.md: how ERNIEKit reads the config, mixes files, drops samples, launches.
+
+The formulas do not depend on the trainer; the backend (``paddle_ocrvl_sft.backends``) says where
+their values go (B is ERNIEKit's ``packing_size`` or PaddleFormers' ``per_device_train_batch_size``),
+writes the data and model in its own format, and how it is launched.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from paddle_ocrvl_sft import erniekit_schema as schema
-from paddle_ocrvl_sft import data_dir
+from paddle_ocrvl_sft import backends, data_dir
+from paddle_ocrvl_sft.backends.base import CPU_NOTE, Backend, PlanValues
+from paddle_ocrvl_sft.backends.schema import apply_overrides, load_yaml_config
 from paddle_ocrvl_sft.errors import UserError
 from paddle_ocrvl_sft.io import atomic_write_text, staged_dir, write_json
 from paddle_ocrvl_sft.tokens import PixelBounds
 
 CONFIGS_DIR = data_dir("configs")
-DEFAULT_PRESET = "ocr_16k"
-# GPUs each preset's packing_size / gradient_accumulation_steps / learning_rate were set for.
-PRESET_BASE_GPUS = {"ocr_16k": 1, "kie_16k": 1, "ocr_16k_8gpu": 8}
 KEEP_SAMPLES, SCALE_LR = "keep-samples", "scale-lr"
 WARMUP_FRACTION = 0.01
-PLAN_FILES = ("config.yaml", "plan.json")
+PLAN_FILES = ("config.yaml", "plan.json", "data", "model")  # what a plan dir holds (data/model: prepared inputs)
 
 # Keys the plan computes: an override would silently break the formulas, so point at the flag.
 PLAN_OWNED_KEYS = {
@@ -46,7 +47,11 @@ PLAN_OWNED_KEYS = {
     "warmup_steps": "--epochs/--gpus (it is computed as 1% of max_steps)",
     "learning_rate": "--lr",
     "packing_size": "--packing-size",
+    "per_device_train_batch_size": "--batch-size",
     "gradient_accumulation_steps": "--grad-accum",
+    "fine_tuning": "--lora",
+    "lora": "--lora",
+    "lora_rank": "--lora-rank",
     "max_seq_len": "--max-seq-len",
     "min_pixels": "--min-pixels",
     "max_pixels": "--max-pixels",
@@ -308,55 +313,6 @@ def estimate_step_seconds(grad_accum: int, mean_pack_tokens: float) -> dict:
                mean_pack_tokens=round(mean_pack_tokens, 1), ref_tokens_per_s=round(REF_TOKENS_PER_SECOND, 1))
 
 
-# --- launch (what `train` needs; FACTS "Launch") ----------------------------------------------
-
-
-def parse_devices(text: str) -> list[str]:
-    return [d.strip() for d in text.split(",") if d.strip()]
-
-
-def default_master_port(plan_dir: Path) -> int:
-    """A stable port per plan dir in 20000-29999: a second job on a busy port JOINS it (FACTS)."""
-    return 20000 + zlib.crc32(str(plan_dir).encode()) % 10000
-
-
-def launch_spec(plan_dir: Path, gpus_per_node: int, nodes: int, *, master_addr: str | None = None,
-                master_port: int | None = None, cuda_visible_devices: str | None = None) -> dict:
-    """The ``erniekit train`` command and environment ``train`` will run (same on every node)."""
-    if gpus_per_node < 1 or nodes < 1:
-        raise UserError(f"--gpus and --nodes must be >= 1, got {gpus_per_node} and {nodes}")
-    if cuda_visible_devices is not None:
-        devices = parse_devices(cuda_visible_devices)
-        if len(devices) != gpus_per_node or len(set(devices)) != len(devices):
-            raise UserError(
-                f"--gpus {gpus_per_node} does not match CUDA_VISIBLE_DEVICES={cuda_visible_devices!r} "
-                f"({len(set(devices))} distinct device(s)): ERNIEKit starts one process per visible card"
-            )
-    else:
-        devices = [str(i) for i in range(gpus_per_node)]
-    if nodes > 1 and not master_addr:
-        raise UserError(f"--nodes {nodes}: give --master-addr (the address of node 0, the same on every node)")
-    port = default_master_port(plan_dir) if master_port is None else master_port
-    if not 1024 <= port <= 65535:
-        raise UserError(f"--master-port must be in 1024..65535, got {port}")
-    env = {
-        "CUDA_VISIBLE_DEVICES": ",".join(devices),
-        "NNODES": str(nodes),
-        "MASTER_ADDR": master_addr or "127.0.0.1",
-        "MASTER_PORT": str(port),
-        "ERNIEKIT_DIST_LOG": str(plan_dir / "logs" / "dist"),
-        "NO_COLOR": "1",
-    }
-    return {
-        "command": ["erniekit", "train", str(plan_dir / "config.yaml")],
-        "env": env,
-        "nodes": nodes,
-        "gpus_per_node": gpus_per_node,
-        "note": "run the same command with the same env on every node; workerlog.N files are appended to, "
-        "so give each attempt its own ERNIEKIT_DIST_LOG; a busy MASTER_PORT makes a new job join the old one",
-    }
-
-
 # --- model dir and presets -------------------------------------------------------------------
 
 
@@ -384,11 +340,15 @@ def preset_path(name: str) -> Path:
     return path
 
 
-def load_preset(name: str) -> tuple[dict, Path]:
-    """A preset (or any ERNIEKit YAML) checked against the schema."""
+def load_preset(name: str, backend: Backend) -> tuple[dict, Path]:
+    """A preset (or any YAML of that trainer) checked against the backend's schema."""
     path = preset_path(name)
-    config = schema.load_yaml_config(path)
-    return schema.validate_config(config, where=str(path)), path
+    return backend.schema.validate(load_yaml_config(path), where=str(path)), path
+
+
+def preset_base_gpus(preset_file: Path, backend: Backend) -> int:
+    """The GPU count a bundled preset's batch values were set for (1 for a user's YAML)."""
+    return backend.presets.get(preset_file.stem, 1) if preset_file.parent == CONFIGS_DIR else 1
 
 
 # --- the plan --------------------------------------------------------------------------------
@@ -399,6 +359,9 @@ class Plan:
     config: dict
     record: dict
     warnings: list[str] = field(default_factory=list)
+    backend: str = backends.DEFAULT
+    values: PlanValues | None = None  # what the backend's prepare() turns into trainer inputs
+    device: str = "gpu"
 
 
 def _check_overrides(overrides: dict) -> None:
@@ -411,20 +374,53 @@ def _number_or_int(value: float) -> int | float:
     return int(value) if float(value).is_integer() else float(value)
 
 
+def check_options(*, epochs: float, batch: int | None, grad_accum: int | None, base_gpus: int | None,
+                  learning_rate: float | None, device: str, gpus: int, nodes: int) -> None:
+    """Bad numbers are refused before any data is read."""
+    if not (isinstance(epochs, (int, float)) and math.isfinite(epochs) and epochs > 0):
+        raise UserError(f"--epochs must be > 0, got {epochs}")
+    for flag, value in (("--packing-size/--batch-size", batch), ("--grad-accum", grad_accum), ("--base-gpus", base_gpus)):
+        if value is not None and value < 1:
+            raise UserError(f"{flag} must be >= 1, got {value}")
+    if learning_rate is not None and not (math.isfinite(learning_rate) and learning_rate > 0):
+        raise UserError(f"--lr must be > 0, got {learning_rate}")
+    if device not in ("gpu", "cpu"):
+        raise UserError(f"--device {device}: choose gpu or cpu")
+    if device == "cpu" and (gpus != 1 or nodes != 1):
+        raise UserError("--device cpu trains in one process: leave out --gpus/--nodes (or give 1)")
+
+
+def choose_batch(base: dict, backend: Backend, device: str, g: int, g_base: int, scale: str | None,
+                 batch: int | None, grad_accum: int | None, learning_rate: float | None) -> tuple[Batch, Batch, dict]:
+    """(B, A, lr) for the preset's base GPU count, then scaled to G GPUs (guide §4-5).
+
+    On a CPU the defaults are one sample per step (B = A = 1): tiny models, short runs.
+    """
+    default_b, default_a = (1, 1) if device == "cpu" else (base[backend.batch_key], base["gradient_accumulation_steps"])
+    base_batch = Batch(batch or default_b, grad_accum or default_a,
+                       float(learning_rate if learning_rate is not None else base["learning_rate"]))
+    scaled, scaling = scale_to_gpus(base_batch, g_base, g, scale)
+    return base_batch, scaled, scaling
+
+
 def make_plan(
     *,
     train: Sequence[FileSummary],
     model_dir: str | os.PathLike,
     epochs: float,
-    gpus: int,
     plan_dir: str | os.PathLike,
+    gpus: int = 1,
     nodes: int = 1,
+    backend: str = backends.DEFAULT,
+    device: str = "gpu",
+    lora: bool = False,
+    lora_rank: int | None = None,
     probs: Sequence[float] | None = None,
     eval_sets: Sequence[FileSummary] = (),
-    preset: str = DEFAULT_PRESET,
+    preset: str | None = None,
     base_gpus: int | None = None,
     scale: str | None = None,
-    packing_size: int | None = None,
+    batch: int | None = None,
     grad_accum: int | None = None,
     learning_rate: float | None = None,
     max_seq_len: int | None = None,
@@ -438,134 +434,113 @@ def make_plan(
     overrides: dict | None = None,
 ) -> Plan:
     """The config dict and the plan record; raises :class:`UserError` on any bad input."""
+    trainer = backends.get(backend)
     overrides = dict(overrides or {})
     _check_overrides(overrides)
-    if not (isinstance(epochs, (int, float)) and math.isfinite(epochs) and epochs > 0):
-        raise UserError(f"--epochs must be > 0, got {epochs}")
+    check_options(epochs=epochs, batch=batch, grad_accum=grad_accum, base_gpus=base_gpus, learning_rate=learning_rate,
+                  device=device, gpus=gpus, nodes=nodes)
+    trainer.check_options(probs=probs, lora=lora, lora_rank=lora_rank)
+    if lora_rank is not None and lora_rank < 1:
+        raise UserError(f"--lora-rank must be >= 1, got {lora_rank}")
     plan_dir = Path(plan_dir).resolve()
     bounds = model_bounds(model_dir, min_pixels, max_pixels)
-    launch = launch_spec(plan_dir, gpus, nodes, master_addr=master_addr, master_port=master_port,
-                         cuda_visible_devices=cuda_visible_devices)
-    base, preset_file = load_preset(preset)
-    g_base = base_gpus or (PRESET_BASE_GPUS.get(preset_file.stem, 1) if preset_file.parent == CONFIGS_DIR else 1)
+    config_path = plan_dir / "config.yaml"
+    launch = trainer.launch(plan_dir, config_path, device, gpus_per_node=gpus, nodes=nodes, master_addr=master_addr,
+                            master_port=master_port, cuda_visible_devices=cuda_visible_devices)
+    preset = preset or trainer.default_preset(lora)
+    base, preset_file = load_preset(preset, trainer)
+    if device == "cpu":
+        base = apply_overrides(base, trainer.cpu_keys)
+    g_base = base_gpus or preset_base_gpus(preset_file, trainer)
     warnings: list[str] = []
 
-    # G, B, A, lr (guide §4-5)
     g = gpus * nodes
-    for flag, value in (("--packing-size", packing_size), ("--grad-accum", grad_accum), ("--base-gpus", base_gpus)):
-        if value is not None and value < 1:
-            raise UserError(f"{flag} must be >= 1, got {value}")
-    if learning_rate is not None and not (math.isfinite(learning_rate) and learning_rate > 0):
-        raise UserError(f"--lr must be > 0, got {learning_rate}")
-    base_batch = Batch(
-        packing_size or base["packing_size"],
-        grad_accum or base["gradient_accumulation_steps"],
-        float(learning_rate if learning_rate is not None else base["learning_rate"]),
-    )
-    batch, scaling = scale_to_gpus(base_batch, g_base, g, scale)
+    base_batch, batch_set, scaling = choose_batch(base, trainer, device, g, g_base, scale, batch, grad_accum, learning_rate)
 
     # max_seq_len: >= the longest sample unless dropping is allowed
     seq_len = base["max_seq_len"] if max_seq_len is None else max_seq_len
     all_lengths = [n for s in train for n in s.token_lengths]
     dropped = check_max_seq_len(all_lengths, seq_len, allow_drop)
     if dropped:
-        warnings.append(f"--allow-drop: ERNIEKit will drop {dropped} sample(s) longer than max_seq_len={seq_len}")
+        warnings.append(f"--allow-drop: {trainer.title} will drop {dropped} sample(s) longer than max_seq_len={seq_len}")
 
-    # D (several files: ERNIEKit's weighted draws of whole files)
+    # D (several files: ERNIEKit's weighted draws of whole files; PaddleFormers concatenates: equal weights)
     weights = normalize_probs(probs, len(train))
     kept = [s.valid - too_long(s.token_lengths, seq_len) for s in train]
     loaded = [s.samples for s in train]
     d, d_record = dataset_size(loaded, kept, weights)
-    steps = max_steps(d, epochs, g, batch.packing_size, batch.grad_accum)
+    steps = max_steps(d, epochs, g, batch_set.packing_size, batch_set.grad_accum)
     warmup = warmup_steps(steps)
 
     for s in train:
         if s.errors:
             warnings.append(f"{s.path}: {s.samples - s.valid} sample(s) have errors and are not counted in D "
-                            "(ERNIEKit drops them); run `paddle-ocrvl-sft data validate`")
+                            f"({trainer.title} drops them); run `paddle-ocrvl-sft data validate`")
     for s in eval_sets:
         if s.valid == 0:
             warnings.append(f"{s.path}: the eval file has no valid sample")
 
-    # token-aware packing check and estimates
-    packing = simulate_packing(all_lengths, batch.packing_size, seq_len)
-    if packing.packs and packing.mean_samples < 0.95 * batch.packing_size:
-        steps_tokens = math.ceil(d * epochs / (g * packing.mean_samples * batch.grad_accum))
+    packing = simulate_packing(all_lengths, batch_set.packing_size, seq_len)
+    if packing.packs and packing.mean_samples < 0.95 * batch_set.packing_size:
+        steps_tokens = math.ceil(d * epochs / (g * packing.mean_samples * batch_set.grad_accum))
         warnings.append(
-            f"packs hold ≈ {packing.mean_samples:.2f} samples, not packing_size={batch.packing_size} (max_seq_len "
-            f"fills first): {steps} steps cover ≈ {epochs * packing.mean_samples / batch.packing_size:.2f} epochs; "
+            f"packs hold ≈ {packing.mean_samples:.2f} samples, not {trainer.batch_key}={batch_set.packing_size} (max_seq_len "
+            f"fills first): {steps} steps cover ≈ {epochs * packing.mean_samples / batch_set.packing_size:.2f} epochs; "
             f"≈ {steps_tokens} steps would cover {epochs:g}"
         )
-    sharding = max(1, int(overrides.get("sharding_parallel_degree", base.get("sharding_parallel_degree", 1)) or 1))
-    peak_tokens = packing.max_tokens or seq_len
-    memory = estimate_memory_gb(peak_tokens, sharding)
-    per_step = estimate_step_seconds(batch.grad_accum, packing.mean_tokens)
-    hours = round(steps * per_step["value"] / 3600, 2)
 
-    # the config: preset, then computed keys, then the user's overrides
-    model_path = str(Path(model_dir).resolve())
-    out_dir = Path(output_dir).resolve() if output_dir else plan_dir / "output"
-    computed = {
-        "train_dataset_type": ",".join(["erniekit"] * len(train)),
-        "train_dataset_path": ",".join(s.path for s in train),
-        "train_dataset_prob": ",".join(schema.format_float(float(p)) for p in (probs or [1.0] * len(train))),
-        "max_seq_len": seq_len,
-        "model_name_or_path": model_path,
-        "num_train_epochs": _number_or_int(epochs),
-        "max_steps": steps,
-        "warmup_steps": warmup,
-        "learning_rate": batch.learning_rate,
-        "packing_size": batch.packing_size,
-        "gradient_accumulation_steps": batch.grad_accum,
-        "output_dir": str(out_dir),
-        # beside output_dir, not inside: a leftover log dir makes ERNIEKit refuse output_dir (FACTS)
-        "logging_dir": str(plan_dir / "tensorboard_logs"),
-    }
-    config = dict(base)
-    if eval_sets:
-        computed["eval_dataset_type"] = "erniekit"
-        computed["eval_dataset_path"] = ",".join(s.path for s in eval_sets)
-        computed["eval_dataset_prob"] = ",".join(["1.0"] * len(eval_sets))
-    else:
-        for k in ("eval_dataset_path", "eval_dataset_prob"):
-            config.pop(k, None)  # the preset's example paths would point nowhere
-    if min_pixels is not None or max_pixels is not None:
-        computed.update(min_pixels=bounds.min_pixels, max_pixels=bounds.max_pixels, variable_resolution=True)
-        # ERNIEKit applies YAML min/max_pixels only with variable_resolution (InputIdsMassageProcessor.set_pixels on
-        # its one image processor); inference reads the bundle's preprocessor_config.json instead
+    values = PlanValues(
+        train=tuple(s.path for s in train), probs=tuple(probs) if probs else None, eval=tuple(s.path for s in eval_sets),
+        model_dir=str(Path(model_dir).resolve()), epochs=epochs, max_steps=steps, warmup_steps=warmup,
+        learning_rate=batch_set.learning_rate, batch=batch_set.packing_size, grad_accum=batch_set.grad_accum,
+        max_seq_len=seq_len, output_dir=str(Path(output_dir).resolve() if output_dir else plan_dir / "output"),
+        logging_dir=str(plan_dir / "tensorboard_logs"),
+        pixel_bounds=(bounds.min_pixels, bounds.max_pixels) if (min_pixels is not None or max_pixels is not None) else None,
+        lora_rank=(lora_rank or base.get("lora_rank", 8)) if lora else None,
+    )
+    if values.pixel_bounds and backend == "erniekit":
         warnings.append("min_pixels/max_pixels: ERNIEKit resizes training images within these bounds (variable_resolution: True), "
                         "but PaddleX and transformers read the model dir's preprocessor_config.json at inference: set the same "
                         "bounds in the exported bundle's preprocessor_config.json. Token counts here use the given bounds.")
-    config.update(computed)
-    config = schema.apply_overrides(config, overrides)
-    schema.validate_config(config, where="generated config")
+    elif values.pixel_bounds:
+        warnings.append("min_pixels/max_pixels: PaddleFormers reads the model dir's preprocessor_config.json; token counts "
+                        "here use the given bounds, training does not")
+    config = trainer.render_config(base, values, trainer.prepared_paths(plan_dir, values))
+    config = apply_overrides(config, overrides)
+    trainer.schema.validate(config, where="generated config")
     if config.get("save_strategy") == "steps" and config.get("save_steps", 0) > steps:
         warnings.append(f"save_steps={config['save_steps']} > max_steps={steps}: no intermediate checkpoint will be saved")
+    out_dir = Path(values.output_dir)
     if out_dir.is_dir() and any(out_dir.iterdir()):
-        has_ckpt = any(p.name.startswith("checkpoint-") for p in out_dir.iterdir())
-        warnings.append(f"output_dir {out_dir} is not empty: ERNIEKit will " +
-                        ("resume from its newest checkpoint-*" if has_ckpt else "refuse it unless overwrite_output_dir=True"))
+        warnings.append(f"output_dir {out_dir} is not empty: `train` refuses it without --resume or --force")
+    if device == "cpu":
+        warnings.append(CPU_NOTE)
 
-    samples_per_step = g * batch.packing_size * batch.grad_accum
+    samples_per_step = g * batch_set.packing_size * batch_set.grad_accum
+    b_name = f"{trainer.batch_key} (B)"
     numbers = {
         "D": d_record,
         "E": num(_number_or_int(epochs), "--epochs"),
-        "G": num(g, "G = gpus_per_node * nodes", gpus_per_node=gpus, nodes=nodes),
-        "packing_size": num(batch.packing_size, scaling["formulas"]["B"], B_base=base_batch.packing_size, **_pick(scaling, "x")),
-        "gradient_accumulation_steps": num(batch.grad_accum, scaling["formulas"]["A"], A_base=base_batch.grad_accum,
+        "G": num(g, "G = gpus_per_node * nodes" if device == "gpu" else "one CPU process", gpus_per_node=gpus, nodes=nodes),
+        b_name: num(batch_set.packing_size, scaling["formulas"]["B"], B_base=base_batch.packing_size, **_pick(scaling, "x")),
+        "gradient_accumulation_steps": num(batch_set.grad_accum, scaling["formulas"]["A"], A_base=base_batch.grad_accum,
                                            **_pick(scaling, "y", "factor")),
-        "learning_rate": num(batch.learning_rate, scaling["formulas"]["lr"], lr_base=base_batch.learning_rate, G=g, G_base=g_base),
-        "samples_per_step": num(samples_per_step, "G * B * A", G=g, B=batch.packing_size, A=batch.grad_accum),
-        "max_steps": num(steps, "ceil(D * E / (G * B * A))", D=d, E=epochs, G=g, B=batch.packing_size, A=batch.grad_accum),
+        "learning_rate": num(batch_set.learning_rate, scaling["formulas"]["lr"], lr_base=base_batch.learning_rate, G=g, G_base=g_base),
+        "samples_per_step": num(samples_per_step, "G * B * A", G=g, B=batch_set.packing_size, A=batch_set.grad_accum),
+        "max_steps": num(steps, "ceil(D * E / (G * B * A))", D=d, E=epochs, G=g, B=batch_set.packing_size, A=batch_set.grad_accum),
         "warmup_steps": num(warmup, "max(1, ceil(0.01 * max_steps))", max_steps=steps),
         "max_seq_len": num(seq_len, ">= longest sample unless --allow-drop", longest_sample=max(all_lengths, default=0),
                            dropped=dropped, given=max_seq_len, preset=base["max_seq_len"]),
         "min_pixels": num(bounds.min_pixels, "--min-pixels or the model's preprocessor_config.json"),
         "max_pixels": num(bounds.max_pixels, "--max-pixels or the model's preprocessor_config.json"),
     }
+    if values.lora_rank:
+        numbers["lora_rank"] = num(values.lora_rank, "--lora-rank or the preset's")
     record = {
         "tool": "paddle-ocrvl-sft plan",
-        "plan_version": 1,
+        "plan_version": 2,
+        "backend": backend,
+        "device": device,
         "preset": {"name": preset, "path": str(preset_file), "base_gpus": g_base},
         "scaling": scaling,
         "datasets": {
@@ -581,41 +556,56 @@ def make_plan(
         "numbers": numbers,
         "packing": {"mean_samples_per_pack": round(packing.mean_samples, 3), "mean_tokens_per_pack": round(packing.mean_tokens, 1),
                     "max_tokens_per_pack": packing.max_tokens, "note": "greedy packing of the valid samples in file order (estimate)"},
-        "estimates": {
-            "label": "ESTIMATE",
-            "gpu_memory_gb_per_gpu": memory,
-            "seconds_per_step": per_step,
-            "total_hours": num(hours, "max_steps * seconds_per_step / 3600", max_steps=steps, seconds_per_step=per_step["value"]),
-            "assumptions": list(ESTIMATE_ASSUMPTIONS),
-        },
+        "estimates": gpu_estimates(packing, seq_len, batch_set, steps, overrides, base) if device == "gpu" else
+                     {"label": "ESTIMATE", "note": "CPU run: no GPU estimates (" + CPU_NOTE + ")"},
         "warnings": warnings,
         "overrides": overrides,
         "train": launch,
-        "config": str(plan_dir / "config.yaml"),
+        "config": str(config_path),
+        "prepared": [],
     }
-    return Plan(config, record, warnings)
+    return Plan(config, record, warnings, backend, values, device)
+
+
+def gpu_estimates(packing: Packing, seq_len: int, batch_set: Batch, steps: int, overrides: dict, base: dict) -> dict:
+    sharding = max(1, int(overrides.get("sharding_parallel_degree", base.get("sharding_parallel_degree", 1)) or 1))
+    memory = estimate_memory_gb(packing.max_tokens or seq_len, sharding)
+    per_step = estimate_step_seconds(batch_set.grad_accum, packing.mean_tokens)
+    hours = round(steps * per_step["value"] / 3600, 2)
+    return {
+        "label": "ESTIMATE",
+        "gpu_memory_gb_per_gpu": memory,
+        "seconds_per_step": per_step,
+        "total_hours": num(hours, "max_steps * seconds_per_step / 3600", max_steps=steps, seconds_per_step=per_step["value"]),
+        "assumptions": list(ESTIMATE_ASSUMPTIONS),
+    }
 
 
 def _pick(scaling: dict, *keys: str) -> dict:
     return {k: scaling[k] for k in keys if k in scaling}
 
 
-def write_plan(plan: Plan, out_dir: str | os.PathLike, force: bool = False) -> Path:
-    """Write PLAN_DIR/config.yaml and PLAN_DIR/plan.json together, or nothing.
+def write_plan(plan: Plan, out_dir: str | os.PathLike, force: bool = False, report=lambda line: None) -> Path:
+    """Write PLAN_DIR: config.yaml, plan.json and the backend's prepared inputs, together or nothing.
 
     An existing PLAN_DIR is refused without ``force``. Even with ``force`` a PLAN_DIR holding
-    anything but those two files (a training run's output, logs) is refused: it is not ours to delete.
+    anything but a plan (a training run's output, logs) is refused: it is not ours to delete.
     """
     out_dir = Path(out_dir)
     if force and out_dir.is_dir():
         foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in PLAN_FILES)
         if foreign:
             raise UserError(f"{out_dir}: holds {', '.join(foreign[:5])} besides a plan (training outputs?); "
-                            "--force replaces only a dir with config.yaml/plan.json: choose another -o")
-    header = (f"ERNIEKit OCR-VL-SFT config written by paddle-ocrvl-sft plan (preset {plan.record['preset']['name']}).\n"
+                            "--force replaces only a dir with a plan in it: choose another -o")
+    trainer = backends.get(plan.backend)
+    header = (f"{trainer.title} config written by paddle-ocrvl-sft plan (preset {plan.record['preset']['name']}).\n"
               "Every number and where it comes from: plan.json beside this file.")
-    text = schema.dump_yaml(plan.config, header=header)
+    text = trainer.schema.dump_yaml(plan.config, header=header)
     with staged_dir(out_dir, force=force) as tmp:
+        # paths inside are relative to the plan dir or absolute, so they hold after the rename
+        notes = trainer.prepare(tmp, plan.values, plan.device).notes
+        for line in notes:
+            report(line)
         atomic_write_text(tmp / "config.yaml", text)
-        write_json(tmp / "plan.json", plan.record)
+        write_json(tmp / "plan.json", {**plan.record, "prepared": notes})
     return out_dir

@@ -46,29 +46,67 @@ def write_safetensors(path: str | os.PathLike, tensors: dict, metadata: dict | N
             fh.write(tensors[name][2])
 
 
-def merge_safetensors(shards: list[Path], out: Path) -> None:
-    """Stream several shards into one file, copying each tensor's bytes unchanged."""
-    entries = []  # (name, shard, begin, end, dtype, shape)
+def merge_safetensors(shards: list[Path], out: Path, take: dict[str, Path] | None = None) -> None:
+    """Stream several shards into one file, copying each tensor's bytes unchanged.
+
+    ``take`` adds single tensors by name from other files (e.g. the base model's tensors a trainer
+    does not save).
+    """
+    entries = []  # (name, file, begin, end, dtype, shape)
     metadata = None
-    for shard in shards:
-        header = read_header(shard)
+    wanted: dict[Path, set[str] | None] = {shard: None for shard in shards}
+    for name, path in (take or {}).items():
+        wanted.setdefault(path, set()).add(name)
+    for path, names in wanted.items():
+        header = read_header(path)
         metadata = metadata or header.get("__metadata__")
-        start = 8 + _stored_header_size(shard)
+        start = 8 + _stored_header_size(path)
         for name, (dtype, shape) in tensor_specs(header).items():
-            begin, end = header[name]["data_offsets"]
-            entries.append((name, shard, start + begin, start + end, dtype, shape))
+            if names is None or name in names:
+                begin, end = header[name]["data_offsets"]
+                entries.append((name, path, start + begin, start + end, dtype, shape))
     entries.sort()
     header, offset = {}, 0
     for name, _, begin, end, dtype, shape in entries:
+        if name in header:
+            raise UserError(f"{out}: tensor {name} is in more than one input file")
         header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + end - begin]}
         offset += end - begin
     with open(out, "wb") as dst, contextlib.ExitStack() as stack:
         dst.write(_header_bytes(header, metadata))
-        handles = {shard: stack.enter_context(open(shard, "rb")) for shard in dict.fromkeys(shards)}
-        for name, shard, begin, end, *_ in entries:
-            src = handles[shard]
+        handles = {path: stack.enter_context(open(path, "rb")) for path in wanted}
+        for name, path, begin, end, *_ in entries:
+            src = handles[path]
             src.seek(begin)
             _copy_range(src, dst, end - begin)
+
+
+_NUMPY_DTYPES = {"F32": "<f4", "F16": "<f2", "F64": "<f8", "I64": "<i8", "I32": "<i4", "I8": "i1", "U8": "u1", "BOOL": "?"}
+
+
+def read_tensors(path: str | os.PathLike, names=None) -> dict:
+    """Tensors of a safetensors file as numpy arrays (BF16 widened to float32 exactly); all or ``names``."""
+    import numpy as np
+
+    path = Path(path)
+    header = read_header(path)
+    start = 8 + _stored_header_size(path)
+    out = {}
+    with open(path, "rb") as fh:
+        for name, (dtype, shape) in tensor_specs(header).items():
+            if names is not None and name not in names:
+                continue
+            begin, end = header[name]["data_offsets"]
+            fh.seek(start + begin)
+            raw = fh.read(end - begin)
+            if dtype == "BF16":
+                array = (np.frombuffer(raw, "<u2").astype(np.uint32) << 16).view(np.float32)
+            elif dtype in _NUMPY_DTYPES:
+                array = np.frombuffer(raw, _NUMPY_DTYPES[dtype])
+            else:
+                raise UserError(f"{path}: tensor {name} has dtype {dtype}, which this reader does not know")
+            out[name] = array.reshape(shape)
+    return out
 
 
 def _header_bytes(header: dict, metadata: dict | None) -> bytes:

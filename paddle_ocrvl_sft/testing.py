@@ -133,11 +133,14 @@ def _siglip_block(p: str, d: int, inter: int) -> dict[str, tuple[int, ...]]:
     return out
 
 
-def random_weights(cfg: dict, seed: int) -> dict[str, np.ndarray]:
+def random_weights(cfg: dict, seed: int, lm_head_std: float = 0.02) -> dict[str, np.ndarray]:
     """Deterministic float32 weights: N(0, 0.02) matrices, unit norms, zero biases.
 
     ``lm_head`` rows are zero except for the trained text pieces and ``</s>``, so greedy decoding
-    emits readable pieces of the tiny vocabulary instead of padding, byte or special pieces.
+    emits readable pieces of the tiny vocabulary instead of padding, byte or special pieces. Their
+    scale is ``lm_head_std``: LoRA freezes ``lm_head`` and the final norm, so with N(0, 0.02) rows
+    and 32-wide hidden states no adapter can make any logit large (|logit| <= 0.02·32 ≈ 0.6) and
+    the loss cannot fall; the LoRA fixture uses 1.0.
     """
     rng = np.random.default_rng(seed)
     weights = {}
@@ -148,7 +151,10 @@ def random_weights(cfg: dict, seed: int) -> dict[str, np.ndarray]:
             weights[name] = np.zeros(shape, np.float32)
         else:
             weights[name] = rng.normal(0.0, 0.02, shape).astype(np.float32)
-    weights["lm_head.weight"][~_readable_ids(cfg["vocab_size"])] = 0.0
+    readable = _readable_ids(cfg["vocab_size"])
+    if lm_head_std != 0.02:
+        weights["lm_head.weight"][readable] = rng.normal(0.0, lm_head_std, (int(readable.sum()), cfg["hidden_size"]))
+    weights["lm_head.weight"][~readable] = 0.0
     return weights
 
 
@@ -234,7 +240,7 @@ def _readable_ids(vocab_size: int) -> np.ndarray:
 
 
 def build_tiny_model(dest: str | Path, layout: str = "base", *, checkpoints: tuple[int, ...] = (5, 10),
-                     seed: int = 0) -> Path:
+                     seed: int = 0, lm_head_std: float = 0.02) -> Path:
     """Write a tiny PaddleOCR-VL dir in ``layout`` ("base" or "erniekit_output") to ``dest``.
 
     The ERNIEKit output's final weights equal its last checkpoint's (a run that saved at
@@ -249,7 +255,7 @@ def build_tiny_model(dest: str | Path, layout: str = "base", *, checkpoints: tup
         _write_common(dest, cfg)
         for name in BASE_FILES:
             shutil.copyfile(RESOURCES / name, dest / name)
-        save_weights(dest / "model.safetensors", random_weights(cfg, seed), "pt")
+        save_weights(dest / "model.safetensors", random_weights(cfg, seed, lm_head_std), "pt")
         return dest
 
     # ERNIEKit/PaddleFormers saves a dtype with the config and no chat template or inference.yml.

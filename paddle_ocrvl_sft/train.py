@@ -1,101 +1,136 @@
-"""``train PLAN_DIR``: run the exact ``erniekit train`` command a plan recorded (FACTS "Launch").
+"""``train PLAN_DIR``: run the trainer a plan names (ERNIEKit or PaddleFormers), on GPUs or a CPU.
 
-ERNIEKit's OCR-VL-SFT stage needs CUDA GPUs and the Paddle GPU build (GPU-only attention and
-fused RMSNorm, no fp32 path). Where those are missing this says so and prints the command to run
-on a GPU machine. ``simulate=True`` runs :mod:`paddle_ocrvl_sft.standin_erniekit` instead — a
-stand-in that is NOT ERNIEKit: it prints log lines in ERNIEKit's format and writes a random tiny
-model in ERNIEKit's output layout, so the rest of the pipeline can be exercised on a CPU.
+The plan recorded the command and environment (``plan.json`` "train"); here they are bound to a
+real trainer environment (``backend install``, or a trainer on PATH as in the Docker image) and
+started. On a CPU the trainer runs in one process with the backend's compatibility patches
+(:mod:`paddle_ocrvl_sft.backends.cpu`), applied inside that process only.
+
+An output dir that already holds something is never reused by accident: ``resume`` continues
+from its newest complete checkpoint (passed explicitly as ``resume_from_checkpoint``), ``force``
+starts over.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
-import shutil
 import subprocess
-import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import yaml
 
+from paddle_ocrvl_sft import backends
+from paddle_ocrvl_sft.backends.base import Backend, Launch
 from paddle_ocrvl_sft.errors import UserError
 
-# [2026-01-19 17:43:11,367] [    INFO] - loss: 22.99, ..., learning_rate: 1.666667e-06, global_step: 1, ...
-LOG_LINE = re.compile(r"\] - loss: (?P<loss>[-+0-9.eE]+),.*?learning_rate: (?P<lr>[-+0-9.eE]+),.*?global_step: (?P<step>\d+)")
-ANSI = re.compile(r"\x1b\[[0-9;]*m")
+PACKAGE_PARENT = Path(__file__).resolve().parents[1]  # on PYTHONPATH of a CPU run: backends.cpu imports from here
 
 
-@dataclass(frozen=True)
-class Launch:
-    command: list[str]
-    env: dict[str, str]
-    output_dir: Path
+@dataclass
+class PlanRun:
+    """A plan as `train` needs it."""
 
-    def shell(self) -> str:
-        """The command as one line to paste on a GPU machine."""
-        import shlex
+    plan_dir: Path
+    backend: Backend
+    device: str
+    launch: dict
+    config: dict
+    record: dict = field(default_factory=dict)
 
-        return " ".join(f"{k}={shlex.quote(v)}" for k, v in self.env.items()) + " " + shlex.join(self.command)
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.config["output_dir"])
+
+    @property
+    def max_steps(self) -> int:
+        return int(self.config["max_steps"])
 
 
-def load_launch(plan_dir: str | os.PathLike) -> Launch:
-    plan_dir = Path(plan_dir)
+def load_plan(plan_dir: str | os.PathLike) -> PlanRun:
+    plan_dir = Path(plan_dir).resolve()
     try:
         record = json.loads((plan_dir / "plan.json").read_text(encoding="utf-8"))
         config = yaml.safe_load((plan_dir / "config.yaml").read_text(encoding="utf-8"))
-        launch = record["train"]
-        return Launch(list(launch["command"]), dict(launch["env"]), Path(config["output_dir"]))
+        backend = backends.get(record.get("backend", backends.DEFAULT))
+        return PlanRun(plan_dir, backend, record.get("device", "gpu"), dict(record["train"]), config, record)
     except FileNotFoundError as exc:
         raise UserError(f"{exc.filename}: not found (create the plan with `plan ... -o {plan_dir}`)") from None
     except (KeyError, TypeError, ValueError, yaml.YAMLError) as exc:
         raise UserError(f"{plan_dir}: plan.json/config.yaml unreadable ({exc}); re-run `plan`") from None
 
 
-def why_not_runnable() -> str | None:
-    """None when a real ERNIEKit run can start here, else the reason."""
-    if shutil.which("erniekit") is None:
-        return ("`erniekit` is not installed: ERNIEKit's OCR-VL-SFT stage ships in ERNIEKit >= 1.4, installed from a clone "
-                "(git clone -b release/v1.4 https://github.com/PaddlePaddle/ERNIE && pip install -e .); see docs/train.md")
-    if shutil.which("nvidia-smi") is None:
-        return "no NVIDIA GPU found: ERNIEKit training needs CUDA GPUs (GPU-only attention and fused RMSNorm, no fp32 path)"
-    return None
+def resume_checkpoint(plan: PlanRun, resume: str | bool | None) -> Path | None:
+    """The checkpoint to resume from: ``True``/"last" = the newest complete one, or a given dir."""
+    if not resume:
+        return None
+    found = plan.backend.complete_checkpoints(plan.output_dir)
+    if resume is True or resume == "last":
+        if not found:
+            raise UserError(f"--resume: no complete checkpoint-N in {plan.output_dir} (nothing to resume; drop --resume)")
+        return found[max(found)]
+    path = Path(resume)
+    if not path.is_absolute() and not path.exists():
+        path = plan.output_dir / path
+    if path.resolve() not in [p.resolve() for p in found.values()]:
+        have = ", ".join(p.name for p in found.values()) or "none"
+        raise UserError(f"--resume {resume}: not a complete checkpoint of {plan.output_dir} (complete: {have})")
+    return path
 
 
-def check_output_dir(output_dir: Path, force: bool) -> None:
-    """ERNIEKit resumes from the newest checkpoint-* in a non-empty output_dir and raises on a
-    non-empty one without checkpoints: say which will happen before starting."""
-    if output_dir.is_dir() and any(output_dir.iterdir()) and not force:
-        checkpoints = sorted(output_dir.glob("checkpoint-*"))
-        hint = f"it holds {checkpoints[-1].name}: ERNIEKit would resume from it" if checkpoints else "it is not empty"
-        raise UserError(f"{output_dir}: output_dir already exists and {hint}; pass --resume to continue it, or choose a new output_dir")
+def check_output_dir(plan: PlanRun, *, resume: Path | None, force: bool) -> None:
+    """A non-empty output dir is someone's earlier run: continue it (--resume) or replace it (--force)."""
+    out = plan.output_dir
+    if resume is not None or not (out.is_dir() and any(out.iterdir())):
+        return
+    if not force:
+        found = plan.backend.complete_checkpoints(out)
+        hint = (f"its newest complete checkpoint is {found[max(found)].name}: pass --resume to continue it"
+                if found else "it holds no complete checkpoint")
+        raise UserError(f"{out}: output_dir is not empty ({hint}), or --force to start over and replace it")
 
 
-def run(plan_dir: str | os.PathLike, *, simulate: bool = False, resume: bool = False, echo=print) -> Path:
-    """Run training for a plan; returns the output dir. Progress lines are passed to ``echo``."""
-    launch = load_launch(plan_dir)
-    check_output_dir(launch.output_dir, force=resume)
-    command = launch.command
-    if simulate:
-        echo("SIMULATED TRAINING: running paddle_ocrvl_sft.standin_erniekit, a stand-in that is not ERNIEKit "
-             "(random tiny weights, ERNIEKit's log format and output layout)")
-        command = [sys.executable, "-m", "paddle_ocrvl_sft.standin_erniekit", *command[1:]]
+def command_for(plan: PlanRun, trainer_env, overrides: list[str]) -> Launch:
+    """The plan's command bound to a trainer environment (the same on every node)."""
+    command = list(plan.launch["command"])
+    env = dict(plan.launch["env"])
+    if plan.device == "cpu":
+        command[0] = str(trainer_env.python)
+        env["PYTHONPATH"] = str(PACKAGE_PARENT)
     else:
-        reason = why_not_runnable()
-        if reason:
-            raise UserError(f"cannot train here: {reason}.\nOn a GPU machine run:\n  {launch.shell()}")
+        command[0] = str(trainer_env.bin_dir / plan.backend.executable)
+    return Launch(command + overrides, env)
+
+
+def run(plan_dir: str | os.PathLike, *, resume: str | bool | None = None, force: bool = False,
+        echo: Callable[[str], None] = print) -> Path:
+    """Train a plan; returns the output dir. Progress lines go to ``echo``."""
+    from paddle_ocrvl_sft.backends import envs
+
+    plan = load_plan(plan_dir)
+    checkpoint = resume_checkpoint(plan, resume)
+    check_output_dir(plan, resume=checkpoint, force=force)
+    trainer_env = envs.require(plan.backend.name)
+    overrides = [f"resume_from_checkpoint={checkpoint}"] if checkpoint else []
+    launch = command_for(plan, trainer_env, overrides)
+    if force and checkpoint is None and plan.output_dir.is_dir():
+        import shutil
+
+        shutil.rmtree(plan.output_dir)
+    if plan.device == "cpu":
+        echo("note: CPU training is for tiny models and smoke runs; a 0.9B fine-tune belongs on a GPU")
     echo(f"$ {launch.shell()}")
-    env = {**os.environ, **launch.env}
-    Path(env["ERNIEKIT_DIST_LOG"]).mkdir(parents=True, exist_ok=True)
-    with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+    log_dir = Path(launch.env.get(plan.backend.dist_log_env, plan.plan_dir / "logs"))
+    log_dir.mkdir(parents=True, exist_ok=True)
+    with open(log_dir / "train.log", "a", encoding="utf-8") as log, \
+            subprocess.Popen(launch.command, env=trainer_env.env({**os.environ, **launch.env}), stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True, errors="replace") as proc:
         for raw in proc.stdout:
-            line = ANSI.sub("", raw.rstrip("\n"))
-            match = LOG_LINE.search(line)
-            if match:
-                echo(f"step {match['step']:>6}  loss {float(match['loss']):.4f}  lr {float(match['lr']):.3e}")
-            elif "train metrics" in line or "Traceback" in line or "Error" in line:
-                echo(line)
+            log.write(raw)
+            point = plan.backend.parse_log_line(raw)
+            if point:
+                echo(f"step {point['step']:>6}/{plan.max_steps}  loss {point['loss']:.4f}  lr {point.get('lr', float('nan')):.3e}")
     if proc.returncode:
-        raise UserError(f"training exited with status {proc.returncode}; logs in {launch.env['ERNIEKIT_DIST_LOG']}")
-    return launch.output_dir
+        raise UserError(f"training exited with status {proc.returncode}; log: {log_dir / 'train.log'}")
+    return plan.output_dir

@@ -10,7 +10,8 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from paddle_ocrvl_sft import erniekit_schema as schema
+from paddle_ocrvl_sft.backends import schema
+from paddle_ocrvl_sft.backends.erniekit import KEYS, SCHEMA
 from paddle_ocrvl_sft.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,17 +30,17 @@ def commented_keys(text: str) -> list[str]:
 
 
 def test_every_reference_key_and_commented_key_is_in_the_schema(reference):
-    assert [k for k in reference if k not in schema.SCHEMA] == []
+    assert [k for k in reference if k not in SCHEMA] == []
     commented = commented_keys(REFERENCE.read_text())
     assert {"do_eval", "eval_batch_size", "eval_iters", "eval_steps", "evaluation_strategy", "amp_master_grad"} <= set(commented)
-    assert [k for k in commented if k not in schema.SCHEMA] == []
+    assert [k for k in commented if k not in SCHEMA] == []
     for k in ("resume_from_checkpoint", "overwrite_output_dir", "min_pixels", "max_pixels"):
-        assert k in schema.SCHEMA
+        assert k in SCHEMA
 
 
 def test_reference_config_is_valid_and_dumps_in_its_own_order(reference):
-    assert schema.config_problems(reference) == []
-    text = schema.dump_yaml(reference)
+    assert SCHEMA.problems(reference) == []
+    text = SCHEMA.dump_yaml(reference)
     loaded = yaml.safe_load(text)
     assert loaded == reference
     assert list(loaded) == list(reference)  # same key order as the upstream file
@@ -49,14 +50,14 @@ def test_reference_config_is_valid_and_dumps_in_its_own_order(reference):
 
 
 def test_schema_rows_are_well_formed():
-    for key in schema.KEYS:
+    for key in KEYS:
         assert key.type in {schema.STR, schema.INT, schema.FLOAT, schema.NUMBER, schema.BOOL, schema.STR_LIST}, key
         assert key.meaning and key.source, key
         if key.default is not None:
             assert schema.type_ok(key.type, key.default), key
-    assert len(schema.SCHEMA) == len(schema.KEYS)  # no duplicates
+    assert len(SCHEMA.by_name) == len(KEYS)  # no duplicates
     for name in ("fine_tuning", "from_scratch", "multimodal", "do_train", "max_steps", "train_dataset_prob"):
-        assert schema.SCHEMA[name].required and schema.SCHEMA[name].danger
+        assert SCHEMA[name].required and SCHEMA[name].danger
 
 
 def good_config() -> dict:
@@ -65,16 +66,16 @@ def good_config() -> dict:
 
 def test_unknown_key_gets_did_you_mean():
     cfg = good_config() | {"learnig_rate": 1.0e-5}
-    problems = schema.config_problems(cfg)
+    problems = SCHEMA.problems(cfg)
     assert any("'learnig_rate'" in p and "did you mean learning_rate" in p for p in problems)
     with pytest.raises(UserError, match="did you mean learning_rate"):
-        schema.validate_config(cfg)
+        SCHEMA.validate(cfg)
 
 
 def test_exponent_without_dot_is_a_string_and_is_reported():
-    cfg = yaml.safe_load(schema.dump_yaml(good_config()).replace("learning_rate: 5.0e-06", "learning_rate: 1e-5"))
+    cfg = yaml.safe_load(SCHEMA.dump_yaml(good_config()).replace("learning_rate: 5.0e-06", "learning_rate: 1e-5"))
     assert cfg["learning_rate"] == "1e-5"  # what PyYAML (and so ERNIEKit) reads
-    (problem,) = [p for p in schema.config_problems(cfg) if p.startswith("learning_rate")]
+    (problem,) = [p for p in SCHEMA.problems(cfg) if p.startswith("learning_rate")]
     assert "expected float" in problem and "5.0e-06" in problem
 
 
@@ -99,14 +100,14 @@ def test_exponent_without_dot_is_a_string_and_is_reported():
 )
 def test_dangerous_or_wrong_values_are_rejected(change, expected):
     cfg = good_config() | change
-    problems = schema.config_problems(cfg)
+    problems = SCHEMA.problems(cfg)
     assert any(expected in p for p in problems), problems
 
 
 def test_missing_required_key_is_reported_with_its_danger():
     cfg = good_config()
     del cfg["from_scratch"]
-    assert any(p.startswith("from_scratch: required") and "RANDOM" in p for p in schema.config_problems(cfg))
+    assert any(p.startswith("from_scratch: required") and "RANDOM" in p for p in SCHEMA.problems(cfg))
 
 
 @pytest.mark.parametrize(
@@ -126,7 +127,7 @@ def test_missing_required_key_is_reported_with_its_danger():
     ],
 )
 def test_override_typing(item, expected):
-    assert schema.parse_override(item) == expected
+    assert SCHEMA.parse_override(item) == expected
 
 
 @pytest.mark.parametrize(
@@ -144,14 +145,14 @@ def test_override_typing(item, expected):
 )
 def test_bad_overrides_are_rejected(item, message):
     with pytest.raises(UserError, match=re.escape(message)):
-        schema.parse_override(item)
+        SCHEMA.parse_override(item)
 
 
 def test_parse_overrides_reports_every_bad_item():
     with pytest.raises(UserError) as exc:
-        schema.parse_overrides(["learnig_rate=1", "save_steps=20", "max_steps=x"])
+        SCHEMA.parse_overrides(["learnig_rate=1", "save_steps=20", "max_steps=x"])
     assert "learnig_rate" in str(exc.value) and "max_steps" in str(exc.value)
-    assert schema.apply_overrides({"a": 1, "save_total_limit": 5}, schema.parse_overrides(["save_total_limit="])) == {"a": 1}
+    assert schema.apply_overrides({"a": 1, "save_total_limit": 5}, SCHEMA.parse_overrides(["save_total_limit="])) == {"a": 1}
 
 
 @pytest.mark.parametrize("value, text", [(5e-6, "5.0e-06"), (1e-8, "1.0e-08"), (0.1, "0.1"), (1e20, "1.0e+20"), (2.5e-7, "2.5e-07")])
@@ -172,8 +173,13 @@ def test_every_string_round_trips_through_safe_load(value):
 
 
 def test_presets_are_valid_and_the_ocr_preset_is_the_reference(reference):
-    for path in sorted((REPO / "configs").glob("*.yaml")):
-        schema.validate_config(schema.load_yaml_config(path), where=str(path))
+    from paddle_ocrvl_sft import backends
+
+    for name in backends.NAMES:  # each bundled preset against its own trainer's schema
+        trainer = backends.get(name)
+        for preset in trainer.presets:
+            trainer.schema.validate(schema.load_yaml_config(REPO / "configs" / f"{preset}.yaml"), where=preset)
+    assert {p.stem for p in (REPO / "configs").glob("*.yaml")} == {p for n in backends.NAMES for p in backends.get(n).presets}
     assert yaml.safe_load((REPO / "configs" / "ocr_16k.yaml").read_text()) == reference
 
 
@@ -189,4 +195,4 @@ def test_load_yaml_config_errors_name_the_file(tmp_path):
 def test_docs_key_table_is_up_to_date():
     text = (REPO / "docs" / "plan.md").read_text()
     block = text.split("<!-- schema:begin -->\n")[1].split("<!-- schema:end -->")[0]
-    assert block == schema.schema_markdown(), "regenerate the table in docs/plan.md from erniekit_schema.schema_markdown()"
+    assert block == SCHEMA.markdown(), "regenerate the table in docs/plan.md from backends.erniekit.SCHEMA.markdown()"

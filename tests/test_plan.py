@@ -15,7 +15,10 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from paddle_ocrvl_sft import cli
-from paddle_ocrvl_sft import erniekit_schema as schema
+from paddle_ocrvl_sft import backends
+from paddle_ocrvl_sft.backends import base as backend_base
+from paddle_ocrvl_sft.backends import schema
+from paddle_ocrvl_sft.backends.erniekit import SCHEMA as ERNIEKIT
 from paddle_ocrvl_sft import plan
 from paddle_ocrvl_sft.errors import UserError
 
@@ -136,17 +139,24 @@ def test_estimates_are_labelled_and_calibrated_on_the_guide():
 
 
 def test_launch_spec(tmp_path):
-    spec = plan.launch_spec(tmp_path, 4, 2, master_addr="10.0.0.1", master_port=29555, cuda_visible_devices="4,5,6,7")
-    assert spec["command"] == ["erniekit", "train", str(tmp_path / "config.yaml")]
+    erniekit = backends.get("erniekit")
+    config = tmp_path / "config.yaml"
+
+    def launch(gpus, nodes, **kw):
+        return erniekit.launch(tmp_path, config, "gpu", gpus_per_node=gpus, nodes=nodes, **{
+            "master_addr": None, "master_port": None, "cuda_visible_devices": None, **kw})
+
+    spec = launch(4, 2, master_addr="10.0.0.1", master_port=29555, cuda_visible_devices="4,5,6,7")
+    assert spec["command"] == ["erniekit", "train", str(config)]
     assert spec["env"] == {"CUDA_VISIBLE_DEVICES": "4,5,6,7", "NNODES": "2", "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29555",
                            "ERNIEKIT_DIST_LOG": str(tmp_path / "logs" / "dist"), "NO_COLOR": "1"}
-    default = plan.launch_spec(tmp_path, 2, 1)
+    default = launch(2, 1)
     assert default["env"]["CUDA_VISIBLE_DEVICES"] == "0,1" and default["env"]["MASTER_ADDR"] == "127.0.0.1"
-    assert default["env"]["MASTER_PORT"] == plan.launch_spec(tmp_path, 2, 1)["env"]["MASTER_PORT"]  # stable per dir
+    assert default["env"]["MASTER_PORT"] == str(backend_base.default_master_port(tmp_path))  # stable per dir
     with pytest.raises(UserError, match="does not match CUDA_VISIBLE_DEVICES"):
-        plan.launch_spec(tmp_path, 8, 1, cuda_visible_devices="0,1")
+        launch(8, 1, cuda_visible_devices="0,1")
     with pytest.raises(UserError, match="--master-addr"):
-        plan.launch_spec(tmp_path, 8, 2)
+        launch(8, 2)
 
 
 def test_model_dir_checks(tmp_path):
@@ -198,7 +208,7 @@ def test_multi_file_plan_records_probabilities(model_dir, tmp_path):
 
 
 def test_overrides_applied_but_plan_keys_refused(model_dir, tmp_path):
-    overrides = schema.parse_overrides(["save_steps=50", "adam_epsilon=1e-6", "overwrite_output_dir=True"])
+    overrides = ERNIEKIT.parse_overrides(["save_steps=50", "adam_epsilon=1e-6", "overwrite_output_dir=True"])
     result = plan.make_plan(train=[stats(100)], model_dir=model_dir, epochs=1, gpus=1, plan_dir=tmp_path / "p", overrides=overrides)
     assert (result.config["save_steps"], result.config["adam_epsilon"], result.config["overwrite_output_dir"]) == (50, 1e-06, True)
     with pytest.raises(UserError, match=r"max_steps \(use --epochs"):
@@ -235,7 +245,7 @@ def test_every_written_yaml_round_trips_into_the_schema_types(d, epochs, gpus, n
         try:
             result = plan.make_plan(
                 train=[stats(d, tokens=250)], model_dir=model, epochs=epochs, gpus=gpus, nodes=nodes, plan_dir=root / "p",
-                packing_size=b, grad_accum=a, learning_rate=lr, scale=scale, master_addr="10.0.0.1",
+                batch=b, grad_accum=a, learning_rate=lr, scale=scale, master_addr="10.0.0.1",
                 overrides={"min_lr": min_lr, "adam_epsilon": eps, "adam_beta2": beta2},
             )
         except UserError as exc:  # keep-samples cannot always split: that is a clear error, not a bad file
@@ -245,9 +255,9 @@ def test_every_written_yaml_round_trips_into_the_schema_types(d, epochs, gpus, n
         loaded = yaml.safe_load((root / "p" / "config.yaml").read_text())
     assert loaded == result.config
     for key, value in loaded.items():
-        assert schema.type_ok(schema.SCHEMA[key].type, value), (key, value)
+        assert schema.type_ok(ERNIEKIT[key].type, value), (key, value)
     assert isinstance(loaded["learning_rate"], float) and isinstance(loaded["adam_epsilon"], float)
-    assert schema.config_problems(loaded) == []
+    assert ERNIEKIT.problems(loaded) == []
 
 
 def test_write_plan_refuses_existing_and_foreign_dirs(model_dir, tmp_path):
@@ -301,7 +311,7 @@ def test_cli_writes_plan_and_config(cli_env, model_dir, capsys):
     assert cfg["max_steps"] == math.ceil(40 * 3 / 64) == rec["numbers"]["max_steps"]["value"]
     assert (cfg["packing_size"], cfg["gradient_accumulation_steps"]) == (8, 4)  # keep-samples 1 -> 2 GPUs
     assert cfg["train_dataset_path"] == str(train.resolve()) and cfg["eval_dataset_path"] == str(val.resolve())
-    assert cfg["save_steps"] == 10 and schema.config_problems(cfg) == []
+    assert cfg["save_steps"] == 10 and ERNIEKIT.problems(cfg) == []
     assert rec["datasets"]["train"][0]["valid"] == 40 and rec["numbers"]["max_seq_len"]["inputs"]["longest_sample"] > 188
     assert rec["train"]["env"]["CUDA_VISIBLE_DEVICES"] == "0,1" and rec["estimates"]["label"] == "ESTIMATE"
     printed = capsys.readouterr().out

@@ -1,4 +1,4 @@
-"""``plan``: datasets + GPUs -> PLAN_DIR/config.yaml (ERNIEKit) and PLAN_DIR/plan.json (the why)."""
+"""``plan``: datasets + GPUs -> PLAN_DIR/config.yaml (ERNIEKit or PaddleFormers) and PLAN_DIR/plan.json (the why)."""
 
 from __future__ import annotations
 
@@ -12,22 +12,33 @@ examples:
       --gpus 8 --scale scale-lr -o runs/mix save_steps=100
   paddle-ocrvl-sft plan --preset kie_16k --data kie.jsonl --model M --epochs 3 --gpus 4 --nodes 2 \\
       --master-addr 10.0.0.1 -o runs/kie
+  paddle-ocrvl-sft plan --backend paddleformers --lora --data kie.jsonl --model M --epochs 3 --gpus 1 -o runs/lora
+  paddle-ocrvl-sft plan --backend paddleformers --device cpu --data tiny.jsonl --model TINY --epochs 4 \\
+      --lr 5e-3 -o runs/smoke lr_scheduler_type=constant     # tiny models / smoke runs only
 
-max_steps = ceil(D*E/(G*B*A)), warmup = max(1, ceil(1% of max_steps)) (ERNIEKit SFT guide §4);
---packing-size/--grad-accum/--lr are the values for the preset's base GPU count (--base-gpus) and
---scale adapts them to G = gpus x nodes (guide §5). Details: docs/plan.md.
+max_steps = ceil(D*E/(G*B*A)), warmup = max(1, ceil(1% of max_steps)) (ERNIEKit SFT guide §4), with
+B = packing_size (ERNIEKit) or per_device_train_batch_size (PaddleFormers); --packing-size/--grad-accum/
+--lr are the values for the preset's base GPU count (--base-gpus) and --scale adapts them to
+G = gpus x nodes (guide §5). Details: docs/plan.md, docs/train.md.
 """
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "plan",
-        help="compute max_steps/warmup/lr for your data and GPUs and write a checked ERNIEKit config",
-        description="Write PLAN_DIR/config.yaml (ERNIEKit OCR-VL-SFT) and PLAN_DIR/plan.json "
-        "(every number with its formula and inputs, and the launch env for `train`).",
+        help="compute max_steps/warmup/lr for your data and GPUs and write a checked trainer config",
+        description="Write PLAN_DIR/config.yaml (ERNIEKit OCR-VL-SFT or PaddleFormers VL-SFT), PLAN_DIR/plan.json "
+        "(every number with its formula and inputs, and the launch env for `train`) and, for PaddleFormers, "
+        "the data in its messages format and a prepared model copy.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    p.add_argument("--backend", choices=("erniekit", "paddleformers"), default="erniekit",
+                   help="trainer: erniekit (default; OCR-VL-SFT, full) or paddleformers (VL-SFT, full or --lora)")
+    p.add_argument("--device", choices=("gpu", "cpu"), default="gpu",
+                   help="gpu (default), or cpu: tiny models and smoke runs only (one process, CPU patches)")
+    p.add_argument("--lora", action="store_true", help="PaddleFormers: LoRA instead of full fine-tuning (preset lr 5.0e-04)")
+    p.add_argument("--lora-rank", type=int, metavar="R", help="PaddleFormers LoRA rank (default: the preset's, 8)")
     p.add_argument("--data", action="append", required=True, metavar="TRAIN.jsonl",
                    help="training file; repeat for several (mixed by --prob)")
     p.add_argument("--prob", action="append", type=float, metavar="W",
@@ -35,36 +46,38 @@ def register(subparsers) -> None:
     p.add_argument("--eval", action="append", default=[], metavar="VAL.jsonl", help="validation file (recorded; the stage does not evaluate)")
     p.add_argument("--model", required=True, metavar="BASE_DIR", help="local base model dir with preprocessor_config.json")
     p.add_argument("--epochs", required=True, type=float, metavar="E", help="epochs over D (> 0; may be fractional)")
-    p.add_argument("--gpus", required=True, type=int, metavar="G", help="GPUs per node")
+    p.add_argument("--gpus", type=int, default=1, metavar="G", help="GPUs per node (default 1)")
     p.add_argument("--nodes", type=int, default=1, metavar="N", help="nodes (default 1); G = gpus x nodes")
-    p.add_argument("--packing-size", type=int, metavar="B", help="samples per packed sequence at the base GPU count (preset: 8)")
-    p.add_argument("--grad-accum", type=int, metavar="A", help="gradient accumulation at the base GPU count (preset: 8)")
+    p.add_argument("--packing-size", "--batch-size", dest="batch", type=int, metavar="B",
+                   help="B at the base GPU count: ERNIEKit packing_size / PaddleFormers per_device_train_batch_size (preset: 8; cpu: 1)")
+    p.add_argument("--grad-accum", type=int, metavar="A", help="gradient accumulation at the base GPU count (preset: 8; cpu: 1)")
     p.add_argument("--lr", type=float, metavar="LR", help="learning rate at the base GPU count (preset: 5.0e-06)")
-    p.add_argument("--preset", default="ocr_16k", metavar="NAME", help="ocr_16k (default), kie_16k, ocr_16k_8gpu, or a .yaml path")
+    p.add_argument("--preset", metavar="NAME", help="erniekit: ocr_16k (default), kie_16k, ocr_16k_8gpu; paddleformers: "
+                   "paddleformers_full_16k (default) or paddleformers_lora_16k (with --lora); or a .yaml path")
     p.add_argument("--base-gpus", type=int, metavar="G0", help="GPU count the batch values are for (default: the preset's, 1 for a .yaml path)")
     p.add_argument("--scale", choices=("keep-samples", "scale-lr"), help="how to go from G0 to G GPUs (default keep-samples)")
     p.add_argument("--max-seq-len", type=int, metavar="N", help="default: the preset's (16384); must be >= the longest sample")
-    p.add_argument("--allow-drop", action="store_true", help="accept a max_seq_len that makes ERNIEKit drop the longer samples")
+    p.add_argument("--allow-drop", action="store_true", help="accept a max_seq_len that makes the trainer drop the longer samples")
     p.add_argument("--min-pixels", type=int, metavar="PX", help="image lower pixel bound (default: the model's preprocessor_config.json)")
     p.add_argument("--max-pixels", type=int, metavar="PX", help="image upper pixel bound (default: the model's preprocessor_config.json)")
-    p.add_argument("--output-dir", metavar="DIR", help="ERNIEKit output_dir (default PLAN_DIR/output)")
+    p.add_argument("--output-dir", metavar="DIR", help="the trainer's output_dir (default PLAN_DIR/output)")
     p.add_argument("--master-addr", metavar="HOST", help="node 0's address (required with --nodes > 1)")
     p.add_argument("--master-port", type=int, metavar="PORT", help="default: a stable port derived from PLAN_DIR")
     p.add_argument("--cuda-visible-devices", default=os.environ.get("CUDA_VISIBLE_DEVICES"), metavar="IDS",
                    help="cards per node, e.g. 0,1,2,3 (default: $CUDA_VISIBLE_DEVICES, else 0..G-1); must list --gpus cards")
     p.add_argument("-o", "--out", required=True, metavar="PLAN_DIR")
     p.add_argument("--force", action="store_true", help="replace an existing PLAN_DIR that holds only a previous plan")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="ERNIEKit keys, typed and checked like `erniekit train` overrides")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="trainer keys, typed and checked by the backend's key schema")
     p.set_defaults(func=run_plan)
 
 
 def run_plan(args) -> int:
     from pathlib import Path
 
-    from paddle_ocrvl_sft import erniekit_schema, plan
+    from paddle_ocrvl_sft import backends, plan
     from paddle_ocrvl_sft.io import refuse_existing
 
-    overrides = erniekit_schema.parse_overrides(args.overrides)  # fail fast, before reading data
+    overrides = backends.get(args.backend).schema.parse_overrides(args.overrides)  # fail fast, before reading data
     refuse_existing(args.out, force=args.force)
     bounds = plan.model_bounds(args.model, args.min_pixels, args.max_pixels)
     tokenizer_dir = args.model if (Path(args.model) / "tokenizer.model").is_file() else None
@@ -72,13 +85,14 @@ def run_plan(args) -> int:
     eval_sets = plan.summarize_files(args.eval, bounds, tokenizer_dir) if args.eval else []
     result = plan.make_plan(
         train=train, eval_sets=eval_sets, model_dir=args.model, epochs=args.epochs, gpus=args.gpus, nodes=args.nodes,
+        backend=args.backend, device=args.device, lora=args.lora, lora_rank=args.lora_rank,
         probs=args.prob, preset=args.preset, base_gpus=args.base_gpus, scale=args.scale,
-        packing_size=args.packing_size, grad_accum=args.grad_accum, learning_rate=args.lr,
+        batch=args.batch, grad_accum=args.grad_accum, learning_rate=args.lr,
         max_seq_len=args.max_seq_len, allow_drop=args.allow_drop, min_pixels=args.min_pixels, max_pixels=args.max_pixels,
         output_dir=args.output_dir, plan_dir=args.out, master_addr=args.master_addr, master_port=args.master_port,
         cuda_visible_devices=args.cuda_visible_devices, overrides=overrides,
     )
-    out = plan.write_plan(result, args.out, force=args.force)
+    out = plan.write_plan(result, args.out, force=args.force, report=lambda line: print(f"prepared {line}"))
     print(summary(result.record, out))
     return 0
 
@@ -88,14 +102,15 @@ def summary(record: dict, out) -> str:
     numbers = record["numbers"]
     rows = [(name, _fmt(n["value"]), n["formula"]) for name, n in numbers.items()]
     est = record["estimates"]
-    rows += [
-        ("GPU memory / GPU (ESTIMATE)", f"{est['gpu_memory_gb_per_gpu']['value']} GB", "docs/plan.md#estimates"),
-        ("time / step (ESTIMATE)", f"{est['seconds_per_step']['value']} s", "A800/A100-class GPU"),
-        ("total time (ESTIMATE)", f"{est['total_hours']['value']} h", "max_steps x time/step"),
-    ]
+    if "gpu_memory_gb_per_gpu" in est:
+        rows += [
+            ("GPU memory / GPU (ESTIMATE)", f"{est['gpu_memory_gb_per_gpu']['value']} GB", "docs/plan.md#estimates"),
+            ("time / step (ESTIMATE)", f"{est['seconds_per_step']['value']} s", "A800/A100-class GPU"),
+            ("total time (ESTIMATE)", f"{est['total_hours']['value']} h", "max_steps x time/step"),
+        ]
     w1 = max(len(r[0]) for r in rows)
     w2 = max(len(r[1]) for r in rows)
-    lines = [f"plan written to {out}/ (config.yaml, plan.json)", ""]
+    lines = [f"plan written to {out}/ (config.yaml, plan.json): {record['backend']} on {record['device']}", ""]
     lines += [f"  {a:<{w1}}  {b:>{w2}}  {c}" for a, b, c in rows]
     datasets = record["datasets"]["train"]
     lines += ["", "  train data: " + "; ".join(f"{d['path']}: {d['kept']} kept of {d['samples']} (p={d['prob']:g})" for d in datasets)]
@@ -108,6 +123,6 @@ def summary(record: dict, out) -> str:
 
 
 def _fmt(value) -> str:
-    from paddle_ocrvl_sft.erniekit_schema import format_float
+    from paddle_ocrvl_sft.backends.schema import format_float
 
     return format_float(value) if isinstance(value, float) else str(value)
