@@ -541,6 +541,7 @@ def make_plan(
         "plan_version": 2,
         "backend": backend,
         "device": device,
+        "model": values.model_dir,  # the base model as given (export fills from it; eval's baseline)
         "preset": {"name": preset, "path": str(preset_file), "base_gpus": g_base},
         "scaling": scaling,
         "datasets": {

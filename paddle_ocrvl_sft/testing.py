@@ -329,3 +329,31 @@ def receipt_image(fields: dict[str, str], *, width: int = 320):
     from paddle_ocrvl_sft.receipts import draw_lines
 
     return draw_lines(["RECEIPT", *(f"{name.upper()}: {value}" for name, value in fields.items())], width)
+
+
+# --- a stand-in launcher, for failures a CPU cannot produce ---------------------------------------
+
+
+def write_standin_launcher(bin_dir: str | Path, name: str, lines: list[str], exit_code: int = 1) -> Path:
+    """A STAND-IN for a GPU trainer's launcher (``erniekit`` / ``paddleformers-cli``) — not a trainer.
+
+    It prints ``lines`` (log lines in the real format, e.g. a CUDA out-of-memory error that a CPU
+    cannot produce) and exits with ``exit_code``, so `train`'s following and diagnosis can be
+    tested on the very lines a GPU run writes. Put ``bin_dir`` first on PATH.
+    """
+    import stat
+    import sys
+
+    bin_dir = Path(bin_dir)
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    script = bin_dir / name
+    script.write_text(
+        f"#!{sys.executable}\n"
+        "# STAND-IN launcher written by paddle_ocrvl_sft.testing.write_standin_launcher: replays log lines, trains nothing\n"
+        "import sys\n"
+        f"for line in {list(lines)!r}:\n"
+        "    print(line, flush=True)\n"
+        f"sys.exit({int(exit_code)})\n",
+        encoding="utf-8")
+    script.chmod(script.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    return script

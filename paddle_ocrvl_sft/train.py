@@ -1,31 +1,58 @@
-"""``train PLAN_DIR``: run the trainer a plan names (ERNIEKit or PaddleFormers), on GPUs or a CPU.
+"""``train PLAN_DIR``: run the trainer a plan names (ERNIEKit or PaddleFormers), on GPUs or a CPU,
+and follow it: progress, metrics, a loss plot, interruption and resume, diagnosis, export, eval.
 
 The plan recorded the command and environment (``plan.json`` "train"); here they are bound to a
-real trainer environment (``backend install``, or a trainer on PATH as in the Docker image) and
-started. On a CPU the trainer runs in one process with the backend's compatibility patches
-(:mod:`paddle_ocrvl_sft.backends.cpu`), applied inside that process only.
+trainer environment (``backend install``, a trainer on PATH, or the Docker image) and started in
+their own process group. Each attempt gets ``PLAN_DIR/runs/<id>/``: ``record.json`` (config,
+dataset fingerprint, versions, git state, the exact command and environment), ``train.log``,
+``metrics.jsonl``, ``loss.png`` and the launcher's own log dir (``workerlog.N`` files are
+appended to across runs otherwise: FACTS "Launch").
 
-An output dir that already holds something is never reused by accident: ``resume`` continues
-from its newest complete checkpoint (passed explicitly as ``resume_from_checkpoint``), ``force``
-starts over.
+Nothing is reused by accident: a non-empty output dir needs ``--resume`` (its newest complete
+checkpoint, passed explicitly as ``resume_from_checkpoint``) or ``--force``; a plan that is being
+trained is refused. Ctrl-C/SIGTERM go to the whole trainer group, and the way to resume is printed.
 """
 
 from __future__ import annotations
 
+import collections
+import datetime
+import hashlib
 import json
+import math
 import os
+import platform
+import shlex
+import signal
+import socket
 import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import yaml
 
-from paddle_ocrvl_sft import backends
+from paddle_ocrvl_sft import __version__, backends
 from paddle_ocrvl_sft.backends.base import Backend, Launch
 from paddle_ocrvl_sft.errors import UserError
+from paddle_ocrvl_sft.io import write_json
 
 PACKAGE_PARENT = Path(__file__).resolve().parents[1]  # on PYTHONPATH of a CPU run: backends.cpu imports from here
+DEFAULT_IMAGE = "paddle-ocrvl-sft:latest"  # built from docker/Dockerfile (the guide's paddle:3.2.0-gpu-cuda12.6-cudnn9.5)
+LOCK = ".train.lock"
+STOP_GRACE_SECONDS = 60
+# validator rules whose problem stops the trainer's reader at start-up (the whole file is loaded
+# with json.loads per line: FACTS "Dataset reader"), as opposed to one dropped sample
+READER_FATAL = {"invalid-json"}
+
+
+class Interrupted(UserError):
+    """The user stopped training (Ctrl-C: 130, SIGTERM: 143); the message says how to resume."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum
 
 
 @dataclass
@@ -48,6 +75,32 @@ class PlanRun:
         return int(self.config["max_steps"])
 
 
+@dataclass
+class Options:
+    resume: str | bool | None = None  # True/"last" or a checkpoint dir
+    force: bool = False
+    dry_run: bool = False
+    gpus: str | None = None  # "0,1,2,3": this node's cards (must be as many as the plan's)
+    nodes: int | None = None
+    node_rank: int = 0
+    master: str | None = None  # HOST:PORT of node 0
+    docker: bool = False
+    image: str = DEFAULT_IMAGE
+    overrides: tuple[str, ...] = ()
+    export: bool = True
+    evaluate: bool = True
+    bar: bool | None = None  # None: a progress bar when stderr is a terminal
+
+
+@dataclass
+class Result:
+    output_dir: Path
+    run_dir: Path | None = None
+    bundle: Path | None = None
+    eval_dir: Path | None = None
+    last_step: int | None = None
+
+
 def load_plan(plan_dir: str | os.PathLike) -> PlanRun:
     plan_dir = Path(plan_dir).resolve()
     try:
@@ -59,6 +112,9 @@ def load_plan(plan_dir: str | os.PathLike) -> PlanRun:
         raise UserError(f"{exc.filename}: not found (create the plan with `plan ... -o {plan_dir}`)") from None
     except (KeyError, TypeError, ValueError, yaml.YAMLError) as exc:
         raise UserError(f"{plan_dir}: plan.json/config.yaml unreadable ({exc}); re-run `plan`") from None
+
+
+# --- checks before anything starts --------------------------------------------------------------
 
 
 def resume_checkpoint(plan: PlanRun, resume: str | bool | None) -> Path | None:
@@ -80,57 +136,392 @@ def resume_checkpoint(plan: PlanRun, resume: str | bool | None) -> Path | None:
 
 
 def check_output_dir(plan: PlanRun, *, resume: Path | None, force: bool) -> None:
-    """A non-empty output dir is someone's earlier run: continue it (--resume) or replace it (--force)."""
+    """A non-empty output dir is an earlier run: continue it (--resume) or replace it (--force)."""
     out = plan.output_dir
-    if resume is not None or not (out.is_dir() and any(out.iterdir())):
+    if resume is not None or force or not (out.is_dir() and any(out.iterdir())):
         return
-    if not force:
-        found = plan.backend.complete_checkpoints(out)
-        hint = (f"its newest complete checkpoint is {found[max(found)].name}: pass --resume to continue it"
-                if found else "it holds no complete checkpoint")
-        raise UserError(f"{out}: output_dir is not empty ({hint}), or --force to start over and replace it")
+    found = plan.backend.complete_checkpoints(out)
+    hint = (f"its newest complete checkpoint is {found[max(found)].name}: pass --resume to continue it"
+            if found else "it holds no complete checkpoint")
+    raise UserError(f"{out}: output_dir is not empty ({hint}), or --force to start over and replace it")
 
 
-def command_for(plan: PlanRun, trainer_env, overrides: list[str]) -> Launch:
-    """The plan's command bound to a trainer environment (the same on every node)."""
-    command = list(plan.launch["command"])
+def check_data(plan: PlanRun) -> list[str]:
+    """Validate the plan's training files again (they may have changed since `plan`): refuse what
+    would stop the trainer's reader at start-up or leave it nothing to train on."""
+    from paddle_ocrvl_sft.data.validate import ValidateOptions, validate_paths
+
+    notes = []
+    for item in plan.record.get("datasets", {}).get("train", []):
+        path = item["path"]
+        if not Path(path).is_file():
+            raise UserError(f"{path}: the plan's training file is gone (re-run `plan`)")
+        report = validate_paths([path], ValidateOptions(max_seq_len=None, decode=False))
+        fatal = [p for p in report.problems if p.rule in READER_FATAL]
+        if fatal:
+            first = fatal[0]
+            raise UserError(f"{first.path}:{first.line}: {first.message} — {plan.backend.title}'s reader would stop at "
+                            f"start-up on this; fix the file (`data validate --write-clean`) and re-run `plan`")
+        if report.valid == 0:
+            raise UserError(f"{path}: no valid sample left ({plan.backend.title} would drop them all and loop forever); "
+                            "run `python -m paddle_ocrvl_sft data validate`")
+        if report.valid != item.get("valid", report.valid):
+            notes.append(f"{path}: {report.valid} valid samples now, {item['valid']} when planned: max_steps assumed the latter")
+    return notes
+
+
+def check_not_running(plan: PlanRun) -> None:
+    lock = plan.plan_dir / LOCK
+    try:
+        holder = json.loads(lock.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    if holder.get("host") == socket.gethostname() and _alive(holder.get("pid", -1)):
+        raise UserError(f"{plan.plan_dir}: already being trained (pid {holder['pid']}, run {holder.get('run')}); "
+                        "wait for it or stop it first")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def port_is_free(port: int, host: str = "") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("", 0))
+        return sock.getsockname()[1]
+
+
+# --- the command ----------------------------------------------------------------------------------
+
+
+def topology(plan: PlanRun, options: Options, notes: list[str]) -> dict[str, str]:
+    """The launch environment for this node: the plan's, with --gpus/--nodes/--master/--node-rank applied.
+
+    The plan's numbers were computed for its G = gpus x nodes: a different count is refused
+    (re-plan), not silently trained with other steps. Single node: a busy master port is replaced
+    by a free one (a job on a busy port JOINS the running one: FACTS "Launch").
+    """
     env = dict(plan.launch["env"])
     if plan.device == "cpu":
-        command[0] = str(trainer_env.python)
-        env["PYTHONPATH"] = str(PACKAGE_PARENT)
+        if options.gpus or (options.nodes or 1) > 1:
+            raise UserError("this plan trains on the CPU (plan --device cpu): --gpus/--nodes do not apply; re-plan for GPUs")
     else:
+        if options.gpus is not None:
+            cards = [c.strip() for c in options.gpus.split(",") if c.strip()]
+            if len(cards) != plan.launch["gpus_per_node"] or len(set(cards)) != len(cards):
+                raise UserError(f"--gpus {options.gpus}: the plan is for {plan.launch['gpus_per_node']} GPU(s) per node; "
+                                "its max_steps and batch were computed for that: re-plan with --gpus N")
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(cards)
+        nodes = options.nodes or plan.launch.get("nodes", 1)
+        if nodes != plan.launch.get("nodes", 1):
+            raise UserError(f"--nodes {nodes}: the plan is for {plan.launch.get('nodes', 1)} node(s); re-plan with --nodes {nodes}")
+        if not 0 <= options.node_rank < nodes:
+            raise UserError(f"--node-rank {options.node_rank}: must be in 0..{nodes - 1}")
+        env["NNODES"] = str(nodes)
+        if options.master:
+            host, _, port = options.master.rpartition(":")
+            if not host or not port.isdigit() or not 1024 <= int(port) <= 65535:
+                raise UserError(f"--master {options.master}: expected HOST:PORT with a port in 1024..65535")
+            env["MASTER_ADDR"], env["MASTER_PORT"] = host, port
+        elif nodes > 1 and env.get("MASTER_ADDR") in (None, "127.0.0.1"):
+            raise UserError(f"a {nodes}-node plan: give --master HOST:PORT (node 0's address, the same on every node)")
+        if nodes > 1:
+            env["PADDLE_RANK"] = env["RANK"] = str(options.node_rank)  # paddle.distributed.launch --rank
+    if (options.nodes or plan.launch.get("nodes", 1)) == 1 and not options.master:
+        port = int(env.get("MASTER_PORT") or 0)
+        if not port or not port_is_free(port):
+            new = free_port()
+            if port:
+                notes.append(f"MASTER_PORT {port} is in use (another job?): this run uses {new}")
+            env.setdefault("MASTER_ADDR", "127.0.0.1")
+            env["MASTER_PORT"] = str(new)
+    return env
+
+
+def command_for(plan: PlanRun, trainer_env, env: dict[str, str], overrides: list[str]) -> Launch:
+    """The plan's command bound to a trainer environment (GPU: its launcher; CPU: its Python)."""
+    command = list(plan.launch["command"])
+    env = dict(env)
+    if plan.device == "cpu":
+        command[0] = str(trainer_env.python) if trainer_env else "python"
+        env["PYTHONPATH"] = str(PACKAGE_PARENT)
+    elif trainer_env:
         command[0] = str(trainer_env.bin_dir / plan.backend.executable)
     return Launch(command + overrides, env)
 
 
-def run(plan_dir: str | os.PathLike, *, resume: str | bool | None = None, force: bool = False,
-        echo: Callable[[str], None] = print) -> Path:
-    """Train a plan; returns the output dir. Progress lines go to ``echo``."""
+def docker_command(plan: PlanRun, options: Options, env: dict[str, str]) -> list[str]:
+    """``docker run`` of the same `train` inside the image, paths mounted at the same places."""
+    mounts = {plan.plan_dir, plan.output_dir.parent, Path(plan.record.get("model") or plan.config["model_name_or_path"])}
+    mounts |= {Path(item["path"]).parent for item in plan.record.get("datasets", {}).get("train", [])}
+    mounts |= {Path(item["path"]).parent for item in plan.record.get("datasets", {}).get("eval", [])}
+    gpus = env.get("CUDA_VISIBLE_DEVICES", "all")
+    cmd = ["docker", "run", "--rm", "--gpus", f'"device={gpus}"', "--shm-size", "64g", "--ipc=host",
+           "--user", f"{os.getuid()}:{os.getgid()}", "-e", "HOME=/tmp"]
+    if int(env.get("NNODES", "1")) > 1:
+        cmd.append("--network=host")  # the nodes reach each other's master port directly
+    for path in sorted(_outermost(mounts)):
+        cmd += ["-v", f"{path}:{path}"]
+    inner = ["train", str(plan.plan_dir)]
+    if options.gpus:
+        inner += ["--gpus", options.gpus]
+    if options.nodes:
+        inner += ["--nodes", str(options.nodes), "--node-rank", str(options.node_rank)]
+    if options.master:
+        inner += ["--master", options.master]
+    if options.resume:
+        inner += ["--resume"] + ([] if options.resume in (True, "last") else [str(options.resume)])
+    if options.force:
+        inner.append("--force")
+    return cmd + [options.image, *inner, *options.overrides]
+
+
+def _outermost(paths: set[Path]) -> set[Path]:
+    paths = {p.resolve() for p in paths}
+    return {p for p in paths if not any(q != p and q in p.parents for q in paths)}
+
+
+# --- the run record -------------------------------------------------------------------------------
+
+
+def fingerprint(paths: list[str]) -> list[dict]:
+    """Size and SHA-256 of each dataset file: which data a run saw."""
+    out = []
+    for path in paths:
+        digest = hashlib.sha256()
+        with open(path, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                digest.update(chunk)
+        out.append({"path": path, "bytes": os.path.getsize(path), "sha256": digest.hexdigest()})
+    return out
+
+
+def git_state(repo: Path) -> dict:
+    """This project's commit and whether the tree had changes (None outside a git checkout)."""
+    try:
+        commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        if commit.returncode:
+            return {"commit": None}
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain"], capture_output=True, text=True, timeout=10)
+        return {"commit": commit.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
+    except (OSError, subprocess.TimeoutExpired):
+        return {"commit": None}
+
+
+def run_record(plan: PlanRun, launch: Launch, trainer_env, checkpoint: Path | None) -> dict:
     from paddle_ocrvl_sft.backends import envs
 
+    datasets = [item["path"] for group in ("train", "eval") for item in plan.record.get("datasets", {}).get(group, [])]
+    installed = envs.read_record(plan.backend.name) if trainer_env and "installed" in trainer_env.origin else None
+    return {
+        "plan": str(plan.plan_dir), "backend": plan.backend.name, "device": plan.device,
+        "command": launch.command, "env": launch.env, "shell": launch.shell(),
+        "trainer": {"origin": trainer_env.origin if trainer_env else "docker image",
+                    "versions": (installed or {}).get("versions", {})},
+        "config": plan.config, "resume_from": str(checkpoint) if checkpoint else None,
+        "datasets": fingerprint(datasets),
+        "versions": {"paddle-ocrvl-sft": __version__, "python": platform.python_version(), "platform": platform.platform()},
+        "git": git_state(PACKAGE_PARENT),
+        "started": _now(), "finished": None, "exit": None, "last_step": None,
+    }
+
+
+def _now() -> str:
+    return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+# --- running --------------------------------------------------------------------------------------
+
+
+def run(plan_dir: str | os.PathLike, options: Options | None = None, *, echo: Callable[[str], None] = print) -> Result:
+    """Train a plan; returns where everything went. Raises :class:`UserError` on failure."""
+    from paddle_ocrvl_sft.backends import envs
+    from paddle_ocrvl_sft.plan import _check_overrides
+
+    options = options or Options()
     plan = load_plan(plan_dir)
-    checkpoint = resume_checkpoint(plan, resume)
-    check_output_dir(plan, resume=checkpoint, force=force)
-    trainer_env = envs.require(plan.backend.name)
-    overrides = [f"resume_from_checkpoint={checkpoint}"] if checkpoint else []
-    launch = command_for(plan, trainer_env, overrides)
-    if force and checkpoint is None and plan.output_dir.is_dir():
+    overrides = plan.backend.schema.parse_overrides(options.overrides)
+    _check_overrides({k: v for k, v in overrides.items() if k != "resume_from_checkpoint"})
+    notes = check_data(plan)
+    checkpoint = resume_checkpoint(plan, options.resume)
+    check_output_dir(plan, resume=checkpoint, force=options.force)
+    check_not_running(plan)
+    env = topology(plan, options, notes)
+    trainer_env = None if options.docker else (envs.resolve(plan.backend.name) if options.dry_run else envs.require(plan.backend.name))
+    args = [f"{k}={v}" for k, v in overrides.items()] + ([f"resume_from_checkpoint={checkpoint}"] if checkpoint else [])
+    run_id = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_dir = plan.plan_dir / "runs" / run_id
+    env[plan.backend.dist_log_env] = str(run_dir / "dist")  # workerlog.N files are appended to: one dir per run
+    launch = command_for(plan, trainer_env, env, args)
+    for note in notes:
+        echo(f"note: {note}")
+    if plan.device == "cpu":
+        echo("note: CPU training is for tiny models and smoke runs; a 0.9B fine-tune belongs on a GPU")
+    if options.docker:
+        cmd = docker_command(plan, options, env)
+        echo("$ " + " ".join(shlex.quote(c) if not c.startswith('"') else c for c in cmd))
+        if options.dry_run:
+            return Result(plan.output_dir)
+        proc = subprocess.run([c.strip('"') if c.startswith('"device') else c for c in cmd])
+        if proc.returncode:
+            raise UserError(f"docker run exited with status {proc.returncode}")
+        return Result(plan.output_dir)
+    if options.dry_run:
+        echo(launch.shell())
+        nodes = int(env.get("NNODES", "1"))
+        if nodes > 1:
+            echo(f"run the same on every node (node 0 first); on node R: train {plan.plan_dir} --nodes {nodes} --node-rank R "
+                 f"--master {env['MASTER_ADDR']}:{env['MASTER_PORT']}" + (f" --gpus {options.gpus}" if options.gpus else ""))
+        if trainer_env is None:
+            echo(f"note: {plan.backend.title} is not installed here: `python -m paddle_ocrvl_sft backend install {plan.backend.name}`")
+        return Result(plan.output_dir)
+
+    if options.force and checkpoint is None and plan.output_dir.is_dir():
         import shutil
 
         shutil.rmtree(plan.output_dir)
-    if plan.device == "cpu":
-        echo("note: CPU training is for tiny models and smoke runs; a 0.9B fine-tune belongs on a GPU")
+    run_dir.mkdir(parents=True)
+    record = run_record(plan, launch, trainer_env, checkpoint)
+    write_json(run_dir / "record.json", record)
+    (plan.plan_dir / LOCK).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "run": run_id}),
+                                      encoding="utf-8")
     echo(f"$ {launch.shell()}")
-    log_dir = Path(launch.env.get(plan.backend.dist_log_env, plan.plan_dir / "logs"))
-    log_dir.mkdir(parents=True, exist_ok=True)
-    with open(log_dir / "train.log", "a", encoding="utf-8") as log, \
-            subprocess.Popen(launch.command, env=trainer_env.env({**os.environ, **launch.env}), stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True, errors="replace") as proc:
-        for raw in proc.stdout:
-            log.write(raw)
-            point = plan.backend.parse_log_line(raw)
-            if point:
-                echo(f"step {point['step']:>6}/{plan.max_steps}  loss {point['loss']:.4f}  lr {point.get('lr', float('nan')):.3e}")
-    if proc.returncode:
-        raise UserError(f"training exited with status {proc.returncode}; log: {log_dir / 'train.log'}")
-    return plan.output_dir
+    echo(f"run dir: {run_dir} (train.log, metrics.jsonl, loss.png); {plan.backend.title}'s event logs: {plan.config.get('logging_dir')}")
+    try:
+        outcome = follow(plan, launch, trainer_env, run_dir, checkpoint, options, echo)
+    finally:
+        (plan.plan_dir / LOCK).unlink(missing_ok=True)
+        record.update(finished=_now(), exit=outcome.exit if "outcome" in locals() else "interrupted")
+        if "outcome" in locals():
+            record["last_step"] = outcome.last_step
+        write_json(run_dir / "record.json", record)
+    result = Result(plan.output_dir, run_dir, last_step=outcome.last_step)
+    finish(plan, outcome, result, options, echo)
+    return result
+
+
+@dataclass
+class Outcome:
+    exit: int
+    last_step: int | None
+    signal: int | None = None
+    nan_step: int | None = None
+    tail: list[str] = field(default_factory=list)
+
+
+def follow(plan: PlanRun, launch: Launch, trainer_env, run_dir: Path, checkpoint: Path | None, options: Options,
+           echo) -> Outcome:
+    """Start the trainer in its own process group, stream rank 0's log, forward Ctrl-C/SIGTERM."""
+    from paddle_ocrvl_sft.progress import Progress
+
+    start = int(checkpoint.name.split("-")[-1]) if checkpoint else 0
+    bar = sys.stderr.isatty() if options.bar is None else options.bar
+    progress = Progress(run_dir, plan.max_steps, start_step=start, bar=bar, echo=echo)
+    tail: collections.deque[str] = collections.deque(maxlen=400)
+    received: list[int] = []
+    nan_step = None
+    proc = subprocess.Popen(launch.command, env=trainer_env.env({**os.environ, **launch.env}), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, errors="replace", start_new_session=True)
+
+    def forward(signum, frame):
+        received.append(signum)
+        _signal_group(proc, signum)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with open(run_dir / "train.log", "w", encoding="utf-8") as log:
+            for raw in proc.stdout:
+                log.write(raw)
+                log.flush()
+                tail.append(raw.rstrip("\n"))
+                point = plan.backend.parse_log_line(raw)
+                if point:
+                    progress.update(point)
+                    if not math.isfinite(point["loss"]) and nan_step is None:
+                        nan_step = point["step"]
+                        echo(f"\nloss is {point['loss']} at step {point['step']}: stopping the run (it has diverged)")
+                        _signal_group(proc, signal.SIGTERM)
+        try:
+            proc.wait(timeout=STOP_GRACE_SECONDS)
+        except subprocess.TimeoutExpired:
+            _signal_group(proc, signal.SIGKILL)
+            proc.wait()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        progress.close()
+    return Outcome(proc.returncode, progress.last_step, received[0] if received else None, nan_step, list(tail))
+
+
+def _signal_group(proc: subprocess.Popen, signum: int) -> None:
+    try:
+        os.killpg(proc.pid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def finish(plan: PlanRun, outcome: Outcome, result: Result, options: Options, echo) -> None:
+    """Say what happened: resume instructions, diagnoses, or export (and eval) of the final model."""
+    from paddle_ocrvl_sft.diagnose import diagnose, replan_for_oom
+
+    found = plan.backend.complete_checkpoints(plan.output_dir)
+    resume_cmd = f"python -m paddle_ocrvl_sft train {plan.plan_dir} --resume"
+    last_ckpt = (f"the last complete checkpoint is {found[max(found)]}; continue with:\n  {resume_cmd}" if found
+                 else "no checkpoint was completed yet: starting again needs --force")
+    if outcome.signal is not None:
+        name = signal.Signals(outcome.signal).name
+        raise Interrupted(f"stopped by {name} at step {outcome.last_step or 0}; {last_ckpt}", outcome.signal)
+    if outcome.exit or outcome.nan_step is not None:
+        found_issues = diagnose(outcome.tail)
+        lines = [f"{plan.backend.title} " + (f"diverged at step {outcome.nan_step}" if outcome.nan_step is not None
+                                              else f"exited with status {outcome.exit}") + f"; log: {result.run_dir / 'train.log'}"]
+        for known, line in found_issues:
+            lines.append(f"  {known.name}: {known.meaning}\n    seen: {line}\n    fix: {known.fix}")
+            if known.name == "out-of-memory":
+                lines.append("    " + replan_for_oom(plan.backend.batch_key, int(plan.config[plan.backend.batch_key]),
+                                                    int(plan.config["gradient_accumulation_steps"])))
+        if not found_issues:
+            lines.append("  (no known failure recognised: the end of the log follows)\n    " + "\n    ".join(outcome.tail[-15:]))
+        lines.append(f"  {last_ckpt}")
+        raise UserError("\n".join(lines))
+    echo(f"training finished at step {outcome.last_step}: {plan.output_dir}")
+    echo(f"loss curve: {result.run_dir / 'loss.png'}; metrics: {result.run_dir / 'metrics.jsonl'}")
+    if found:
+        echo(f"export a checkpoint: python -m paddle_ocrvl_sft export {plan.output_dir} --checkpoint N|last|all "
+             f"--base {plan.record.get('model', 'BASE')}   (checkpoints: {', '.join(str(n) for n in found)})")
+    if options.export:
+        export_and_evaluate(plan, result, options, echo)
+
+
+def export_and_evaluate(plan: PlanRun, result: Result, options: Options, echo) -> None:
+    from paddle_ocrvl_sft.export import export
+
+    base = plan.record.get("model")
+    if not base:
+        echo("note: plan.json names no base model (an older plan): export with `export OUTPUT --base BASE`")
+        return
+    bundle = plan.plan_dir / "bundle"
+    report = export(plan.output_dir, base, bundle, force=True, log=lambda line: echo(f"  {line}"))
+    result.bundle = report.out
+    echo(f"inference bundle: {report.out}")
+    evals = [item["path"] for item in plan.record.get("datasets", {}).get("eval", [])]
+    if options.evaluate and evals:
+        from paddle_ocrvl_sft.evaluate import evaluate, summary
+
+        result.eval_dir = plan.plan_dir / "eval"
+        metrics = evaluate(report.out, evals[0], out_dir=result.eval_dir, baseline=base, force=True,
+                           device="cpu" if plan.device == "cpu" else None, progress=False)
+        echo(f"eval of {evals[0]} (base vs fine-tuned): {result.eval_dir / 'report.html'}\n{summary(metrics)}")

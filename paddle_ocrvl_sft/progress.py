@@ -1,0 +1,132 @@
+"""Following a training run: a progress bar, ``metrics.jsonl`` and a loss-curve PNG that updates.
+
+Fed one parsed log point at a time (``Backend.parse_log_line``); nothing here knows which trainer
+runs. The PNG is redrawn at most every few seconds (and at the end), written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+PLOT_EVERY_SECONDS = 10.0
+
+
+class Progress:
+    def __init__(self, run_dir: Path, max_steps: int, *, start_step: int = 0, bar: bool = True, echo=print):
+        from tqdm import tqdm
+
+        self.run_dir = run_dir
+        self.metrics = run_dir / "metrics.jsonl"
+        self.plot = run_dir / "loss.png"
+        self.max_steps = max_steps
+        self.points: list[dict] = []
+        self.echo = echo
+        self.started = time.monotonic()
+        self.first_step: int | None = None
+        self.last_plot = 0.0
+        self.bar = tqdm(total=max_steps, initial=start_step, unit="step", file=sys.stderr, disable=not bar,
+                        dynamic_ncols=True, desc="train")
+
+    @property
+    def last_step(self) -> int | None:
+        return self.points[-1]["step"] if self.points else None
+
+    def update(self, point: dict) -> None:
+        point = {**point, "time": round(time.time(), 3)}
+        self.points.append(point)
+        with open(self.metrics, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(point) + "\n")
+        if self.first_step is None:
+            self.first_step, self.started = point["step"], time.monotonic()
+        self.bar.n = point["step"]
+        self.bar.set_postfix_str(self.postfix(point), refresh=False)
+        self.bar.refresh()
+        if self.bar.disable:
+            self.echo(f"step {point['step']:>6}/{self.max_steps}  {self.postfix(point)}")
+        if time.monotonic() - self.last_plot > PLOT_EVERY_SECONDS:
+            self.draw()
+
+    def postfix(self, point: dict) -> str:
+        parts = [f"loss {point['loss']:.4f}"]
+        if "lr" in point:
+            parts.append(f"lr {point['lr']:.2e}")
+        if "tokens_per_second" in point:
+            parts.append(f"{point['tokens_per_second']:.0f} tok/s")
+        eta = self.eta(point["step"])
+        if eta is not None:
+            parts.append(f"ETA {format_seconds(eta)}")
+        return "  ".join(parts)
+
+    def eta(self, step: int) -> float | None:
+        """Seconds left at the rate since the first step this run logged (resumes start mid-way)."""
+        done = step - (self.first_step or step)
+        if done <= 0:
+            return None
+        return (time.monotonic() - self.started) / done * max(0, self.max_steps - step)
+
+    def draw(self) -> None:
+        if self.points:
+            plot_loss(self.points, self.plot, self.max_steps)
+            self.last_plot = time.monotonic()
+
+    def close(self) -> None:
+        self.bar.close()
+        self.draw()
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = int(seconds)
+    h, m, s = seconds // 3600, seconds // 60 % 60, seconds % 60
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """The points of a metrics.jsonl (a torn last line from a killed run is skipped)."""
+    points = []
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                points.append(json.loads(line))
+            except ValueError:
+                continue
+    return points
+
+
+def plot_loss(points: list[dict], out: Path, max_steps: int | None = None) -> Path:
+    """Loss (and learning rate) against step; non-finite losses are marked on the x axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from paddle_ocrvl_sft.io import atomic_open
+
+    steps = [p["step"] for p in points]
+    losses = [p["loss"] for p in points]
+    fig, ax = plt.subplots(figsize=(7, 3.6), dpi=100)
+    finite = [(s, v) for s, v in zip(steps, losses) if math.isfinite(v)]
+    if finite:
+        ax.plot(*zip(*finite), color="#1f77b4", lw=1.5, label="loss")
+    bad = [s for s, v in zip(steps, losses) if not math.isfinite(v)]
+    if bad:
+        ax.scatter(bad, [ax.get_ylim()[0]] * len(bad), color="red", marker="x", label="NaN/inf loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    if max_steps:
+        ax.set_xlim(0, max_steps)
+    lrs = [(p["step"], p["lr"]) for p in points if "lr" in p]
+    if lrs:
+        lr_ax = ax.twinx()
+        lr_ax.plot(*zip(*lrs), color="#ff7f0e", lw=1, alpha=0.7, label="lr")
+        lr_ax.set_ylabel("learning rate")
+    ax.set_title(f"training loss, steps {steps[0]}-{steps[-1]}")
+    ax.legend(loc="upper right")
+    fig.tight_layout()
+    with atomic_open(out, "wb", force=True, encoding=None) as fh:
+        fig.savefig(fh, format="png")
+    plt.close(fig)
+    return out
