@@ -14,7 +14,7 @@ import sys
 from paddle_ocrvl_sft import __version__
 from paddle_ocrvl_sft.errors import UserError
 
-COMMAND_MODULES = ("data", "plan", "backend", "patch", "train", "export", "predict", "eval", "demo")
+COMMAND_MODULES = ("data", "plan", "backend", "patch", "train", "export", "predict", "eval", "demo", "doctor")
 
 
 def build_parser() -> argparse.ArgumentParser:
