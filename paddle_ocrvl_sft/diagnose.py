@@ -26,7 +26,7 @@ KNOWN: tuple[Known, ...] = (
           "the GPU ran out of memory",
           "lower B (packing_size / per_device_train_batch_size) and raise gradient_accumulation_steps by the same factor "
           "(G·B·A, max_steps and the learning rate stay as planned), or lower max_seq_len; see the numbers below"),
-    Known("loss-nan", r"\bloss: (nan|inf|-inf)\b",
+    Known("loss-nan", r"\bloss: (nan|inf|-inf)\b|LossNan|Loss contains inf or nan",
           "the loss became NaN or infinite (diverged)",
           "lower learning_rate (e.g. 10x), keep warmup_steps >= 1% of max_steps, check the data for empty answers; "
           "resume from a checkpoint before the divergence with `train --resume checkpoint-N` after re-planning"),

@@ -34,11 +34,11 @@ from typing import Callable
 import yaml
 
 from paddle_ocrvl_sft import __version__, backends
+from paddle_ocrvl_sft.backends import envs
 from paddle_ocrvl_sft.backends.base import Backend, Launch
 from paddle_ocrvl_sft.errors import UserError
 from paddle_ocrvl_sft.io import write_json
 
-PACKAGE_PARENT = Path(__file__).resolve().parents[1]  # on PYTHONPATH of a CPU run: backends.cpu imports from here
 DEFAULT_IMAGE = "paddle-ocrvl-sft:latest"  # built from docker/Dockerfile (the guide's paddle:3.2.0-gpu-cuda12.6-cudnn9.5)
 LOCK = ".train.lock"
 STOP_GRACE_SECONDS = 60
@@ -257,7 +257,7 @@ def command_for(plan: PlanRun, trainer_env, env: dict[str, str], overrides: list
     env = dict(env)
     if plan.device == "cpu":
         command[0] = str(trainer_env.python) if trainer_env else "python"
-        env["PYTHONPATH"] = str(PACKAGE_PARENT)
+        env["PYTHONPATH"] = str(envs.PACKAGE_PARENT)
     elif trainer_env:
         command[0] = str(trainer_env.bin_dir / plan.backend.executable)
     return Launch(command + overrides, env)
@@ -322,8 +322,6 @@ def git_state(repo: Path) -> dict:
 
 
 def run_record(plan: PlanRun, launch: Launch, trainer_env, checkpoint: Path | None) -> dict:
-    from paddle_ocrvl_sft.backends import envs
-
     datasets = [item["path"] for group in ("train", "eval") for item in plan.record.get("datasets", {}).get(group, [])]
     installed = envs.read_record(plan.backend.name) if trainer_env and "installed" in trainer_env.origin else None
     return {
@@ -334,7 +332,7 @@ def run_record(plan: PlanRun, launch: Launch, trainer_env, checkpoint: Path | No
         "config": plan.config, "resume_from": str(checkpoint) if checkpoint else None,
         "datasets": fingerprint(datasets),
         "versions": {"paddle-ocrvl-sft": __version__, "python": platform.python_version(), "platform": platform.platform()},
-        "git": git_state(PACKAGE_PARENT),
+        "git": git_state(envs.PACKAGE_PARENT),
         "started": _now(), "finished": None, "exit": None, "last_step": None,
     }
 
@@ -348,7 +346,6 @@ def _now() -> str:
 
 def run(plan_dir: str | os.PathLike, options: Options | None = None, *, echo: Callable[[str], None] = print) -> Result:
     """Train a plan; returns where everything went. Raises :class:`UserError` on failure."""
-    from paddle_ocrvl_sft.backends import envs
     from paddle_ocrvl_sft.plan import _check_overrides
 
     options = options or Options()
@@ -506,6 +503,22 @@ def finish(plan: PlanRun, outcome: Outcome, result: Result, options: Options, ec
         export_and_evaluate(plan, result, options, echo)
 
 
+def answer_token_cap(dataset: str) -> int:
+    """A generation cap for eval: no answer needs more tokens than twice the longest reference has
+    characters (a model that never stops would otherwise generate up to the backend's default)."""
+    from paddle_ocrvl_sft.data.sample import sample_turns
+    from paddle_ocrvl_sft.io import iter_records
+
+    longest = 0
+    for record in iter_records(dataset):
+        if record.error is None and isinstance(record.value, dict):
+            try:
+                longest = max(longest, *(len(answer) for _, answer in sample_turns(record.value)))
+            except (KeyError, TypeError, ValueError):
+                continue
+    return max(32, 2 * longest)
+
+
 def export_and_evaluate(plan: PlanRun, result: Result, options: Options, echo) -> None:
     from paddle_ocrvl_sft.export import export
 
@@ -523,5 +536,6 @@ def export_and_evaluate(plan: PlanRun, result: Result, options: Options, echo) -
 
         result.eval_dir = plan.plan_dir / "eval"
         metrics = evaluate(report.out, evals[0], out_dir=result.eval_dir, baseline=base, force=True,
-                           device="cpu" if plan.device == "cpu" else None, progress=False)
+                           device="cpu" if plan.device == "cpu" else None, progress=False,
+                           max_new_tokens=answer_token_cap(evals[0]))
         echo(f"eval of {evals[0]} (base vs fine-tuned): {result.eval_dir / 'report.html'}\n{summary(metrics)}")

@@ -7,6 +7,18 @@ from pathlib import Path
 
 import pytest
 
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def backend_home():
+    """Trainer environments built by tests go to REPO/.backends (kept between runs: `backend install`
+    is a no-op for an unchanged lock), never to the user's ~/.cache; $PADDLE_OCRVL_SFT_HOME wins."""
+    import os
+
+    os.environ.setdefault("PADDLE_OCRVL_SFT_HOME", str(REPO / ".backends"))
+    return Path(os.environ["PADDLE_OCRVL_SFT_HOME"])
+
 
 
 def write_image(path: Path, size=(120, 80), color="white", fmt=None) -> Path:

@@ -33,6 +33,8 @@ from paddle_ocrvl_sft import backends
 from paddle_ocrvl_sft.errors import UserError
 
 REQUIREMENTS = Path(__file__).parent / "requirements"
+# on PYTHONPATH of a trainer's process: backends.cpu is imported from this package there
+PACKAGE_PARENT = Path(__file__).resolve().parents[2]
 ERNIEKIT_GIT = ("https://github.com/PaddlePaddle/ERNIE", "release/v1.4")
 HOME_ENV = "PADDLE_OCRVL_SFT_HOME"
 # What each installed environment must import, and the versions worth showing.

@@ -380,7 +380,6 @@ def merge_lora(src: Path, base_dir: Path, work: Path, log=print) -> Path:
     import subprocess
 
     from paddle_ocrvl_sft.backends import envs
-    from paddle_ocrvl_sft.train import PACKAGE_PARENT
 
     adapter = work / "adapter"
     adapter.mkdir(parents=True)
@@ -395,7 +394,7 @@ def merge_lora(src: Path, base_dir: Path, work: Path, log=print) -> Path:
     trainer = envs.require("paddleformers")
     cmd = [str(trainer.python), "-m", PaddleFormers.cpu_module, "export", str(work / "export.yaml")]
     log(f"merging LoRA with PaddleFormers' exporter: {' '.join(cmd)}")
-    proc = subprocess.run(cmd, env=trainer.env({**os.environ, "PYTHONPATH": str(PACKAGE_PARENT), "NO_COLOR": "1"}),
+    proc = subprocess.run(cmd, env=trainer.env({**os.environ, "PYTHONPATH": str(envs.PACKAGE_PARENT), "NO_COLOR": "1"}),
                           capture_output=True, text=True)
     merged = sorted((adapter / "export").glob("model-*.safetensors")) or sorted((adapter / "export").glob("model.safetensors"))
     if proc.returncode or len(merged) != 1:
