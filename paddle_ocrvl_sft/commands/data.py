@@ -20,7 +20,7 @@ def register(subparsers) -> None:
     _add_measure_args(p, default_max_seq_len=16384)
     p.add_argument("--decode", action="store_true", help="fully decode every image (slow), not just its header")
     p.add_argument("--json", action="store_true", help="machine-readable report on stdout")
-    p.add_argument("--write-clean", metavar="OUT", help="write the good rows to OUT and the rejects to OUT's .rejects.jsonl")
+    p.add_argument("--write-clean", metavar="OUT", help="write the good rows to OUT (.jsonl, readable by ERNIEKit) and the rejects to OUT's .rejects.jsonl")
     p.add_argument("--force", action="store_true", help="overwrite --write-clean outputs")
     p.set_defaults(func=run_validate)
 
@@ -75,7 +75,7 @@ def _options(args, **extra):
 
 
 def run_validate(args) -> int:
-    from paddle_ocrvl_sft.data.validate import rejects_path, validate_and_write_clean, validate_paths
+    from paddle_ocrvl_sft.data.validate import dropped_on_write, rejects_path, validate_and_write_clean, validate_paths
 
     options = _options(args, decode=args.decode)
     if args.json:
@@ -99,7 +99,9 @@ def run_validate(args) -> int:
     else:
         print(report.summary())
         if args.write_clean:
-            print(f"wrote {report.valid} good rows to {args.write_clean}, {report.rejected} rejects to {rejects_path(args.write_clean)}")
+            dropped = dropped_on_write(report)
+            print(f"wrote {report.valid} good rows to {args.write_clean}, {report.rejected} rejects to "
+                  f"{rejects_path(args.write_clean)}" + (f"; left out {dropped}" if dropped else ""))
     return 0 if report.ok else 1
 
 

@@ -15,8 +15,8 @@ from pathlib import Path
 from paddle_ocrvl_sft.data.sample import image_location, image_urls, relocate_image, sample_turns
 from paddle_ocrvl_sft.data.validate import check_dataset_paths
 from paddle_ocrvl_sft.errors import UserError
-from paddle_ocrvl_sft.io import atomic_open, iter_records, refuse_existing, refuse_inputs_as_outputs
-from paddle_ocrvl_sft.prompts import prompt_kind, render_json
+from paddle_ocrvl_sft.io import atomic_open, iter_records, refuse_existing, refuse_inputs_as_outputs, write_json_line
+from paddle_ocrvl_sft.prompts import prompt_kind
 
 
 class _UnionFind:
@@ -118,7 +118,7 @@ def split_dataset(
             sample = record.value
             for info in sample["image_info"]:
                 info["image_url"] = relocate_image(info["image_url"], source, out)
-            (val_fh if is_val else train_fh).write(render_json(sample) + "\n")
+            write_json_line(val_fh if is_val else train_fh, sample)
             side = result.val_by_kind if is_val else result.train_by_kind
             side[kinds[i]] = side.get(kinds[i], 0) + 1
             if is_val:
