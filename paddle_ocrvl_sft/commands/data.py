@@ -54,6 +54,8 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-o", "--out-prefix", metavar="PREFIX", help="writes PREFIX.train.jsonl and PREFIX.val.jsonl (default: IN without .jsonl)")
     p.add_argument("--force", action="store_true", help="overwrite the outputs")
+    p.add_argument("--allow-uneven", action="store_true",
+                   help="write a split whose sides are far from --val (image groups too big to do better); an empty side is never written")
     p.set_defaults(func=run_split)
 
 
@@ -153,7 +155,10 @@ def run_split(args) -> int:
 
     prefix = args.out_prefix or str(Path(args.file).with_suffix(""))
     train, val = f"{prefix}.train.jsonl", f"{prefix}.val.jsonl"
-    result = split_dataset(args.file, train, val, val_fraction=args.val, seed=args.seed, force=args.force)
+    result = split_dataset(args.file, train, val, val_fraction=args.val, seed=args.seed, force=args.force,
+                           allow_uneven=args.allow_uneven)
+    if result.uneven:
+        print(f"warning: {result.uneven} (--allow-uneven)", file=sys.stderr)
     print(f"train: {result.train} samples -> {train}")
     print(f"val:   {result.val} samples -> {val}")
     for kind in sorted(set(result.train_by_kind) | set(result.val_by_kind)):
