@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 from paddle_ocrvl_sft.commands import data_convert, positive_int
-from paddle_ocrvl_sft.tokens import PixelBounds
 
 
 def register(subparsers) -> None:
@@ -70,6 +69,7 @@ def _add_measure_args(p: argparse.ArgumentParser, *, default_max_seq_len: int | 
 
 def _options(args, **extra):
     from paddle_ocrvl_sft.data.validate import ValidateOptions
+    from paddle_ocrvl_sft.tokens import PixelBounds
 
     bounds = PixelBounds.from_model_dir(args.model) if args.model else PixelBounds()
     bounds = bounds.with_overrides(args.min_pixels, args.max_pixels)
