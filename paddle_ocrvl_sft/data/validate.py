@@ -173,8 +173,7 @@ class ValidationReport:
             lines.append(f"ERNIEKit would silently drop or crash on the {self.rejected} rejected sample(s): fix them first.")
         if reading := {rule: self.by_rule[rule] for rule, _ in READER_RULES.values() if rule in self.by_rule}:
             found = ", ".join(f"{rule}={n}" for rule, n in reading.items())
-            lines.append(f"ERNIEKit's reader would stop the run at start-up on {found}: fix the file, "
-                         "or write a clean copy with --write-clean.")
+            lines.append(f"ERNIEKit's reader would stop the run at start-up on {found} (--write-clean writes a copy without them).")
         if self.valid == 0:
             lines.append("No valid sample: ERNIEKit's loader would loop forever on this dataset.")
         if self.by_rule:
