@@ -119,6 +119,8 @@ def _iter_jsonl(path: Path, on_tolerated: Tolerated | None) -> Iterator[Record]:
             yield Record(path, lineno, error=f"invalid JSON: {exc.msg} (column {exc.colno})")
         except RecursionError:
             yield Record(path, lineno, error="invalid JSON: nested too deeply")
+        except ValueError as exc:  # an integer of more than 4300 digits (sys.get_int_max_str_digits)
+            yield Record(path, lineno, error=f"invalid JSON: {exc}")
 
 
 def _iter_json_array(path: Path, on_tolerated: Tolerated | None) -> Iterator[Record]:
@@ -183,6 +185,8 @@ class _ArrayReader:
                     raise _ArrayError(line, f"invalid JSON: {exc.msg}") from None
             except RecursionError:
                 raise _ArrayError(self.line, "invalid JSON: nested too deeply") from None
+            except ValueError as exc:  # an integer of more than 4300 digits
+                raise _ArrayError(self.line, f"invalid JSON: {exc}") from None
             self._more(fh)
 
     def __iter__(self) -> Iterator[Record]:

@@ -400,6 +400,8 @@ READING_CASES = [
     ("json-array-blank-lines", ".json", b"\n[\n\n" + ROW + b"\n\n]\n\n"),
     ("json-lines-in-json", ".json", ROW + b"\n" + ROW2 + b"\n"),
     ("one-object-in-json", ".json", ROW + b"\n"),
+    ("huge-integer", ".jsonl", ROW + b"\n" + ROW2.replace(b'"matched_text_index": 0', b'"x": ' + b"1" * 5000) + b"\n"),
+    ("huge-integer-in-json", ".json", b"[" + ROW + b", " + b"1" * 5000 + b"]"),
 ]
 
 
