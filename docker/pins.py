@@ -57,7 +57,7 @@ def pip_installs(dockerfile: str) -> list[list[str]]:
 def copied_files(dockerfile: str) -> dict[str, Path]:
     """Container path -> repo file for the single-file COPY instructions."""
     found = {}
-    for src, dst in re.findall(r"^COPY (\S+) (\S+)$", dockerfile, re.M):
+    for src, dst in re.findall(r"^COPY (\S+) (\S+)$", dockerfile, re.MULTILINE):
         if (ROOT / src).is_file():
             found[dst] = ROOT / src
     return found
@@ -71,9 +71,7 @@ def parse_install(args: list[str]) -> tuple[list[str], list[str], list[str]]:
     for word in words:
         if word in ("-c", "--constraint"):
             constraints.append(next(words))
-        elif word in ("-r", "--requirement"):
-            files.append(next(words))
-        elif word in ("-e", "--editable"):
+        elif word in ("-r", "--requirement", "-e", "--editable"):
             files.append(next(words))
         elif word.startswith("/"):
             files.append(word)

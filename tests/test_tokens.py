@@ -17,7 +17,6 @@ from paddle_ocrvl_sft.tokens import (
 )
 
 
-
 def random_sizes(n: int, seed: int = 0):
     """Sizes across every branch: tiny sides, near the 200 aspect limit, far above max_pixels."""
     rng = random.Random(seed)
