@@ -30,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    for stream in (sys.stdout, sys.stderr):  # user data can hold lone surrogates ("\ud800" in JSON):
+        if hasattr(stream, "reconfigure"):  # print them escaped instead of failing on them
+            stream.reconfigure(errors="backslashreplace")
     args = build_parser().parse_args(argv)  # usage errors: argparse prints them and exits 2
     try:
         return int(args.func(args) or 0)

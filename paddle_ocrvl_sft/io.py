@@ -7,17 +7,21 @@ place with ``os.replace`` (atomic on POSIX), and existing outputs are refused wi
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
+import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from paddle_ocrvl_sft.errors import UserError
 
 _CHUNK = 1 << 16
+BOM = b"\xef\xbb\xbf"
+Tolerated = Callable[[int, str], None]  # on_tolerated(line, what): see iter_records
 
 
 @dataclass(frozen=True)
@@ -38,53 +42,74 @@ class Record:
         return f"{self.path}:{self.line}"
 
 
-def iter_records(path: str | os.PathLike) -> Iterator[Record]:
+def iter_records(path: str | os.PathLike, *, on_tolerated: Tolerated | None = None) -> Iterator[Record]:
     """Stream the records of a ``.jsonl`` file or a top-level ``.json`` array in constant memory.
 
     A ``.jsonl`` file is always read line by line; a ``.json`` file is a JSON array when it
-    starts with ``[`` and JSON Lines otherwise. Unparsable JSONL lines and undecodable bytes come back as records with ``error`` set, so a
-    validator can report every bad line instead of stopping at the first (ERNIEKit stops there).
-    A ``.json`` file is streamed element by element; its first syntax error ends the stream
-    (that error record has ``unread_after`` set).
+    starts with ``[`` and JSON Lines otherwise. Unparsable JSONL lines and undecodable bytes come
+    back as records with ``error`` set, so a validator can report every bad line instead of
+    stopping at the first (ERNIEKit stops there). A ``.json`` file is streamed element by element;
+    its first syntax error ends the stream (that error record has ``unread_after`` set).
+
+    The reading is lenient where ERNIEKit's is not; ``on_tolerated(line, what)`` hears of each
+    such place: ``"bom"`` (a byte-order mark opening a line or the file), ``"blank"`` (a blank or
+    whitespace-only JSONL line), ``"not-array"`` (a ``.json`` file read as JSON Lines).
     """
     path = Path(path)
-    if path.suffix.lower() == ".json" and _starts_with_bracket(path):
-        yield from _iter_json_array(path)
+    if path.suffix.lower() != ".json":
+        yield from _iter_jsonl(path, on_tolerated)
+    elif _starts_with_bracket(path):
+        yield from _iter_json_array(path, on_tolerated)
     else:
-        yield from _iter_jsonl(path)
+        if on_tolerated:
+            on_tolerated(1, "not-array")
+        yield from _iter_jsonl(path, on_tolerated)
 
 
 def _starts_with_bracket(path: Path) -> bool:
     with open(path, "rb") as fh:
+        first = True
         while chunk := fh.read(_CHUNK):
-            chunk = chunk.lstrip(b"\xef\xbb\xbf \t\r\n")
+            chunk = (chunk.removeprefix(BOM) if first else chunk).lstrip(b" \t\r\n")
             if chunk:
                 return chunk.startswith(b"[")
+            first = False
     return False
 
 
-def iter_lines(path: str | os.PathLike, *, skip_blank: bool = True) -> Iterator[tuple[int, str | None, str | None]]:
+def iter_lines(
+    path: str | os.PathLike, *, skip_blank: bool = True, on_tolerated: Tolerated | None = None
+) -> Iterator[tuple[int, str | None, str | None]]:
     """The lines of a UTF-8 text file, streamed as ``(lineno, text, None)`` (1-based, line ending
     kept) or ``(lineno, None, why)`` for a line that is not UTF-8.
 
-    Lines end at ``\n``. Each line is decoded on its own, so a bad byte costs its line only and
-    the numbers stay right. A BOM opening line 1 is dropped; blank lines are skipped unless
-    ``skip_blank`` is false.
+    Lines end at ``\n``, ``\r\n`` or a lone ``\r``: Python's universal newlines, what ``open()`` in
+    text mode (and so ERNIEKit's reader) splits on; ``\u2028`` and the like do not end a line.
+    Each line is decoded on its own, so a bad byte costs its line only and the numbers stay right.
+    A BOM opening a line is dropped; blank lines are skipped unless ``skip_blank`` is false.
+    ``on_tolerated`` hears of both (``"bom"``, ``"blank"``).
     """
+    lineno = 0
     with open(path, "rb") as fh:
-        for lineno, raw in enumerate(fh, 1):
-            if lineno == 1:
-                raw = raw.removeprefix(b"\xef\xbb\xbf")
-            if skip_blank and not raw.strip():
-                continue
-            try:
-                yield lineno, raw.decode("utf-8"), None
-            except UnicodeDecodeError as exc:
-                yield lineno, None, f"not UTF-8 text ({exc.reason} at byte {exc.start})"
+        for chunk in fh:  # ends at b"\n"; a lone b"\r" can only sit inside a chunk
+            for raw in chunk.splitlines(keepends=True) if b"\r" in chunk else (chunk,):
+                lineno += 1
+                if raw.startswith(BOM):
+                    raw = raw[len(BOM) :]
+                    if on_tolerated:
+                        on_tolerated(lineno, "bom")
+                if skip_blank and not raw.strip():
+                    if on_tolerated:
+                        on_tolerated(lineno, "blank")
+                    continue
+                try:
+                    yield lineno, raw.decode("utf-8"), None
+                except UnicodeDecodeError as exc:
+                    yield lineno, None, f"not UTF-8 text ({exc.reason} at byte {exc.start})"
 
 
-def _iter_jsonl(path: Path) -> Iterator[Record]:
-    for lineno, text, error in iter_lines(path):
+def _iter_jsonl(path: Path, on_tolerated: Tolerated | None) -> Iterator[Record]:
+    for lineno, text, error in iter_lines(path, on_tolerated=on_tolerated):
         if error:
             yield Record(path, lineno, error=error)
             continue
@@ -94,11 +119,13 @@ def _iter_jsonl(path: Path) -> Iterator[Record]:
             yield Record(path, lineno, error=f"invalid JSON: {exc.msg} (column {exc.colno})")
         except RecursionError:
             yield Record(path, lineno, error="invalid JSON: nested too deeply")
+        except ValueError as exc:  # an integer of more than 4300 digits (sys.get_int_max_str_digits)
+            yield Record(path, lineno, error=f"invalid JSON: {exc}")
 
 
-def _iter_json_array(path: Path) -> Iterator[Record]:
+def _iter_json_array(path: Path, on_tolerated: Tolerated | None) -> Iterator[Record]:
     """Decode ``[v1, v2, ...]`` one element at a time; the buffer holds about one element."""
-    reader = _ArrayReader(path)
+    reader = _ArrayReader(path, on_tolerated)
     try:
         yield from reader
     except _ArrayError as exc:
@@ -112,10 +139,13 @@ class _ArrayError(Exception):
 
 
 class _ArrayReader:
-    """``raw_decode`` over a sliding text buffer, tracking line numbers."""
+    """``raw_decode`` over a sliding text buffer, tracking line numbers.
 
-    def __init__(self, path: Path):
-        self.path = path
+    Read in text mode with universal newlines, as ``json.load`` in ERNIEKit sees the file.
+    """
+
+    def __init__(self, path: Path, on_tolerated: Tolerated | None = None):
+        self.path, self.on_tolerated = path, on_tolerated
         self.buf, self.pos, self.line, self.eof = "", 0, 1, False
         self.decoder = json.JSONDecoder()
 
@@ -131,7 +161,7 @@ class _ArrayReader:
     def _peek(self, fh) -> str:
         """The next non-blank character ('' at end of file), counting the newlines skipped."""
         while True:
-            while self.pos < len(self.buf) and self.buf[self.pos] in " \t\r\n\ufeff":
+            while self.pos < len(self.buf) and self.buf[self.pos] in " \t\r\n":
                 self.line += self.buf[self.pos] == "\n"
                 self.pos += 1
             if self.pos < len(self.buf):
@@ -155,10 +185,17 @@ class _ArrayReader:
                     raise _ArrayError(line, f"invalid JSON: {exc.msg}") from None
             except RecursionError:
                 raise _ArrayError(self.line, "invalid JSON: nested too deeply") from None
+            except ValueError as exc:  # an integer of more than 4300 digits
+                raise _ArrayError(self.line, f"invalid JSON: {exc}") from None
             self._more(fh)
 
     def __iter__(self) -> Iterator[Record]:
-        with open(self.path, "r", encoding="utf-8", newline="") as fh:
+        with open(self.path, "r", encoding="utf-8") as fh:
+            self._more(fh)
+            if self.buf.startswith("\ufeff"):  # only here: json.load fails on one anywhere else too
+                self.pos = 1
+                if self.on_tolerated:
+                    self.on_tolerated(1, "bom")
             if self._peek(fh) != "[":
                 raise _ArrayError(self.line, "a .json dataset must be a JSON array of samples")
             self.pos += 1
@@ -190,6 +227,32 @@ def read_text(path: str | os.PathLike, *, missing: str = "no such file") -> str:
         raise UserError(f"{path}: {missing}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"{path}: unreadable ({exc})") from None
+
+
+def shown(text: str | os.PathLike) -> str:
+    """A path or value from user data, for a message: as is, or quoted with escapes when it holds
+    characters a terminal would swallow or mangle (NUL, control characters, lone surrogates)."""
+    text = str(text)
+    return text if text.isprintable() else repr(text)
+
+
+def open_named_file(path: str | os.PathLike, mode: str = "rb", **kwargs):
+    """``open()`` for a path that came from user data (an image a sample names, a CSV a manifest
+    points at). Only a regular file is opened: a FIFO would block until a writer comes, a device
+    could be endless. Every refusal is an ``OSError`` whose ``strerror`` says why in words,
+    including the ones Python raises as ``ValueError`` before asking the OS (a NUL character,
+    a lone surrogate), so callers make it that row's error with one ``except OSError``.
+    """
+    try:
+        mode_bits = os.stat(path).st_mode
+    except ValueError as exc:
+        why = "the path contains a NUL character" if "null" in str(exc) else f"not a usable file name ({exc})"
+        raise OSError(errno.EINVAL, why, str(path)) from None
+    if stat.S_ISDIR(mode_bits):
+        raise IsADirectoryError(errno.EISDIR, "a directory, not a file", str(path))
+    if not stat.S_ISREG(mode_bits):
+        raise OSError(errno.EINVAL, "not a regular file (a FIFO, socket or device)", str(path))
+    return open(path, mode, **kwargs)
 
 
 # --- writing -------------------------------------------------------------------------------
@@ -245,6 +308,16 @@ def atomic_write_text(path: str | os.PathLike, text: str, *, force: bool = True)
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, force: bool = True) -> None:
     with atomic_open(path, "wb", force=force) as fh:
         fh.write(data)
+
+
+def write_json_line(fh, value: Any) -> None:
+    """One JSON Lines row, non-ASCII text kept as it is. A lone surrogate (read from a ``"\\ud800"``
+    escape) cannot be written as UTF-8: that row is written with ``\\u`` escapes, which read back
+    the same; the text file encodes a row whole before writing any of it."""
+    try:
+        fh.write(json.dumps(value, ensure_ascii=False) + "\n")
+    except UnicodeEncodeError:
+        fh.write(json.dumps(value) + "\n")
 
 
 def write_json(path: str | os.PathLike, obj: Any, *, force: bool = True) -> None:

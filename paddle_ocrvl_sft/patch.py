@@ -69,14 +69,12 @@ class Target:
 
 
 def find_target(paddlex_path: str | os.PathLike | None = None, patch: dict | None = None) -> Target:
-    """Locate ``pipeline.py``: in ``paddlex_path`` (a dir holding the ``paddlex`` package, e.g. an
-    unpacked wheel) or in the installed paddlex, found with ``find_spec`` (which does not run
-    paddlex's ``__init__``: importing paddlex takes seconds)."""
+    """Locate ``pipeline.py``: in ``paddlex_path`` (see :func:`package_dir_of`) or in the installed
+    paddlex, found with ``find_spec`` (which does not run paddlex's ``__init__``: importing paddlex
+    takes seconds)."""
     patch = patch or load_patch()
     if paddlex_path is not None:
-        package_dir = Path(paddlex_path) / "paddlex"
-        if not package_dir.is_dir():
-            raise UserError(f"{paddlex_path}: no 'paddlex' package directory in it (--paddlex-path)")
+        package_dir = package_dir_of(Path(paddlex_path))
     else:
         import importlib.util
 
@@ -88,6 +86,18 @@ def find_target(paddlex_path: str | os.PathLike | None = None, patch: dict | Non
     if not path.is_file():
         raise UnsupportedShape(f"{path}: not found; this paddlex has no PaddleOCR-VL pipeline where the patch expects it")
     return Target(package_dir, path, _dist_version(package_dir))
+
+
+def package_dir_of(given: Path) -> Path:
+    """The ``paddlex`` package dir that ``--paddlex-path`` means: ``given`` holds it (site-packages,
+    an unpacked wheel), is it (what ``pip show -f`` and tracebacks name), or lies inside it (a
+    file of a traceback)."""
+    if (given / "paddlex").is_dir():
+        return given / "paddlex"
+    inside = next((p for p in (given, *given.parents) if p.name == "paddlex" and p.is_dir()), None)
+    if inside is None:
+        raise UserError(f"{given}: neither holds the 'paddlex' package nor lies inside it (--paddlex-path)")
+    return inside
 
 
 def _dist_version(package_dir: Path) -> str:

@@ -321,6 +321,30 @@ def erniekit_source() -> Path | None:
     return vendored[-1] if vendored else None
 
 
+def erniekit_module(relpath: str, dest: str | Path):
+    """Import one module of ERNIEKit's source (``relpath`` inside the repo, e.g.
+    ``ernie/dataset/vl_sft_reader/vl_sft_dataset_json.py``) from its file, copied to ``dest``;
+    None without a source. Loaded on its own, not through its package, whose ``__init__`` pulls in
+    the trainer: only the module's own imports must be installed."""
+    import importlib.util
+    import tarfile
+
+    source = erniekit_source()
+    if source is None:
+        return None
+    target = Path(dest) / Path(relpath).name
+    if source.is_dir():
+        shutil.copyfile(source / relpath, target)
+    else:
+        with tarfile.open(source) as tar:
+            member = next(m for m in tar.getmembers() if m.name.split("/", 1)[-1] == relpath)
+            target.write_bytes(tar.extractfile(member).read())
+    spec = importlib.util.spec_from_file_location(f"erniekit_{target.stem}", target)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 # --- synthetic images ---------------------------------------------------------------------------
 
 

@@ -318,9 +318,8 @@ def test_outputs_are_never_clobbered(tmp_path, capsys):
 
 
 def test_usage_errors(tmp_path, capsys):
-    with pytest.raises(SystemExit) as exc:
-        convert("--from", "nope", tmp_path / "x", "-o", tmp_path / "y")
-    assert exc.value.code == 2
+    assert convert("--from", "nope", tmp_path / "x", "-o", tmp_path / "y") == 2  # checked before the input
+    assert "--from nope: unknown format (choose from llava" in capsys.readouterr().err
     assert convert("--from", "llava", tmp_path / "absent.json", "-o", tmp_path / "y") == 1
     assert "absent.json: no such file" in capsys.readouterr().err
 
@@ -350,3 +349,26 @@ def test_memory_stays_flat_as_input_grows(tmp_path):
     run(20_000, traced=False)
     small, large = run(2_000, traced=True), run(20_000, traced=True)
     assert large < small * 1.2 + 64_000  # 10x the records, the same peak
+
+
+def test_lone_cr_line_ends_count_as_lines_in_csv_and_label_files(tmp_path, capsys):
+    src = tmp_path / "mac.csv"  # old Mac line ends; the bad row is on line 3
+    src.write_bytes(b"image,prompt,answer\ra.png,ocr,x\rb.png,ocr\rc.png,ocr,\"two\r\nlines\"\r")
+    assert convert("--from", "csv", src, "-o", tmp_path / "o.jsonl", "--skip-bad") == 0
+    assert capsys.readouterr().err.splitlines() == [f"{src}:3: error: record: 2 fields for a 3-column header (image,prompt,answer)"]
+    assert [s["text_info"][1]["text"] for s in read_jsonl(tmp_path / "o.jsonl")] == ["x", "two\r\nlines"]
+
+
+def test_table_csv_paths_the_os_refuses_are_rejects_not_tracebacks(tmp_path, capsys):
+    import os
+
+    (tmp_path / "adir").mkdir()
+    os.mkfifo(tmp_path / "fifo.csv")  # opening it would block until a writer comes
+    names = ["adir", "fifo.csv", "nul\x00.csv", "x" * 300 + ".csv", "\ud800.csv"]
+    src = tmp_path / "t.jsonl"
+    src.write_text("".join(json.dumps({"image": "a.png", "table_csv": n}) + "\n" for n in names), encoding="utf-8")
+    assert convert("--from", "csv-table", src, "-o", tmp_path / "o.jsonl", "--skip-bad") == 1  # nothing converted
+    err = capsys.readouterr().err.splitlines()
+    assert [line.split(": error: ")[0] for line in err[:5]] == [f"{src}:{n}" for n in range(1, 6)]
+    for line, why in zip(err, ["a directory", "not a regular file", "NUL character", "File name too long", "not a usable file name"]):
+        assert why in line, line

@@ -92,3 +92,57 @@ def test_discard_output_leaves_the_target_as_it_was(tmp_path):
         fh.write("new")
         raise DiscardOutput
     assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["out.jsonl"]
+
+
+def test_lines_end_where_text_mode_open_ends_them(tmp_path):
+    from paddle_ocrvl_sft.io import iter_lines
+
+    data = "a\rb\r\nc\nd\u2028e\x85f\x0bg\x0ch\ri"
+    path = tmp_path / "t.txt"
+    path.write_bytes(data.encode())
+    with open(path, encoding="utf-8") as fh:  # what ERNIEKit's `for line in open(path)` sees
+        expected = [line.rstrip("\n") for line in fh]
+    got = [(n, text.rstrip("\r\n")) for n, text, _ in iter_lines(path)]
+    assert got == list(enumerate(expected, 1)) and len(got) == 5
+
+
+def test_tolerated_bom_blank_lines_and_json_lines_in_json_are_reported(tmp_path):
+    heard = []
+    path = tmp_path / "a.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"a": 1}\n\n \t\n\xef\xbb\xbf{"b": 2}\n')
+    assert [r.value for r in iter_records(path, on_tolerated=lambda *x: heard.append(x))] == [{"a": 1}, {"b": 2}]
+    assert heard == [(1, "bom"), (2, "blank"), (3, "blank"), (4, "bom")]
+    heard.clear()
+    path = tmp_path / "a.json"
+    path.write_bytes(b'\xef\xbb\xbf[\n{"a": 1}\n]')
+    assert [(r.line, r.value) for r in iter_records(path, on_tolerated=lambda *x: heard.append(x))] == [(2, {"a": 1})]
+    path.write_bytes(b'{"a": 1}\n')
+    assert [r.value for r in iter_records(path, on_tolerated=lambda *x: heard.append(x))] == [{"a": 1}]
+    assert heard == [(1, "bom"), (1, "not-array")]
+
+
+def test_a_bom_inside_a_json_array_is_not_whitespace(tmp_path):
+    path = tmp_path / "a.json"
+    path.write_text('[{"a": 1},\ufeff{"b": 2}]', encoding="utf-8")  # json.load fails on it too
+    records = list(iter_records(path))
+    assert records[0].value == {"a": 1} and records[1].error and records[1].unread_after
+
+
+@pytest.mark.parametrize("name,why", [
+    ("missing.png", "No such file"), ("adir", "a directory"), ("fifo", "not a regular file"),
+    ("nul\x00.png", "NUL character"), ("x" * 300, "File name too long"), ("\ud800.png", "not a usable file name"),
+    ("file.png/inner.png", "Not a directory"),
+])
+def test_open_named_file_refuses_with_an_oserror_saying_why(tmp_path, name, why):
+    import os
+
+    from paddle_ocrvl_sft.io import open_named_file
+
+    (tmp_path / "adir").mkdir()
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "file.png").write_bytes(b"x")
+    with pytest.raises(OSError) as exc:
+        open_named_file(tmp_path / name)
+    assert why in exc.value.strerror
+    with open_named_file(tmp_path / "file.png") as fh:
+        assert fh.read() == b"x"

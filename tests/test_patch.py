@@ -193,8 +193,18 @@ def test_cli_status_apply_revert(copy, capsys):
     assert main(["patch", "apply", "--paddlex-path", root]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: refusing to patch") and "Traceback" not in err
-    assert main(["patch", "status", "--paddlex-path", str(copy.path.parent)]) == 1
-    assert "no 'paddlex' package directory" in capsys.readouterr().err
+    assert main(["patch", "status", "--paddlex-path", str(copy.package_dir.parent.parent)]) == 1
+    assert "neither holds the 'paddlex' package nor lies inside it" in capsys.readouterr().err
+
+
+def test_paddlex_path_may_be_the_package_its_parent_or_a_file_inside_it(copy, capsys):
+    # what `pip show -f paddlex` (Location: site-packages) and a traceback (.../paddlex/.../pipeline.py) point at
+    for given in (copy.package_dir.parent, copy.package_dir, copy.path):
+        assert px.find_target(given) == copy
+    assert main(["patch", "apply", "--paddlex-path", str(copy.package_dir)]) == 0
+    assert capsys.readouterr().out.startswith(f"{copy.path} (paddlex {copy.version}): patched: patched with v1")
+    assert main(["patch", "revert", "--paddlex-path", str(copy.path)]) == 0
+    assert capsys.readouterr().out.startswith(f"{copy.path} (paddlex {copy.version}): unpatched")
 
 
 # --- issue 4 §4: the real pipeline code on a patched copy sends the prompt verbatim ------------

@@ -21,20 +21,16 @@ from paddle_ocrvl_sft.backends import schema
 from paddle_ocrvl_sft.backends.erniekit import SCHEMA as ERNIEKIT
 from paddle_ocrvl_sft import plan
 from paddle_ocrvl_sft.errors import UserError
+from paddle_ocrvl_sft.testing import RESOURCES
 
-REFERENCE_DIR = Path(__file__).resolve().parents[2] / "shared" / "reference"
-REFERENCE = REFERENCE_DIR / "erniekit_run_ocr_vl_sft_16k.yaml"
+REFERENCE = Path(__file__).resolve().parent / "data" / "erniekit_run_ocr_vl_sft_16k.yaml"  # tests/data/README.md
 PATH_KEYS = ("train_dataset_path", "eval_dataset_path", "model_name_or_path", "output_dir", "logging_dir")
 
 
 def make_model_dir(root: Path) -> Path:
     model = root / "model"
     model.mkdir()
-    released = REFERENCE_DIR / "PaddleOCR-VL-0.9B-files" / "preprocessor_config.json"
-    if released.is_file():
-        shutil.copy(released, model)
-    else:  # the released values (FACTS "Image tokens")
-        (model / "preprocessor_config.json").write_text(json.dumps({"min_pixels": 147384, "max_pixels": 2822400}))
+    shutil.copy(RESOURCES / "preprocessor_config.json", model)  # the released file (test_testing checks it)
     return model
 
 
@@ -176,8 +172,6 @@ def test_model_dir_checks(tmp_path):
 
 
 def test_guide_inputs_reproduce_the_reference_config(model_dir, tmp_path):
-    if not REFERENCE.is_file():
-        pytest.skip(f"upstream reference config not found at {REFERENCE} (shared/ is outside the repo)")
     reference = yaml.safe_load(REFERENCE.read_text())
     result = plan.make_plan(
         train=[stats(29605)], eval_sets=[stats(500, path="/data/test.jsonl")], model_dir=model_dir,

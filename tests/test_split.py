@@ -99,3 +99,41 @@ def test_an_empty_dataset_is_refused(tmp_path):
     with pytest.raises(UserError, match="no samples"):
         split_dataset(empty, tmp_path / "t.jsonl", tmp_path / "v.jsonl")
     assert not (tmp_path / "t.jsonl").exists()
+
+
+def test_one_image_cannot_be_split_and_says_why(tmp_path, capsys):
+    write_image(tmp_path / "img.png", (60, 40))
+    src = write_jsonl(tmp_path / "d.jsonl", [sample(prompt=f'OCR:{{"F{i}": ""}}', answer=str(i)) for i in range(4)])
+    for val in ("0.5", "0.1"):  # the one group goes to validation, or stays in train
+        assert main(["data", "split", str(src), "--val", val, "--allow-uneven"]) == 1
+        err = capsys.readouterr().err
+        side = "train" if val == "0.5" else "validation"
+        assert f"the {side} side would be empty" in err and "the 4 samples share 1 image(s), the largest group holding 4" in err
+        assert "add images" in err and not list(tmp_path.glob("d.*.jsonl"))
+
+
+def test_a_split_far_from_the_asked_fraction_is_refused_unless_allowed(tmp_path, capsys):
+    # two images: one with 9 prompts, one with 1; --val 0.5 can only give 10% or 90%
+    for name in ("a", "b"):
+        write_image(tmp_path / f"{name}.png", (60, 40))
+    rows = [sample(url="a.png", prompt=f'OCR:{{"F{i}": ""}}', answer=str(i)) for i in range(9)] + [sample(url="b.png")]
+    src = write_jsonl(tmp_path / "d.jsonl", rows)
+    with pytest.raises(UserError, match=r"validation would get (1|9) of 10 samples \((10|90)%\) for the 50% asked: .*"
+                                        r"share 2 image\(s\), the largest group holding 9; try another --val or --seed, "
+                                        r"or pass --allow-uneven"):
+        split_dataset(src, tmp_path / "t.jsonl", tmp_path / "v.jsonl", val_fraction=0.5)
+    assert not (tmp_path / "t.jsonl").exists()
+    assert main(["data", "split", str(src), "--val", "0.5", "--allow-uneven"]) == 0
+    out, err = capsys.readouterr()
+    assert err.startswith("warning: validation would get") and "train:" in out
+
+
+@pytest.mark.parametrize("val_samples,fraction,fine", [
+    (10, 0.1, True), (5, 0.1, True), (20, 0.1, True), (4, 0.1, False), (21, 0.1, False),
+    (50, 0.5, True), (24, 0.5, False), (80, 0.5, False), (0, 0.3, False), (100, 0.3, False),
+])
+def test_uneven_means_a_side_off_by_more_than_a_factor_of_two(val_samples, fraction, fine):
+    from paddle_ocrvl_sft.data.split import uneven_split
+
+    sizes = Counter({f"g{i}": 1 for i in range(100)})
+    assert (uneven_split(sizes, val_samples, fraction) is None) == fine

@@ -1,11 +1,11 @@
 import json
 import random
 import shutil
-from pathlib import Path
 
 import pytest
 
 from paddle_ocrvl_sft.errors import UserError
+from paddle_ocrvl_sft.testing import RESOURCES
 from paddle_ocrvl_sft.tokens import (
     AspectRatioError,
     PixelBounds,
@@ -15,8 +15,6 @@ from paddle_ocrvl_sft.tokens import (
     sample_tokens,
     smart_resize,
 )
-
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "PaddleOCR-VL-0.9B-files"
 
 
 def random_sizes(n: int, seed: int = 0):
@@ -75,8 +73,7 @@ def test_released_model_bounds_are_188_to_3600_tokens():
 
 
 def test_bounds_from_model_dir(tmp_path):
-    shutil.copy(REFERENCE / "preprocessor_config.json", tmp_path) if REFERENCE.exists() else (
-        tmp_path / "preprocessor_config.json").write_text(json.dumps({"min_pixels": 147384, "max_pixels": 2822400}))
+    shutil.copy(RESOURCES / "preprocessor_config.json", tmp_path)  # the released file (test_testing checks it)
     assert PixelBounds.from_model_dir(tmp_path) == PixelBounds(147384, 2822400)
     (tmp_path / "preprocessor_config.json").write_text(json.dumps({"size": {"min_pixels": 784, "max_pixels": 7840}}))
     bounds = PixelBounds.from_model_dir(tmp_path)

@@ -198,14 +198,14 @@ def test_empty_dataset_is_not_ok(tmp_path):
 def test_unreadable_image_is_not_called_missing(dataset_dir, monkeypatch):
     import builtins
 
-    from paddle_ocrvl_sft.data import validate as module
+    from paddle_ocrvl_sft import io as io_module
 
     def no_permission(path, mode="r", *args, **kwargs):
         if str(path).endswith("img.png"):
             raise PermissionError(13, "Permission denied", str(path))
         return builtins.open(path, mode, *args, **kwargs)
 
-    monkeypatch.setattr(module, "open", no_permission, raising=False)  # root could read a chmod 0 file
+    monkeypatch.setattr(io_module, "open", no_permission, raising=False)  # root could read a chmod 0 file
     assert rules_of(check_one(dataset_dir, sample())) == ["unreadable-image"]
 
 
@@ -329,8 +329,199 @@ def test_every_rule_is_documented_in_the_module_and_in_docs():
     from paddle_ocrvl_sft.data import validate as module
 
     source = Path(module.__file__).read_text()
-    emitted = set(re.findall(r'add\((?:ERROR|WARNING), "([a-z0-9-]+)"', source)) | {"invalid-json", "duplicate"}
+    emitted = set(re.findall(r'(?:ERROR|WARNING), "([a-z0-9-]+)"', source)) | {"invalid-json"}
+    emitted |= {rule for rule, _ in module.READER_RULES.values()}
     in_docstring = set(re.findall(r"^([a-z0-9-]+) +(?:error|warning) ", module.__doc__, re.M))
     docs = (Path(__file__).resolve().parents[1] / "docs" / "data.md").read_text()
     in_docs = set(re.findall(r"^\| `([a-z0-9-]+)` \| (?:error|warning) \|", docs, re.M))
     assert emitted == in_docstring == in_docs, (emitted ^ in_docstring, emitted ^ in_docs)
+
+
+# --- reading the file the way ERNIEKit's reader does -----------------------------------------------
+
+READER = "ernie/dataset/vl_sft_reader/vl_sft_dataset_json.py"
+READING_RULES = {"invalid-json", "bom", "blank-line", "not-array"}
+
+
+@pytest.fixture(scope="module")
+def erniekit_load(tmp_path_factory):
+    """``load(path) -> samples``, raising where ERNIEKit's loader raises, and which loader it is.
+
+    The real ``ExampleSet`` (vl_sft_dataset_json.py, loaded from the vendored ERNIEKit source; its
+    module needs only paddle and numpy) when the source is present, as on CI; otherwise its two
+    reading lines reproduced: ``json.load(open(path))`` for .json, ``[json.loads(line) for line in
+    open(path)]`` for .jsonl, then its per-rank slice ``exs[0::1]`` (which a .json object fails).
+    """
+    from types import SimpleNamespace
+
+    from paddle_ocrvl_sft.testing import erniekit_module
+
+    module = erniekit_module(READER, tmp_path_factory.mktemp("erniekit"))
+    if module is not None:
+        def load(path):
+            args = SimpleNamespace(pp_need_data_degree=0)
+            return module.ExampleSet(args, str(path), 0, None, data_rank=0, data_size=1).exs
+
+        return load, "ERNIEKit ExampleSet (vendored source)"
+
+    def load(path):
+        with open(path) as fin:
+            exs = json.load(fin) if str(path).lower().endswith(".json") else [json.loads(line) for line in fin]
+        return exs[0::1]
+
+    return load, "ExampleSet's reading lines, reproduced (no ERNIEKit source found)"
+
+
+def encoded_row(**kwargs) -> bytes:
+    return json.dumps(sample(**kwargs), ensure_ascii=False).encode()
+
+
+ROW, ROW2, ROW3 = (encoded_row(prompt=p) for p in ("OCR:", "Table Recognition:", "Formula Recognition:"))
+BOM = b"\xef\xbb\xbf"
+# (name, suffix, file bytes); every row is a good sample, so only the reading can fail
+READING_CASES = [
+    ("plain", ".jsonl", ROW + b"\n" + ROW2 + b"\n"),
+    ("bom", ".jsonl", BOM + ROW + b"\n" + ROW2 + b"\n"),
+    ("bom-json-array", ".json", BOM + b"[" + ROW + b"]"),
+    ("bom-on-line-2", ".jsonl", ROW + b"\n" + BOM + ROW2 + b"\n"),  # `cat a.jsonl b.jsonl` with a BOM in b
+    ("blank-line", ".jsonl", ROW + b"\n\n" + ROW2 + b"\n"),
+    ("trailing-blank-line", ".jsonl", ROW + b"\n" + ROW2 + b"\n\n"),
+    ("whitespace-only-line", ".jsonl", ROW + b"\n \t \n" + ROW2 + b"\n"),
+    ("form-feed-line", ".jsonl", ROW + b"\n\x0c\n" + ROW2 + b"\n"),
+    ("lone-cr-line-ends", ".jsonl", ROW + b"\r" + ROW2 + b"\r"),
+    ("crlf-line-ends", ".jsonl", ROW + b"\r\n" + ROW2 + b"\r\n"),
+    ("cr-crlf-lf-mixed", ".jsonl", ROW + b"\r" + ROW2 + b"\r\n" + ROW3 + b"\n"),
+    ("no-final-newline", ".jsonl", ROW + b"\n" + ROW2),
+    ("cr-between-tokens", ".jsonl", ROW + b"\n" + ROW2.replace(b', "text_info"', b',\r"text_info"') + b"\n"),  # splits a line
+    ("crlf-blank-line", ".jsonl", ROW + b"\r\n\r\n" + ROW2 + b"\r\n"),
+    ("unicode-line-separators-in-text", ".jsonl", encoded_row(answer="a\u2028b\u2029c\x85d\x0be") + b"\n"),
+    ("not-utf8", ".jsonl", ROW + b"\n" + ROW2.replace(b"text", b"t\xffxt") + b"\n"),
+    ("json-array-cr-line-ends", ".json", b"[\r" + ROW + b",\r\n" + ROW2 + b"\r]\r"),
+    ("json-array-blank-lines", ".json", b"\n[\n\n" + ROW + b"\n\n]\n\n"),
+    ("json-lines-in-json", ".json", ROW + b"\n" + ROW2 + b"\n"),
+    ("one-object-in-json", ".json", ROW + b"\n"),
+    ("huge-integer", ".jsonl", ROW + b"\n" + ROW2.replace(b'"matched_text_index": 0', b'"x": ' + b"1" * 5000) + b"\n"),
+    ("huge-integer-in-json", ".json", b"[" + ROW + b", " + b"1" * 5000 + b"]"),
+]
+
+
+@pytest.mark.parametrize("name,suffix,data", READING_CASES, ids=[c[0] for c in READING_CASES])
+def test_validator_reads_the_file_as_erniekit_does(dataset_dir, erniekit_load, name, suffix, data):
+    load, which = erniekit_load
+    path = dataset_dir / f"d{suffix}"
+    path.write_bytes(data)
+    try:
+        loaded, failure = load(path), None
+    except Exception as exc:  # noqa: BLE001 - any failure here stops ERNIEKit's run at start-up
+        loaded, failure = None, exc
+    report = validate_paths([path])
+    reading_errors = [p for p in report.problems if p.rule in READING_RULES]
+    assert bool(reading_errors) == (failure is not None), (which, failure, reading_errors)
+    if failure is None:
+        assert report.ok and report.valid == len(loaded), which  # (warnings: the rows are duplicates)
+
+    # what --write-clean writes ERNIEKit reads, with every good row, whatever the input held
+    out = dataset_dir / "clean" / "d.jsonl"
+    clean = validate_and_write_clean([path], out, force=True)
+    assert not out.read_bytes().startswith(BOM) and b"\n\n" not in out.read_bytes() and b"\r" not in out.read_bytes()
+    assert len(load(out)) == clean.valid > 0, which
+
+
+def test_bom_and_blank_lines_are_errors_with_their_line_and_the_fix(dataset_dir, capsys):
+    path = dataset_dir / "d.jsonl"
+    path.write_bytes(BOM + ROW + b"\n\n" + ROW2 + b"\n   \n")
+    report = validate_paths([path])
+    assert [(p.line, p.severity, p.rule) for p in report.problems] == [(1, "error", "bom"), (2, "error", "blank-line"),
+                                                                       (4, "error", "blank-line")]
+    assert "Unexpected UTF-8 BOM" in report.problems[0].message and "without BOM" in report.problems[0].message
+    assert "Expecting value" in report.problems[1].message and "delete it" in report.problems[1].message
+    assert report.valid == 2 and report.rejected == 0 and not report.ok  # the rows are fine, the file is not
+    assert "stop the run at start-up on bom=1, blank-line=2" in report.summary()
+
+    assert main(["data", "validate", str(path)]) == 1
+    assert f"{path}:1: error: a UTF-8 byte-order mark" in capsys.readouterr().out
+    out = dataset_dir / "clean.jsonl"
+    assert main(["data", "validate", str(path), "--write-clean", str(out)]) == 1
+    assert "left out 1 byte-order mark, 2 blank lines" in capsys.readouterr().out
+    assert out.read_bytes() == ROW + b"\n" + ROW2 + b"\n"
+    assert main(["data", "validate", str(out)]) == 0
+
+
+def test_a_json_file_must_be_one_array(dataset_dir):
+    path = dataset_dir / "d.json"
+    path.write_bytes(ROW + b"\n" + ROW2 + b"\n")
+    report = validate_paths([path])
+    assert [(p.line, p.rule) for p in report.problems] == [(1, "not-array")]
+    assert report.valid == 2 and not report.ok
+    with pytest.raises(UsageError, match=r"give a .jsonl name"):  # a JSON Lines copy named .json fails the same way
+        validate_and_write_clean([path], dataset_dir / "clean.json")
+
+
+def test_locale_encoding_other_than_utf8_is_a_warning_where_erniekit_would_fail(dataset_dir):
+    """Under the C locale with locale coercion and UTF-8 mode off, Python's open() decodes ASCII.
+    ERNIEKit's reading line (reproduced here: a subprocess with that locale does not import paddle)
+    then fails on non-ASCII text, and the validator run the same way warns on that line."""
+    import os
+    import subprocess
+    import sys
+
+    path = write_jsonl(dataset_dir / "d.jsonl", [sample(), sample(prompt="Table Recognition:", answer="発票 54.50")])
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    code = (
+        "import json, locale, sys\n"
+        "from paddle_ocrvl_sft.data.validate import validate_paths\n"
+        "try:\n    [json.loads(line) for line in open(sys.argv[1])]\n    reader = 'ok'\n"
+        "except UnicodeDecodeError:\n    reader = 'fails'\n"
+        "problems = [(p.line, p.severity, p.rule) for p in validate_paths([sys.argv[1]]).problems]\n"
+        "print(json.dumps([locale.getpreferredencoding(False), reader, problems]))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, env=env, check=True)
+    encoding, reader, problems = json.loads(proc.stdout)
+    if encoding.lower().replace("-", "") in ("utf8", "utf_8"):
+        pytest.skip(f"this Python runs the C locale as {encoding} even with coercion off (platform default)")
+    assert reader == "fails" and problems == [[2, "warning", "locale-encoding"]]
+    assert validate_paths([path]).problems == []  # under this test run's UTF-8 locale: nothing to say
+
+
+# --- image paths the OS refuses ------------------------------------------------------------------
+
+ODD_PATHS = ["img.png", "adir", "fifo", "loop", "img.png/x.png", "nul\x00.png", "x" * 300, "\ud800.png", "../img.png",
+             "", "/", ".", "a/../img.png", "img.png\n", " img.png"]
+path_chars = st.characters(exclude_categories=()) | st.characters(categories=["Cs"])  # NUL, controls, lone surrogates
+image_paths = st.sampled_from(ODD_PATHS) | st.text(path_chars, max_size=30) | st.builds(
+    str.__add__, st.sampled_from(ODD_PATHS), st.text(path_chars, max_size=8))
+
+
+@pytest.fixture(scope="module")
+def odd_files(tmp_path_factory):
+    """A dataset dir holding one good image and the things a path can name that are not one."""
+    import os
+
+    root = tmp_path_factory.mktemp("odd")
+    write_image(root / "img.png")
+    (root / "adir").mkdir()
+    os.mkfifo(root / "fifo")  # opening it would block until a writer comes
+    os.symlink("loop", root / "loop")  # ELOOP
+    return root
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(urls=st.lists(image_paths, min_size=1, max_size=4))
+def test_image_paths_the_os_refuses_are_row_errors_in_validate_stats_and_split(odd_files, capsys, urls):
+    """Found by fuzzing: a NUL in an image path crashed validate and stats (ValueError from open())."""
+    import os
+
+    rows = [sample(url=u, prompt=f"OCR:{i}") for i, u in enumerate(urls)]
+    path = odd_files / "d.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")  # ASCII: surrogates stay escaped
+    report = validate_paths([path])
+    assert report.samples == len(rows)
+    errors_on = {p.line for p in report.problems if p.severity == "error"}
+    for line, url in enumerate(urls, 1):
+        if not url.startswith("http") and not os.path.isfile(os.path.join(odd_files, url)):  # isfile: False on NUL too
+            assert line in errors_on, (url, report.problems)
+
+    assert main(["data", "validate", str(path)]) in (0, 1)
+    assert main(["data", "stats", str(path), "--no-plot"]) == 0
+    assert main(["data", "split", str(path), "--val", "0.5", "-o", str(odd_files / "out" / "d"), "--force"]) in (0, 1)
+    assert "Traceback" not in "".join(capsys.readouterr())

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 from paddle_ocrvl_sft.commands import data_convert, positive_int
-from paddle_ocrvl_sft.tokens import PixelBounds
 
 
 def register(subparsers) -> None:
@@ -20,7 +19,7 @@ def register(subparsers) -> None:
     _add_measure_args(p, default_max_seq_len=16384)
     p.add_argument("--decode", action="store_true", help="fully decode every image (slow), not just its header")
     p.add_argument("--json", action="store_true", help="machine-readable report on stdout")
-    p.add_argument("--write-clean", metavar="OUT", help="write the good rows to OUT and the rejects to OUT's .rejects.jsonl")
+    p.add_argument("--write-clean", metavar="OUT", help="write the good rows to OUT (.jsonl, readable by ERNIEKit) and the rejects to OUT's .rejects.jsonl")
     p.add_argument("--force", action="store_true", help="overwrite --write-clean outputs")
     p.set_defaults(func=run_validate)
 
@@ -54,6 +53,8 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-o", "--out-prefix", metavar="PREFIX", help="writes PREFIX.train.jsonl and PREFIX.val.jsonl (default: IN without .jsonl)")
     p.add_argument("--force", action="store_true", help="overwrite the outputs")
+    p.add_argument("--allow-uneven", action="store_true",
+                   help="write a split whose sides are far from --val (image groups too big to do better); an empty side is never written")
     p.set_defaults(func=run_split)
 
 
@@ -68,6 +69,7 @@ def _add_measure_args(p: argparse.ArgumentParser, *, default_max_seq_len: int | 
 
 def _options(args, **extra):
     from paddle_ocrvl_sft.data.validate import ValidateOptions
+    from paddle_ocrvl_sft.tokens import PixelBounds
 
     bounds = PixelBounds.from_model_dir(args.model) if args.model else PixelBounds()
     bounds = bounds.with_overrides(args.min_pixels, args.max_pixels)
@@ -75,7 +77,7 @@ def _options(args, **extra):
 
 
 def run_validate(args) -> int:
-    from paddle_ocrvl_sft.data.validate import rejects_path, validate_and_write_clean, validate_paths
+    from paddle_ocrvl_sft.data.validate import dropped_on_write, rejects_path, validate_and_write_clean, validate_paths
 
     options = _options(args, decode=args.decode)
     if args.json:
@@ -99,7 +101,9 @@ def run_validate(args) -> int:
     else:
         print(report.summary())
         if args.write_clean:
-            print(f"wrote {report.valid} good rows to {args.write_clean}, {report.rejected} rejects to {rejects_path(args.write_clean)}")
+            dropped = dropped_on_write(report)
+            print(f"wrote {report.valid} good rows to {args.write_clean}, {report.rejected} rejects to "
+                  f"{rejects_path(args.write_clean)}" + (f"; left out {dropped}" if dropped else ""))
     return 0 if report.ok else 1
 
 
@@ -151,7 +155,10 @@ def run_split(args) -> int:
 
     prefix = args.out_prefix or str(Path(args.file).with_suffix(""))
     train, val = f"{prefix}.train.jsonl", f"{prefix}.val.jsonl"
-    result = split_dataset(args.file, train, val, val_fraction=args.val, seed=args.seed, force=args.force)
+    result = split_dataset(args.file, train, val, val_fraction=args.val, seed=args.seed, force=args.force,
+                           allow_uneven=args.allow_uneven)
+    if result.uneven:
+        print(f"warning: {result.uneven} (--allow-uneven)", file=sys.stderr)
     print(f"train: {result.train} samples -> {train}")
     print(f"val:   {result.val} samples -> {val}")
     for kind in sorted(set(result.train_by_kind) | set(result.val_by_kind)):

@@ -5,27 +5,38 @@ from __future__ import annotations
 import argparse
 import sys
 
-from paddle_ocrvl_sft.data import convert
+# Placeholder epilog: the format list is filled in when `data convert --help` is printed. Importing
+# the converters to build it would slow the start of every command (convert is the heaviest
+# module to import); the names are checked by convert_file (a usage error, exit 2).
+_FORMATS = "formats"
+
+
+class _FormatsHelp(argparse.RawDescriptionHelpFormatter):
+    def add_text(self, text):
+        if text is _FORMATS:
+            from paddle_ocrvl_sft.data import convert
+
+            text = "formats (--from):\n" + "\n".join(f"  {name:<14} {cls.summary}" for name, cls in convert.CONVERTERS.items())
+            text += f"\n\noutput formats (--to): {', '.join(convert.WRITERS)}"
+        super().add_text(text)
 
 
 def register(data_subparsers) -> None:
     """Add ``convert`` to the ``data`` group's subparsers."""
-    formats = "\n".join(f"  {name:<14} {cls.summary}" for name, cls in convert.CONVERTERS.items())
     p = data_subparsers.add_parser(
         "convert",
         help="convert another dataset format to ERNIEKit JSONL (or ERNIEKit to messages)",
         description="Convert a dataset to ERNIEKit OCR-VL JSONL, or with --to messages to messages JSONL "
         "(ms-swift / LLaMA-Factory / transformers). Rejected records are reported as FILE:LINE: error: "
         "FIELD: WHY. See docs/convert.md.",
-        epilog=f"formats (--from):\n{formats}",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_FORMATS,
+        formatter_class=_FormatsHelp,
     )
     p.add_argument("input", metavar="IN", help="the source file")
-    p.add_argument("--from", dest="fmt", choices=list(convert.CONVERTERS), metavar="FMT",
+    p.add_argument("--from", dest="fmt", metavar="FMT",
                    help="source format (default: erniekit, i.e. an ERNIEKit JSONL; see the list below)")
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="the JSONL to write")
-    p.add_argument("--to", choices=list(convert.WRITERS), default="erniekit",
-                   help="output format (default: erniekit)")
+    p.add_argument("--to", default="erniekit", metavar="FMT", help="output format (default: erniekit; see the list below)")
     p.add_argument("--image-root", metavar="DIR",
                    help="resolve relative image paths of the source against DIR (default: IN's directory)")
     p.add_argument("--default-prompt", metavar="PROMPT",
@@ -38,6 +49,8 @@ def register(data_subparsers) -> None:
 
 
 def run(args) -> int:
+    from paddle_ocrvl_sft.data import convert
+
     summary = convert.convert_file(
         args.fmt or "erniekit",
         args.input,

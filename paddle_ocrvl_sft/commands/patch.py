@@ -15,7 +15,8 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--paddlex-path",
         metavar="DIR",
-        help="directory containing the 'paddlex' package (e.g. an unpacked wheel); default: the installed paddlex",
+        help="the 'paddlex' package directory, the directory holding it (site-packages, an unpacked wheel), or a "
+        "file inside it; default: the installed paddlex",
     )
     parser.set_defaults(func=run)
 

@@ -15,7 +15,6 @@ resolves them (FACTS.md, "Dataset reader"). URLs, absolute paths and base64 payl
 from __future__ import annotations
 
 import csv
-import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -25,7 +24,10 @@ from typing import Any, Callable, ClassVar, Iterator
 from paddle_ocrvl_sft.data import otsl
 from paddle_ocrvl_sft.data.sample import MASK, NO_MASK, image_urls, is_remote, make_sample, relocate_image, sample_turns
 from paddle_ocrvl_sft.errors import UsageError, UserError
-from paddle_ocrvl_sft.io import DiscardOutput, Record, atomic_open, iter_lines, iter_records, refuse_inputs_as_outputs
+from paddle_ocrvl_sft.io import (
+    DiscardOutput, Record, atomic_open, iter_lines, iter_records, open_named_file, refuse_inputs_as_outputs, shown,
+    write_json_line,
+)
 from paddle_ocrvl_sft.prompts import BUILTIN_PROMPTS
 
 # `<image>` (LLaVA, GOT-OCR2.0, ShareGPT, ms-swift) and `<image_00>` (MiniCPM-V multi-image).
@@ -330,10 +332,10 @@ def read_table_csv(value: dict, src: Source) -> list[list[str]]:
     name = Converter.text(value, "table_csv")
     path = src.path.parent / name
     try:
-        with open(path, encoding="utf-8-sig", newline="") as fh:
+        with open_named_file(path, "r", encoding="utf-8-sig", newline="") as fh:
             return [row for row in csv.reader(fh) if row]
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise Reject("table_csv", f"{path}: {getattr(exc, 'strerror', None) or exc}") from None
+        raise Reject("table_csv", f"{shown(path)}: {getattr(exc, 'strerror', None) or exc}") from None
 
 
 @register("csv-table")
@@ -402,9 +404,6 @@ def iter_label_lines(path: Path) -> Iterator[Record]:
         yield Record(path, lineno, None if error else text.rstrip("\r\n"), error)
 
 
-_LONE_CR = re.compile(r"(?<=\r)(?!\n)")  # old Mac line ends: a CR not followed by LF
-
-
 class _BadLine(Exception):
     """Raised through ``csv.reader`` for a line that is not UTF-8; the reader resumes after it."""
 
@@ -412,32 +411,22 @@ class _BadLine(Exception):
 class _CsvLines:
     """Feeds ``csv.reader`` one line at a time, each decoded on its own, and remembers the line
     where the current row started. ``csv.reader`` starts every row afresh, so after a bad line or
-    a ``csv.Error`` reading goes on with the next line."""
+    a ``csv.Error`` reading goes on with the next line. Lone CRs (old Mac files) end lines too."""
 
     def __init__(self, path: Path):
         self.lines = iter_lines(path, skip_blank=False)
-        self.pending: list[str] = []  # the rest of a physical line split at lone CRs
-        self.extra = 0  # lone CRs seen so far: each one ends a line too
         self.line, self.row_start = 0, None
 
     def __iter__(self):
         return self
 
     def __next__(self) -> str:
-        if not self.pending:
-            lineno, text, error = next(self.lines)  # StopIteration ends the reader
-            first = lineno + self.extra
-            if error is not None:
-                self.line = first
-                self.row_start = self.row_start or first
-                raise _BadLine(error)
-            self.pending = [piece for piece in _LONE_CR.split(text) if piece]
-            self.extra += len(self.pending) - 1
-            self.line = first - 1
-        self.line += 1
+        self.line, text, error = next(self.lines)  # StopIteration ends the reader
         if self.row_start is None:
             self.row_start = self.line
-        return self.pending.pop(0)
+        if error is not None:
+            raise _BadLine(error)
+        return text
 
 
 def iter_csv_rows(path: Path) -> Iterator[Record]:
@@ -566,7 +555,7 @@ def convert_file(
                 summary.rejected += 1
                 report(f"{record.where}: error: {exc.field}: {exc.why}")
                 continue
-            fh.write(json.dumps(write(example), ensure_ascii=False) + "\n")
+            write_json_line(fh, write(example))
             summary.converted += 1
         if lost_after:  # --skip-bad drops the records it reports, not ones it never read
             summary.reasons.append(f"part of the file was not read (after {lost_after}); fix it and run again, "

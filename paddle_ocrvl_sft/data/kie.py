@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterator
 
 from paddle_ocrvl_sft.data.sample import make_sample, relocate_image
 from paddle_ocrvl_sft.errors import UsageError, UserError
-from paddle_ocrvl_sft.io import DiscardOutput, Record, atomic_open, iter_records, refuse_inputs_as_outputs
+from paddle_ocrvl_sft.io import DiscardOutput, Record, atomic_open, iter_records, refuse_inputs_as_outputs, write_json_line
 from paddle_ocrvl_sft.prompts import kie_prompt, render_json
 
 
@@ -153,7 +153,7 @@ def build_kie_dataset(
             digest = hashlib.sha256(f"{seed}\0{image}".encode()).digest()
             rng = random.Random(int.from_bytes(digest[:8], "little"))
             for prompt, target in kie_turns(record.value["data"], subsets=per_image, max_fields=max_fields, rng=rng, full=full):
-                fh.write(render_json(make_sample([url], [(prompt, target)])) + "\n")
+                write_json_line(fh, make_sample([url], [(prompt, target)]))
                 report.samples += 1
             report.images += 1
         if (report.rejected and not skip_bad) or not report.samples:

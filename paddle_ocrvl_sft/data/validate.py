@@ -5,12 +5,23 @@ forever when every sample is bad, and crashes on one unparsable line. Here every
 reported as ``FILE:LINE: severity: message [rule]`` in one streaming pass (constant memory:
 per-sample state is a few bytes in arrays, not Python objects).
 
+The file is read the way ERNIEKit reads it (``vl_sft_dataset_json.py``, ``ExampleSet``): a
+``.jsonl`` with ``[json.loads(line) for line in open(path)]``, a ``.json`` with ``json.load``.
+``open()`` without an encoding splits lines at ``\n``, ``\r\n`` and a lone ``\r`` (universal
+newlines) and decodes with the locale's encoding, so a blank line, a byte-order mark or a
+``.json`` that is not one array stops the whole run at start-up: the rules ``blank-line``,
+``bom``, ``not-array`` and ``locale-encoding`` below.
+
 Rules (docs/data.md has an example of each):
 
 ==================  ========  =============================================================
 rule                severity  what
 ==================  ========  =============================================================
 invalid-json        error     the line (or .json array element) does not parse
+bom                 error     a UTF-8 byte-order mark opens the file (or a line)
+blank-line          error     a blank or whitespace-only line in JSON Lines
+not-array           error     a ``.json`` file that is not one JSON array (JSON Lines in a .json)
+locale-encoding     warning   non-ASCII text while this Python's locale encoding is not UTF-8
 not-object          error     the sample is not a JSON object
 missing-field       error     ``image_info`` or ``text_info`` missing
 bad-type            error     a field has the wrong type (lists, strings, integer index)
@@ -29,10 +40,10 @@ http-prefix         error     a local path starting with "http": ERNIEKit takes 
 data-url            error     ``data:`` URL: ERNIEKit decodes the field as raw base64
 base64-image        warning   inline base64 starting with "/" (JPEG): works, but bloats the dataset
 base64-mangled      error     other inline base64: ERNIEKit prefixes the dataset's dir, then decodes
-missing-image       error     not a file and not base64 (resolved against the dataset's dir)
+missing-image       error     not a regular file and not base64 (resolved against the dataset's dir)
 absolute-path       warning   absolute image path: the dataset is not portable
 path-escapes        warning   a relative path that leaves the dataset's directory
-unreadable-image    error     the image file exists but cannot be read (permissions)
+unreadable-image    error     the image file exists but cannot be read (permissions, I/O error)
 not-image           error     the file's header is not an image format PIL reads
 corrupt-image       error     ``--decode``: the full decode fails
 aspect-ratio        error     longer side > 200 × shorter side
@@ -45,9 +56,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import codecs
+import errno
 import hashlib
 import io
-import json
+import locale
 import os
 from array import array
 from dataclasses import dataclass, field
@@ -58,12 +71,28 @@ import imagesize
 
 from paddle_ocrvl_sft.data.sample import MASK, NO_MASK, image_location, is_remote, relocate_image, resolve_image, sample_turns
 from paddle_ocrvl_sft.errors import UsageError
-from paddle_ocrvl_sft.io import atomic_open, iter_records, refuse_existing, refuse_inputs_as_outputs
+from paddle_ocrvl_sft.io import (
+    atomic_open, iter_lines, iter_records, open_named_file, refuse_existing, refuse_inputs_as_outputs, shown,
+    write_json_line,
+)
 from paddle_ocrvl_sft.prompts import prompt_kind
 from paddle_ocrvl_sft.tokens import FACTOR, AspectRatioError, PixelBounds, TextTokenCounter, image_tokens, sample_tokens
 
 ERROR, WARNING = "error", "warning"
 DATASET_SUFFIXES = (".jsonl", ".json")
+
+# What iter_records reads leniently and ERNIEKit's reader stops on: (rule, message) by what it says.
+READER_RULES = {
+    "bom": ("bom", (
+        "a UTF-8 byte-order mark: ERNIEKit's json.loads stops the whole run on it ('Unexpected UTF-8 BOM'); "
+        "save the file as UTF-8 without BOM (--write-clean drops it)")),
+    "blank": ("blank-line", (
+        "a blank line: ERNIEKit runs json.loads on every line and stops the whole run on it ('Expecting value'); "
+        "delete it (--write-clean drops it)")),
+    "not-array": ("not-array", (
+        "not one JSON array: ERNIEKit reads a .json file with json.load and stops the whole run on anything else; "
+        "rename a JSON Lines file to .jsonl (--write-clean writes JSON Lines)")),
+}
 
 # Magic bytes of the formats PIL decodes out of the box (what ERNIEKit's Image.open can read).
 _IMAGE_MAGIC = (
@@ -142,6 +171,9 @@ class ValidationReport:
         ]
         if self.rejected:
             lines.append(f"ERNIEKit would silently drop or crash on the {self.rejected} rejected sample(s): fix them first.")
+        if reading := {rule: self.by_rule[rule] for rule, _ in READER_RULES.values() if rule in self.by_rule}:
+            found = ", ".join(f"{rule}={n}" for rule, n in reading.items())
+            lines.append(f"ERNIEKit's reader would stop the run at start-up on {found} (--write-clean writes a copy without them).")
         if self.valid == 0:
             lines.append("No valid sample: ERNIEKit's loader would loop forever on this dataset.")
         if self.by_rule:
@@ -294,14 +326,15 @@ class _Checker:
             return None
         path = resolve_image(url, dataset)
         try:
-            fh = open(path, "rb")
+            fh = open_named_file(path)
         except PermissionError:
-            add(ERROR, "unreadable-image", f"{where}: {path}: permission denied")
+            add(ERROR, "unreadable-image", f"{where}: {shown(path)}: permission denied")
             return None
-        except OSError:  # not a file: ERNIEKit falls back to decoding the field as base64
+        except OSError as exc:  # not a regular file: ERNIEKit falls back to decoding the field as base64
             data = _decode_base64(url)
             if data is None:
-                add(ERROR, "missing-image", f"{where}: {url[:120]}: no such file ({path})")
+                why = "no such file" if exc.errno == errno.ENOENT else exc.strerror
+                add(ERROR, "missing-image", f"{where}: {shown(url[:120])}: {why} ({shown(path)})")
                 return None
             if not url.startswith("/"):
                 # ERNIEKit joins every non-absolute image_url to the dataset's dir before it
@@ -400,7 +433,12 @@ def validate_paths(
             on_problem(problem)
 
     for file_index, path in enumerate(files):
-        for record in iter_records(path):
+
+        def tolerated(line: int, what: str, path: Path = path) -> None:
+            rule, message = READER_RULES[what]
+            emit(Problem(str(path), line, ERROR, rule, message))
+
+        for record in iter_records(path, on_tolerated=tolerated):
             report.samples += 1
             if record.error is not None:
                 found, info, key = [(ERROR, "invalid-json", record.error)], None, None
@@ -421,6 +459,8 @@ def validate_paths(
             where_line.append(record.line)
             if on_sample:
                 on_sample(info)
+        if locale_problem := _locale_encoding_problem(path):
+            emit(locale_problem)
 
     for first, dup in _duplicates(hashes):
         emit(
@@ -430,6 +470,22 @@ def validate_paths(
             )
         )
     return report
+
+
+def _locale_encoding_problem(path: Path) -> Problem | None:
+    """ERNIEKit opens the dataset with ``open(path)``: the locale's encoding, not UTF-8. Under a
+    UTF-8 locale (Linux's default, PEP 538 coerces the C locale to one) that is the same thing;
+    under another one, the first non-ASCII line would fail to decode or be read as other text."""
+    encoding = locale.getpreferredencoding(False)
+    if codecs.lookup(encoding).name == "utf-8":
+        return None
+    for line, text, _ in iter_lines(path, skip_blank=False):
+        if text is not None and not text.isascii():
+            return Problem(str(path), line, WARNING, "locale-encoding",
+                           f"non-ASCII text, and this Python's locale encoding is {encoding}: ERNIEKit opens datasets "
+                           "with open() and no encoding, so started here it would fail on (or misread) this UTF-8 "
+                           "file; train under a UTF-8 locale or with PYTHONUTF8=1")
+    return None
 
 
 def _duplicates(hashes: array) -> list[tuple[int, int]]:
@@ -446,6 +502,12 @@ def _duplicates(hashes: array) -> list[tuple[int, int]]:
     run_start = np.maximum.accumulate(np.where(repeat, 0, np.arange(len(keys))))
     pairs = [(int(order[run_start[pos]]), int(order[pos])) for pos in np.flatnonzero(repeat)]
     return sorted(pairs, key=lambda p: p[1])
+
+
+def dropped_on_write(report: ValidationReport) -> str:
+    """What ``--write-clean`` leaves out besides the rejected rows, in words ('' for nothing)."""
+    counts = [(report.by_rule.get(rule, 0), name) for rule, name in (("bom", "byte-order mark"), ("blank-line", "blank line"))]
+    return ", ".join(f"{n} {name}{'s' * (n > 1)}" for n, name in counts if n)
 
 
 def rejects_path(out: str | os.PathLike) -> Path:
@@ -465,8 +527,13 @@ def validate_and_write_clean(
     """Validate and split the rows: good ones to ``out``, rejected ones (with reasons) beside it.
 
     Inputs are never modified; relative image paths are rewritten so they resolve from ``out``.
+    ``out`` is JSON Lines that ERNIEKit's reader reads: UTF-8 without a BOM, ``\n`` line ends, no
+    blank line (what ``dropped_on_write`` of the report lists is left out).
     """
     out = Path(out)
+    if out.suffix.lower() != ".jsonl":
+        raise UsageError(f"--write-clean {out}: give a .jsonl name (the clean copy is JSON Lines; ERNIEKit reads "
+                         "a .json file as one JSON array)")
     rejects = rejects_path(out)
     files = check_dataset_paths(paths)
     refuse_inputs_as_outputs(files, [out, rejects])
@@ -477,10 +544,10 @@ def validate_and_write_clean(
             errors = [p for p in problems if p.severity == ERROR]
             if errors:
                 entry = {"source": f"{path}:{line}", "errors": [f"{p.message} [{p.rule}]" for p in errors], "record": value}
-                bad.write(json.dumps(entry, ensure_ascii=False) + "\n")
+                write_json_line(bad, entry)
                 return
             for info in value["image_info"]:
                 info["image_url"] = relocate_image(info["image_url"], path, out)
-            good.write(json.dumps(value, ensure_ascii=False) + "\n")
+            write_json_line(good, value)
 
         return validate_paths(files, options, on_problem=on_problem, on_record=on_record)
