@@ -21,7 +21,7 @@ setup(
     packages=[*find_packages(include=["paddle_ocrvl_sft", "paddle_ocrvl_sft.*"]), "paddle_ocrvl_sft._configs", "paddle_ocrvl_sft._patches"],
     package_dir={"paddle_ocrvl_sft._configs": "configs", "paddle_ocrvl_sft._patches": "patches"},
     package_data={
-        "paddle_ocrvl_sft": ["resources/*/*"],
+        "paddle_ocrvl_sft": ["resources/*/*", "backends/requirements/*"],
         "paddle_ocrvl_sft._configs": ["*.yaml"],
         "paddle_ocrvl_sft._patches": ["*.json"],
     },
@@ -35,6 +35,7 @@ setup(
         "tqdm>=4.66",
         "protobuf>=4.25",  # testing.py edits the SentencePiece model proto (tiny tokenizer fixture)
         "matplotlib>=3.8",
+        "uv==0.13.9",  # builds the trainers' pinned environments in seconds (`backend install`; venv + pip without it)
         # eval: edit distances, list-item assignment, tree edit distance for TEDS
         "rapidfuzz==3.14.6",
         "scipy==1.17.1",

@@ -44,7 +44,7 @@ LOCK = ".train.lock"
 STOP_GRACE_SECONDS = 60
 # validator rules whose problem stops the trainer's reader at start-up (the whole file is loaded
 # with json.loads per line: FACTS "Dataset reader"), as opposed to one dropped sample
-READER_FATAL = {"invalid-json"}
+READER_FATAL = {"invalid-json", "bom", "blank-line", "not-array"}
 
 
 class Interrupted(UserError):
@@ -257,7 +257,7 @@ def command_for(plan: PlanRun, trainer_env, env: dict[str, str], overrides: list
     env = dict(env)
     if plan.device == "cpu":
         command[0] = str(trainer_env.python) if trainer_env else "python"
-        env["PYTHONPATH"] = str(envs.PACKAGE_PARENT)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(envs.PACKAGE_PARENT), os.environ.get("PYTHONPATH")]))
     elif trainer_env:
         command[0] = str(trainer_env.bin_dir / plan.backend.executable)
     return Launch(command + overrides, env)

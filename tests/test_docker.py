@@ -1,4 +1,5 @@
-import os
+import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -8,18 +9,60 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_entrypoint_forwards_arguments_to_the_cli():
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    proc = subprocess.run(["bash", str(ROOT / "docker" / "entrypoint.sh"), "data", "validate", "/nonexistent.jsonl"],
-                          capture_output=True, text=True, env=env)
-    assert proc.returncode == 2 and "/nonexistent.jsonl: no such file" in proc.stderr
-
-
-def test_dockerfile_uses_the_guide_container_and_the_entrypoint():
+def test_dockerfile_uses_the_guide_container_and_the_cli_as_entrypoint():
     text = (ROOT / "docker" / "Dockerfile").read_text()
     assert "paddle:3.2.0-gpu-cuda12.6-cudnn9.5" in text
-    assert 'ENTRYPOINT ["/opt/paddle-ocrvl-sft/docker/entrypoint.sh"]' in text
+    (entrypoint,) = re.findall(r"^ENTRYPOINT (.+)$", text, re.M)
+    assert json.loads(entrypoint) == ["python", "-m", "paddle_ocrvl_sft"]
+    assert (ROOT / "paddle_ocrvl_sft" / "__main__.py").is_file()  # the module the entrypoint runs
+    proc = subprocess.run([sys.executable, "-m", "paddle_ocrvl_sft", "data", "validate", "/nonexistent.jsonl"],
+                          capture_output=True, text=True)  # what `docker run IMAGE data validate ...` runs inside
+    assert proc.returncode == 2 and "/nonexistent.jsonl: no such file" in proc.stderr
     assert "numpy==1.26.4" in text and "pyarrow==22.0.0" in text
+
+
+def compose() -> dict:
+    import yaml
+
+    return yaml.safe_load((ROOT / "docker" / "compose.yaml").read_text())
+
+
+def expand(value: str, env: dict[str, str]) -> str:
+    """Compose's ${VAR} / ${VAR:-default} interpolation, with the defaults unless env sets the variable."""
+    return re.sub(r"\$\{(\w+)(?::-([^}]*))?\}", lambda m: env.get(m.group(1), m.group(2) or ""), value)
+
+
+def test_compose_has_train_serve_tensorboard_with_volumes_and_loopback_ports():
+    spec = compose()
+    services = spec["services"]
+    assert set(services) == {"train", "serve", "tensorboard"}
+    assert "paddle-ocrvl-sft-cache" in spec["volumes"]
+    for name, service in services.items():
+        assert "${PWD}:${PWD}" in service["volumes"] and service["working_dir"] == "${PWD}"
+        for port in service.get("ports", []):
+            assert port.startswith("127.0.0.1:"), f"{name}: {port} must not publish on every interface"
+    assert services["train"]["ipc"] == "host" and services["train"]["shm_size"]
+    assert services["train"]["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+
+
+@pytest.mark.parametrize("service", ["train", "serve"])
+def test_compose_commands_are_valid_cli_invocations(service):
+    """Services without their own entrypoint run `python -m paddle_ocrvl_sft <command>`: parse it."""
+    from paddle_ocrvl_sft.cli import build_parser
+
+    spec = compose()["services"][service]
+    assert "entrypoint" not in spec
+    argv = [expand(part, {}) for part in spec["command"]]
+    args = build_parser().parse_args(argv)  # argparse exits (SystemExit) on anything invalid
+    assert args.command == service
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([*argv, "--no-such-option"])  # the check can fail
+
+
+def test_tensorboard_service_runs_tensorboard_from_the_image():
+    spec = compose()["services"]["tensorboard"]
+    assert spec["entrypoint"] == ["tensorboard"] and "--logdir" in spec["command"]
+    assert re.search(r"^\s*&& python -m pip install -c /opt/constraints.txt tensorboard", (ROOT / "docker" / "Dockerfile").read_text(), re.M)
 
 
 def pins_module():

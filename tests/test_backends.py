@@ -1,0 +1,263 @@
+"""The backends' small interface: key schemas, plans for each trainer, prepared inputs, the CPU
+patches' version checks, the LoRA merge check, the pinned environments' lock files."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from paddle_ocrvl_sft import backends
+from paddle_ocrvl_sft.backends import cpu, envs
+from paddle_ocrvl_sft.backends import paddleformers as pf
+from paddle_ocrvl_sft.backends.schema import load_yaml_config
+from paddle_ocrvl_sft.cli import main
+from paddle_ocrvl_sft.errors import UserError
+from paddle_ocrvl_sft.safetensors_file import read_tensors, write_safetensors
+from paddle_ocrvl_sft.testing import build_tiny_model
+from tests.conftest import sample, write_image, write_jsonl
+
+REPO = Path(__file__).resolve().parents[1]
+# Real lines from the two trainers' logs on this machine (rank 0, NO_COLOR unset: ANSI kept)
+ERNIEKIT_LINE = ("\x1b[32m[2026-11-30 09:11:31,296] [    INFO]\x1b[0m - loss: 10.409850120544434, loss_cur_dp: 10.409850120544434, "
+                 "learning_rate: 5.000000e-07, global_step: 12, mem_allocated_gb: 0.000000e+00, global_runtime: 1.694200, "
+                 "tokens_per_sec_per_card: 1208.700000, progress_or_epoch: 1.000000, data_id: 11, src_id: 0, data_type: 0\x1b[0m")
+PADDLEFORMERS_LINE = ("\x1b[32m[2026-11-30 09:12:47,928] [    INFO]\x1b[0m - loss: 11.57219028, learning_rate: 0.005, global_step: 1, "
+                      "interval_runtime: 0.8251, interval_samples_per_second: 1.212, interval_tokens_per_second_per_device: 2482.2498, "
+                      "interval_steps_per_second: 1.212, ppl: 106105.61871648917, progress_or_epoch: 0.0833\x1b[0m")
+
+
+def test_both_trainers_log_lines_parse():
+    assert backends.get("erniekit").parse_log_line(ERNIEKIT_LINE) == {
+        "step": 12, "loss": 10.409850120544434, "lr": 5e-07, "tokens_per_second": 1208.7}
+    assert backends.get("paddleformers").parse_log_line(PADDLEFORMERS_LINE) == {
+        "step": 1, "loss": 11.57219028, "lr": 0.005, "tokens_per_second": 2482.2498}
+    assert backends.get("paddleformers").parse_log_line("[x] [ DEBUG] - logging_steps : 1") is None
+    assert backends.get("erniekit").parse_log_line("[t] [INFO] - loss: nan, learning_rate: 1.0, global_step: 3")["loss"] != \
+        backends.get("erniekit").parse_log_line("[t] [INFO] - loss: nan, learning_rate: 1.0, global_step: 3")["loss"]  # NaN
+
+
+def test_unknown_backend_is_a_usage_error():
+    with pytest.raises(UserError, match="unknown backend 'torch'"):
+        backends.get("torch")
+
+
+@pytest.mark.parametrize("name", backends.NAMES)
+def test_each_presets_and_cpu_keys_pass_their_own_schema(name):
+    trainer = backends.get(name)
+    for preset in trainer.presets:
+        config = load_yaml_config(REPO / "configs" / f"{preset}.yaml")
+        assert trainer.schema.problems(config) == []
+        on_cpu = {**config, **{k: v for k, v in trainer.cpu_keys.items() if v is not None}}
+        assert trainer.schema.problems(on_cpu) == []
+    other = backends.get(next(n for n in backends.NAMES if n != name))
+    foreign = load_yaml_config(REPO / "configs" / f"{next(iter(other.presets))}.yaml")
+    assert trainer.schema.problems(foreign)  # a preset of the other trainer is refused, key by key
+
+
+def test_paddleformers_schema_names_what_the_trainer_itself_would_do():
+    problems = pf.SCHEMA.problems({"learnig_rate": 1.0, "lora": True, "fine_tuning": "full"})
+    assert any("did you mean learning_rate" in p and "PdArgumentParser" in p for p in problems)
+    assert any("lora: True contradicts fine_tuning: full" in p for p in problems)
+    assert any(p.startswith("template: required") and "placeholder" in p for p in problems)
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    write_image(tmp_path / "data" / "imgs" / "a.png")
+    rows = [sample("imgs/a.png", answer=f"text {i}") for i in range(6)] + ['{"broken": ']
+    return write_jsonl(tmp_path / "data" / "train.jsonl", rows[:-1]), tmp_path
+
+
+def test_plan_for_paddleformers_writes_messages_data_and_a_prepared_model_copy(dataset, capsys):
+    data, root = dataset
+    base = build_tiny_model(root / "base")
+    before = {p.name: p.read_bytes() for p in base.iterdir()}
+    plan = root / "plan"
+    assert main(["plan", "--backend", "paddleformers", "--data", str(data), "--model", str(base), "--epochs", "2",
+                 "--gpus", "2", "-o", str(plan)]) == 0
+    out = capsys.readouterr().out
+    config = yaml.safe_load((plan / "config.yaml").read_text())
+    record = json.loads((plan / "plan.json").read_text())
+    assert record["backend"] == "paddleformers" and config["fine_tuning"] == "full" and config["lora"] is False
+    # B is per_device_train_batch_size: the preset's 8 x 8 for 1 GPU, keep-samples to 2 GPUs -> 8 x 4
+    assert (config["per_device_train_batch_size"], config["gradient_accumulation_steps"]) == (8, 4)
+    assert config["max_steps"] == 1 and "packing_size" not in config
+    assert record["train"]["command"] == ["paddleformers-cli", "train", str(plan.resolve() / "config.yaml")]
+    assert record["train"]["env"]["PADDLEFORMERS_DIST_LOG"] == str(plan.resolve() / "logs" / "dist")
+    # data: messages + images, the image path still resolving from the new file
+    (messages,) = config["train_dataset_path"].split(",")
+    row = json.loads(Path(messages).read_text().splitlines()[0])
+    assert row["messages"][0] == {"role": "user", "content": "<image>OCR:"} and row["messages"][1]["role"] == "assistant"
+    assert (Path(messages).parent / row["images"][0]).resolve() == (root / "data" / "imgs" / "a.png").resolve()
+    # model: a copy PaddleFormers reads; weights hard-linked; BASE byte-identical
+    model = Path(config["model_name_or_path"])
+    assert model == plan.resolve() / "model"
+    processor = json.loads((model / "preprocessor_config.json").read_text())
+    assert processor["image_processor_type"] == "PaddleOCRVLImageProcessor" and "auto_map" not in processor
+    assert os.path.samefile(model / "model.safetensors", base / "model.safetensors")
+    assert "fuse_rms_norm" not in json.loads((model / "config.json").read_text())  # GPU: keep the fused kernel
+    assert {p.name: p.read_bytes() for p in base.iterdir()} == before
+    assert "prepared model: model/ is a prepared copy" in out
+
+
+def test_cpu_plans_write_the_cpu_keys_and_say_what_the_cpu_is_for(dataset, capsys):
+    data, root = dataset
+    base = build_tiny_model(root / "base")
+    for name in backends.NAMES:
+        plan = root / f"cpu-{name}"
+        assert main(["plan", "--backend", name, "--device", "cpu", "--data", str(data), "--model", str(base),
+                     "--epochs", "5", "--lr", "5e-3", "-o", str(plan)]) == 0
+        config = yaml.safe_load((plan / "config.yaml").read_text())
+        trainer = backends.get(name)
+        assert all(config.get(k) == v for k, v in trainer.cpu_keys.items() if v is not None)
+        assert config[trainer.batch_key] == 1 and config["gradient_accumulation_steps"] == 1 and config["max_steps"] == 30
+        record = json.loads((plan / "plan.json").read_text())
+        assert record["train"]["command"][:3] == ["python", "-m", trainer.cpu_module]
+        assert "tiny models and smoke runs" in capsys.readouterr().out
+    assert json.loads((root / "cpu-paddleformers" / "model" / "config.json").read_text())["fuse_rms_norm"] is False
+
+
+@pytest.mark.parametrize("argv, why", [
+    (["--backend", "erniekit", "--lora"], "does not support LoRA"),
+    (["--backend", "paddleformers", "--lora-rank", "4"], "--lora-rank needs --lora"),
+    (["--backend", "paddleformers", "--prob", "0.7"], None),
+    (["--device", "cpu", "--gpus", "2"], "trains in one process"),
+])
+def test_plan_options_each_backend_refuses(dataset, capsys, argv, why):
+    data, root = dataset
+    base = build_tiny_model(root / "base")
+    status = main(["plan", "--data", str(data), "--model", str(base), "--epochs", "1", "-o", str(root / "p"), *argv])
+    err = capsys.readouterr().err
+    if why is None:  # equal weights (one file) are fine for PaddleFormers' concatenation
+        assert status == 0
+    else:
+        assert status == 1 and why in err and not (root / "p").exists()
+
+
+def test_lora_plan_takes_the_recipe_values(dataset):
+    data, root = dataset
+    base = build_tiny_model(root / "base")
+    assert main(["plan", "--backend", "paddleformers", "--lora", "--lora-rank", "16", "--data", str(data), "--model",
+                 str(base), "--epochs", "1", "-o", str(root / "p")]) == 0
+    config = yaml.safe_load((root / "p" / "config.yaml").read_text())
+    assert (config["fine_tuning"], config["lora"], config["lora_rank"], config["learning_rate"]) == ("lora", True, 16, 5.0e-04)
+
+
+# --- CPU patches: refused on unknown code ---------------------------------------------------------
+
+
+def test_a_cpu_patch_refuses_source_it_was_not_written_for():
+    patch = cpu.Patch("demo", "json:dumps", cpu.source_sha256("def dumps(): pass\n"), "an error", apply=lambda *a: None)
+    cpu.check(patch, "def dumps(): pass\n")
+    with pytest.raises(cpu.PatchRefused, match="written for another version of json:dumps.*Refusing to patch unknown code"):
+        cpu.check(patch, "def dumps(): return 1\n")
+
+
+def test_text_edits_must_match_exactly_once():
+    import types
+
+    module = types.ModuleType("fake_mod")
+    exec("def f(x):\n    return x + 1\n", module.__dict__)
+    import sys
+
+    sys.modules["fake_mod"] = module
+    try:
+        cpu.replace_in_source(module, "f", "def f(x):\n    return x + 1\n", [("x + 1", "x + 2")])
+        assert module.f(1) == 3
+        with pytest.raises(cpu.PatchRefused, match="not there exactly once"):
+            cpu.replace_in_source(module, "f", "def f(x):\n    return x + 1\n", [("x * 9", "x")])
+    finally:
+        del sys.modules["fake_mod"]
+
+
+def test_every_cpu_patch_has_a_full_hash_and_names_its_error():
+    from paddle_ocrvl_sft.backends.cpu import erniekit as ek_patches
+
+    patches = ek_patches.patches()
+    assert [p.name for p in patches] == ["fp32", "rms-norm", "causal-mask", "cross-entropy", "log-memory", "log-callback"]
+    for p in patches:
+        assert re.fullmatch(r"[0-9a-f]{64}", p.sha256) and p.fixes and (p.apply or p.edits)
+
+
+# --- LoRA merge verification ----------------------------------------------------------------------
+
+
+def lora_run(tmp_path, scale=2.0):
+    rng = np.random.default_rng(0)
+    w = {"model.layers.0.self_attn.q_proj.weight": rng.normal(size=(6, 4)).astype(np.float32),
+         "model.norm.weight": np.ones(4, np.float32)}
+    a, b = rng.normal(size=(4, 2)).astype(np.float32), rng.normal(size=(2, 6)).astype(np.float32)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / pf.ADAPTER_CONFIG).write_text(json.dumps({"r": 2, "lora_alpha": 4, "scaling": scale}))
+    write_safetensors(run / "peft_model-00001-of-00001.safetensors", {
+        "model.layers.0.self_attn.q_proj.lora_A": ("F32", a.shape, a.tobytes()),
+        "model.layers.0.self_attn.q_proj.lora_B": ("F32", b.shape, b.tobytes())})
+    write_safetensors(tmp_path / "base.safetensors", {k: ("F32", v.shape, v.tobytes()) for k, v in w.items()})
+    return run, w, a, b
+
+
+def test_a_correct_merge_passes_and_a_transposed_one_fails(tmp_path):
+    run, w, a, b = lora_run(tmp_path)
+    q = "model.layers.0.self_attn.q_proj.weight"
+    good = {**w, q: w[q] + 2.0 * (a @ b).T}
+    write_safetensors(tmp_path / "good.safetensors", {k: ("F32", v.shape, v.astype(np.float32).tobytes()) for k, v in good.items()})
+    assert "1 target tensors == W + 2·(A·B)ᵀ and 1 others == W" in pf.verify_lora_merge(run, tmp_path / "base.safetensors",
+                                                                                    tmp_path / "good.safetensors")
+    # what safetensors 0.8 made of PaddleFormers' merge: the raw buffer of Wᵀ + ΔW in W's shape
+    bad = {**w, q: np.ascontiguousarray(w[q].T + 2.0 * (a @ b)).reshape(w[q].shape)}
+    write_safetensors(tmp_path / "bad.safetensors", {k: ("F32", v.shape, v.astype(np.float32).tobytes()) for k, v in bad.items()})
+    with pytest.raises(UserError, match="the LoRA merge is WRONG .*q_proj.weight: differs by up to .*safetensors 0.8"):
+        pf.verify_lora_merge(run, tmp_path / "base.safetensors", tmp_path / "bad.safetensors")
+    unmerged = tmp_path / "unmerged.safetensors"  # the adapter forgotten: W alone
+    write_safetensors(unmerged, {k: ("F32", v.shape, v.tobytes()) for k, v in w.items()})
+    with pytest.raises(UserError, match="WRONG"):
+        pf.verify_lora_merge(run, tmp_path / "base.safetensors", unmerged)
+
+
+def test_read_tensors_widens_bf16_exactly(tmp_path):
+    from paddle_ocrvl_sft.testing import to_bf16
+
+    values = np.array([1.0, -2.5, 3.140625, 0.0], np.float32)
+    write_safetensors(tmp_path / "t.safetensors", {"x": ("BF16", (2, 2), to_bf16(values))})
+    assert np.array_equal(read_tensors(tmp_path / "t.safetensors")["x"], values.reshape(2, 2))
+
+
+# --- environments ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", backends.NAMES)
+def test_every_direct_pin_is_in_the_lock(name):
+    direct = re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)", (envs.REQUIREMENTS / f"{name}.in").read_text(), re.M)
+    lock = dict(re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)", envs.lock_file(name).read_text(), re.M))
+    lock = {k.lower().replace("_", "-"): v for k, v in lock.items()}
+    for package, version in direct:
+        assert lock.get(package.lower().replace("_", "-")) == version, package
+    unpinned = [line for line in envs.lock_file(name).read_text().splitlines()
+                if line.strip() and not line.startswith("#") and "==" not in line.split("#")[0] and not line.startswith(" ")]
+    assert unpinned == []
+    assert lock.get("safetensors") == ("0.7.0" if name == "paddleformers" else lock.get("safetensors"))
+
+
+def test_listing_and_require_without_any_install(tmp_path, monkeypatch):
+    monkeypatch.setenv("PADDLE_OCRVL_SFT_HOME", str(tmp_path))
+    monkeypatch.setenv("PATH", str(tmp_path / "nothing"))
+    assert [(r["backend"], r["status"]) for r in envs.listing()] == [("erniekit", "missing"), ("paddleformers", "missing")]
+    with pytest.raises(UserError, match=r"backend install erniekit \[--source ERNIE_CLONE_OR_TARBALL\]"):
+        envs.require("erniekit")
+    with pytest.raises(UserError, match="only ERNIEKit is installed from source"):
+        envs.install("paddleformers", source=tmp_path)
+
+
+def test_erniekit_source_must_have_the_ocr_vl_stage(tmp_path):
+    tree = tmp_path / "ERNIE"
+    (tree / "erniekit" / "train").mkdir(parents=True)
+    (tree / "setup.py").write_text("")
+    with pytest.raises(UserError, match="not an ERNIEKit >= 1.4 source tree"):
+        envs._check_erniekit_tree(tree)
