@@ -79,7 +79,7 @@ class Backend:
     cpu_keys: dict  # keys `plan --device cpu` sets (None removes a key)
     cpu_module: str  # module run in the trainer's Python on CPU (applies the CPU patches)
     tokens_per_second_key: str  # the log field with per-device tokens/s
-    checkpoint_files: tuple[str, ...]  # what a checkpoint-N holds once it is completely written
+    checkpoint_layouts: tuple[tuple[str, ...], ...]  # what a checkpoint-N holds once completely written (any one layout)
     supports_lora = False
 
     def default_preset(self, lora: bool = False) -> str:
@@ -130,7 +130,7 @@ class Backend:
         found = {}
         for path in output_dir.glob("checkpoint-*") if output_dir.is_dir() else ():
             step = path.name.removeprefix("checkpoint-")
-            if step.isdigit() and all((path / name).exists() for name in self.checkpoint_files):
+            if step.isdigit() and any(all((path / name).exists() for name in layout) for layout in self.checkpoint_layouts):
                 found[int(step)] = path
         return dict(sorted(found.items()))
 

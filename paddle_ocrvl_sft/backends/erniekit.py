@@ -278,7 +278,7 @@ class ErnieKit(Backend):
     presets = {"ocr_16k": 1, "kie_16k": 1, "ocr_16k_8gpu": 8}
     cpu_module = "paddle_ocrvl_sft.backends.cpu.erniekit"
     tokens_per_second_key = "tokens_per_sec_per_card"
-    checkpoint_files = ("trainer_state.json", "model.safetensors.index.json", "optimizer.safetensors.index.json", "scheduler.pdparams")
+    checkpoint_layouts = (("trainer_state.json", "model.safetensors.index.json", "optimizer.safetensors.index.json", "scheduler.pdparams"),)
     # CPU_TRAINING.md B: the keys a CPU run needs; packing off makes B = packing_size = 1 sample a step
     cpu_keys = {
         "device": "cpu", "use_flash_attention": False, "use_sparse_flash_attn": False, "fuse_rope": False,

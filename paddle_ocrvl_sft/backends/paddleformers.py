@@ -230,13 +230,21 @@ class PaddleFormers(Backend):
     presets = {"paddleformers_full_16k": 1, "paddleformers_lora_16k": 1}
     cpu_module = "paddle_ocrvl_sft.backends.cpu.paddleformers"
     tokens_per_second_key = "interval_tokens_per_second_per_device"
-    # flex checkpoints (*.distcp); saved_signal_0 is written once rank 0 has saved everything
-    checkpoint_files = ("trainer_state.bin", "model_state", "optimizer_state", "scheduler.pdparams", "saved_signal_0")
+    checkpoint_layouts = (
+        # flex checkpoints (*.distcp, GPU default); saved_signal_0 is written once rank 0 has saved everything
+        ("trainer_state.bin", "model_state", "optimizer_state", "scheduler.pdparams", "saved_signal_0"),
+        # unified checkpoints (safetensors, the CPU keys): resumable without paddle.distributed, exportable
+        ("trainer_state.bin", "model.safetensors.index.json", "optimizer.safetensors.index.json", "scheduler.pdparams"),
+    )
     supports_lora = True
     # CPU_TRAINING.md A: the keys a CPU run needs: eager attention, float32 (paddle's CPU build has no bf16
-    # conv2d/matmul, which O2 would cast the model to), no GPU memory pre-allocation
+    # conv2d/matmul, which O2 would cast the model to), no GPU memory pre-allocation; and unified
+    # (safetensors) checkpoints: resuming a flex checkpoint needs paddle.distributed's hybrid group
+    # ("'Fleet' object has no attribute '_hcg'" in one CPU process)
     cpu_keys = {"device": "cpu", "_attn_implementation": "eager", "bf16": False, "fp16_opt_level": "O1",
                 "amp_master_grad": False, "dataloader_num_workers": 0, "pre_alloc_memory": 0,
+                "unified_checkpoint": True, "save_checkpoint_format": "unified_checkpoint",
+                "load_checkpoint_format": "unified_checkpoint",
                 "overwrite_output_dir": True, "recompute_granularity": None, "recompute_method": None,
                 "recompute_num_layers": None}
 
