@@ -26,16 +26,27 @@ import os
 import sys
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from paddle_ocrvl_sft.bundle import check_model_dir, model_name_of
-from paddle_ocrvl_sft.data.sample import image_location, image_urls, is_remote, sample_turns
+from paddle_ocrvl_sft.data.sample import (
+    image_location,
+    image_urls,
+    is_remote,
+    sample_turns,
+)
 from paddle_ocrvl_sft.data.validate import DATASET_SUFFIXES
 from paddle_ocrvl_sft.errors import UsageError, UserError
 from paddle_ocrvl_sft.io import atomic_open, iter_records
-from paddle_ocrvl_sft.prompts import BUILTIN_PROMPTS, kie_prompt, prompt_kind, query_for_fields
+from paddle_ocrvl_sft.prompts import (
+    BUILTIN_PROMPTS,
+    kie_prompt,
+    prompt_kind,
+    query_for_fields,
+)
 from paddle_ocrvl_sft.tokens import PixelBounds, image_tokens
 
 BACKENDS = ("paddle", "transformers", "genai-server")
@@ -266,8 +277,6 @@ class GenAIServerBackend:
 
     def batch(self, jobs: list[Job]) -> list[str]:
         """All requests in flight at once: the server batches them (vLLM, FastDeploy, ``serve``)."""
-        from concurrent.futures import ThreadPoolExecutor
-
         with ThreadPoolExecutor(max_workers=min(len(jobs), 64)) as pool:
             return list(pool.map(self, jobs))
 
@@ -305,7 +314,7 @@ class TransformersBackend:
 
     ``batch(jobs)`` takes any number of jobs: it sorts them by prompt length (image tokens + text
     tokens) so that a batch pads little, generates ``batch_size`` at a time with greedy decoding and
-    left padding, prepares the next batch's images on a CPU thread while the current one generates,
+    left padding, prepares the next batch's images on CPU threads while the current one generates,
     and returns the texts in the jobs' order. ``kv_cache="static"`` preallocates the KV cache
     (transformers then compiles the decoding step on GPU).
     """
@@ -320,21 +329,21 @@ class TransformersBackend:
         self.max_new_tokens = max_new_tokens or DEFAULT_MAX_NEW_TOKENS
         self.generate_kwargs = {"cache_implementation": "static"} if kv_cache == "static" else {}
         self.generate_kwargs.update(generate_kwargs or {})
+        self.cpu_threads = min(8, os.cpu_count() or 1)
+        self._cpu = ThreadPoolExecutor(max_workers=self.cpu_threads, thread_name_prefix="hf-inputs")
 
     def __call__(self, job: Job) -> str:
         return self.batch([job])[0]
 
     def batch(self, jobs: list[Job]) -> list[str]:
-        from concurrent.futures import ThreadPoolExecutor
-
         images = [open_image(job.image) for job in jobs]
         try:
             batches = self._plan(jobs, images)
             texts: list[str] = [""] * len(jobs)
-            with ThreadPoolExecutor(max_workers=1) as cpu:
-                prepare = lambda rows: cpu.submit(  # noqa: E731
+            with ThreadPoolExecutor(max_workers=1) as ahead:
+                prepare = lambda rows: ahead.submit(
                     hf_inputs, self.processor, [images[i] for i in rows], [jobs[i].prompt for i in rows],
-                    jobs[rows[0]].pixels)
+                    jobs[rows[0]].pixels, pool=self._cpu, chunks=self.cpu_threads)
                 pending = prepare(batches[0])
                 for k, rows in enumerate(batches):
                     inputs = pending.result()
@@ -351,11 +360,15 @@ class TransformersBackend:
 
     def _plan(self, jobs: list[Job], images: list) -> list[list[int]]:
         """Job indices in batches: same pixel bounds, at most ``batch_size``, shortest prompts first."""
+        # Tokenized with the padding settings hf_inputs uses: the fast tokenizer then never changes
+        # its padding state while hf_inputs' threads use it (that raises "Already borrowed").
+        text = self.processor.tokenizer([job.prompt for job in jobs], add_special_tokens=False, padding=True,
+                                        padding_side="left")["attention_mask"]
+
         def key(i: int) -> tuple[int, int, int]:
             bounds = jobs[i].pixels or self.bounds
             width, height = images[i].size
-            text = len(self.processor.tokenizer(jobs[i].prompt, add_special_tokens=False).input_ids)
-            return bounds.min_pixels, bounds.max_pixels, image_tokens(height, width, bounds) + text
+            return bounds.min_pixels, bounds.max_pixels, image_tokens(height, width, bounds) + sum(text[i])
 
         keys = {i: key(i) for i in range(len(jobs))}
         batches: list[list[int]] = []
@@ -441,7 +454,7 @@ def _outcomes(jobs: list[Job], backend) -> list:
             return [exc]
     try:
         return list(backend.batch(jobs))
-    except Exception:  # noqa: BLE001 - split until the error names its job
+    except Exception:
         half = len(jobs) // 2
         return _outcomes(jobs[:half], backend) + _outcomes(jobs[half:], backend)
 
@@ -547,14 +560,44 @@ def check_hf_dir(model_dir: str | os.PathLike) -> None:
         raise UserError(hint.format("tokenizer_config.json names no image_token"))
 
 
-def hf_inputs(processor, images: list, queries: list[str], pixels: PixelBounds | None = None):
-    """Processor inputs for one batch: the training prompt layout, left padding for generation."""
+def hf_inputs(processor, images: list, queries: list[str], pixels: PixelBounds | None = None, *,
+              pool=None, chunks: int = 1):
+    """Processor inputs for one batch: the training prompt layout, left padding for generation.
+
+    Pixel values stay unscaled (0..255): :func:`hf_decode` rescales and normalizes them on the
+    model's device, which halves the CPU work. With a thread ``pool`` the batch is prepared in
+    ``chunks`` side by side (the image processor's array work releases the GIL) and joined.
+    """
+    chunks = min(len(images), chunks) if pool is not None else 1
+    if chunks > 1:
+        bounds = [round(len(images) * k / chunks) for k in range(chunks + 1)]
+        parts = list(pool.map(lambda k: hf_inputs(processor, images[bounds[k]:bounds[k + 1]],
+                                                   queries[bounds[k]:bounds[k + 1]], pixels),
+                              range(chunks)))
+        return _join_inputs(parts, processor.tokenizer.pad_token_id)
     prompts = [processor.apply_chat_template(
         [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q}]}],
         add_generation_prompt=True, image_token=IMAGE_PROMPT) for q in queries]
     size = {} if pixels is None else {"size": {"shortest_edge": pixels.min_pixels, "longest_edge": pixels.max_pixels}}
     return processor(images=[im.convert("RGB") for im in images], text=prompts, return_tensors="pt",
-                     padding=True, padding_side="left", **size)
+                     padding=True, padding_side="left", do_rescale=False, do_normalize=False, **size)
+
+
+def _join_inputs(parts: list, pad_id: int):
+    """Processor outputs of consecutive chunks as one batch: token rows left-padded to one width."""
+    import torch
+    from transformers import BatchFeature
+
+    width = max(part["input_ids"].shape[1] for part in parts)
+    joined = {}
+    for key in parts[0]:
+        if key in ("input_ids", "attention_mask", "mm_token_type_ids"):
+            fill = pad_id if key == "input_ids" else 0
+            joined[key] = torch.cat([torch.nn.functional.pad(part[key], (width - part[key].shape[1], 0), value=fill)
+                                     for part in parts])
+        else:  # pixel_values (patches of all images), image_grid_thw (one row per image)
+            joined[key] = torch.cat([part[key] for part in parts])
+    return BatchFeature(joined)
 
 
 def hf_decode(model, processor, inputs, caps: list[int], **generate_kwargs) -> list[str]:
@@ -565,8 +608,12 @@ def hf_decode(model, processor, inputs, caps: list[int], **generate_kwargs) -> l
     """
     import torch
 
+    image_processor = processor.image_processor
     inputs = inputs.to(model.device)
-    inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+    mean = torch.tensor(image_processor.image_mean, device=model.device).view(1, -1, 1, 1)
+    std = torch.tensor(image_processor.image_std, device=model.device).view(1, -1, 1, 1)
+    pixels = inputs["pixel_values"].float() * image_processor.rescale_factor  # what hf_inputs left undone
+    inputs["pixel_values"] = ((pixels - mean) / std).to(model.dtype)
     with torch.no_grad():
         out = model.generate(**inputs, max_new_tokens=max(caps), do_sample=False, use_cache=True, **generate_kwargs)
     new = out[:, inputs["input_ids"].shape[1]:].cpu()

@@ -136,7 +136,7 @@ def test_ocr_answers_what_the_backend_answers(servers, kind, receipt_png):
 @pytest.mark.slow
 @BOTH
 def test_extract_uses_the_training_prompt_and_parses_the_answer(servers, kind, receipt_png):
-    url, backend = servers(kind)
+    url, _ = servers(kind)
     status, answer = call(url, "/extract", {"image": b64(receipt_png), "fields": ["total", "商户名称"]})
     assert status == 200, answer
     assert answer["prompt"] == kie_prompt({"total": "", "商户名称": ""}) == 'OCR:{"total": "", "商户名称": ""}'
@@ -154,13 +154,14 @@ def test_extract_uses_the_training_prompt_and_parses_the_answer(servers, kind, r
 def test_openai_client_gets_an_answer(servers, kind, receipt_png):
     from openai import OpenAI
 
-    url, backend = servers(kind)
+    url, _ = servers(kind)
     client = OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=120)
     assert [m.id for m in client.models.list().data] == [MODEL]
     response = client.chat.completions.create(model=MODEL, max_completion_tokens=MAX_NEW, temperature=0, messages=[
         {"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_url(receipt_png)}},
                                      {"type": "text", "text": "OCR:"}]}])
     status, direct = call(url, "/ocr", {"image": b64(receipt_png)})
+    assert status == 200
     assert response.choices[0].message.content == direct["text"]
     assert response.choices[0].finish_reason == "stop" and response.model == MODEL
 
@@ -168,7 +169,7 @@ def test_openai_client_gets_an_answer(servers, kind, receipt_png):
 @pytest.mark.slow
 def test_paddleocr_doc_parser_runs_against_the_server(servers, receipt_png, tmp_path):
     """PaddleOCR's own pipeline as the client (--vl_rec_backend vllm-server), offline, layout detection off."""
-    url, backend = servers("transformers")
+    url, _ = servers("transformers")
     exe = Path(sys.executable).with_name("paddleocr")
     cmd = [str(exe)] if exe.is_file() else [sys.executable, "-m", "paddleocr"]
     cmd += ["doc_parser", "-i", str(receipt_png), "--vl_rec_backend", "vllm-server", "--vl_rec_server_url", url + "/v1",
@@ -196,7 +197,10 @@ def test_paddleocr_doc_parser_runs_against_the_server(servers, receipt_png, tmp_
 
 
 def metric(url: str, series: str) -> float:
-    status, text = call(url, "/metrics")
+    return _metric(call(url, "/metrics")[1], series)
+
+
+def _metric(text: str, series: str) -> float:
     match = re.search(re.escape(series) + r" (\S+)", text)
     return float(match.group(1)) if match else 0.0
 
@@ -230,7 +234,7 @@ def _bad_requests(receipt: Path):
     huge_png = base64.b64encode(_png(500, 500)).decode()
     upload, form_headers = multipart({}, {"image": ("notes.txt", b"hello, not an image")})
     no_image, no_image_headers = multipart({"prompt": "ocr"}, {})
-    chat = lambda content, **extra: {"model": MODEL, "messages": [{"role": "user", "content": content}], **extra}  # noqa: E731
+    chat = lambda content, **extra: {"model": MODEL, "messages": [{"role": "user", "content": content}], **extra}
     image_part = {"type": "image_url", "image_url": {"url": "data:image/png;base64," + good}}
     text_part = {"type": "text", "text": "OCR:"}
     return [
@@ -283,9 +287,7 @@ def test_bad_requests_are_4xx_with_a_message_and_the_server_keeps_serving(guarde
 
 
 def metric_with_key(url: str, series: str) -> float:
-    status, text = call(url, "/metrics", headers=KEY)
-    match = re.search(re.escape(series) + r" (\S+)", text)
-    return float(match.group(1)) if match else 0.0
+    return _metric(call(url, "/metrics", headers=KEY)[1], series)
 
 
 @pytest.mark.slow
@@ -345,6 +347,7 @@ def test_requests_that_arrive_together_share_a_model_call():
         assert [a[1]["text"] for a in answers] == [f"text for p{i}" for i in range(12)]
         assert sum(backend.batches) == 12 and max(backend.batches) == 8 and len(backend.batches) < 12
         status, text = call(server.url, "/metrics")
+        assert status == 200
         assert f"ocrvl_batch_size_count {float(len(backend.batches))}" in text
         assert 'ocrvl_requests_total{route="/ocr",status="200"} 12.0' in text
 
@@ -380,8 +383,10 @@ def test_extract_strict_keeps_exactly_the_requested_keys():
                      model_name="m", backend_name="test")
     with ServerThread(app) as server:
         status, answer = call(server.url, "/extract", {"image": tiny_png_b64(), "fields": "total,date,tax"})
+        assert status == 200
         assert answer["fields"] == {"total": "12.50", "store": "Migros", "date": "2024-"}  # repaired, all keys
         status, answer = call(server.url, "/extract", {"image": tiny_png_b64(), "fields": "total,date,tax", "strict": True})
+        assert status == 200
         assert answer["fields"] == {"total": "12.50", "date": "2024-", "tax": None}
 
 
@@ -393,7 +398,7 @@ def test_genai_server_proxy_answers_as_its_upstream(servers, receipt_png):
     """serve --backend genai-server in front of an OpenAI-compatible server (here: serve itself)."""
     from paddle_ocrvl_sft.predict import GenAIServerBackend
 
-    upstream, backend = servers("paddle")
+    upstream, _ = servers("paddle")
     proxy_backend = GenAIServerBackend(upstream + "/v1", timeout=60)
     assert proxy_backend.model == MODEL
     app = create_app(proxy_backend, model_name=proxy_backend.model, backend_name="genai-server")
@@ -405,7 +410,7 @@ def test_genai_server_proxy_answers_as_its_upstream(servers, receipt_png):
 
 @pytest.mark.slow
 def test_serve_cli_binds_loopback_and_stops_cleanly(bundles, tmp_path):
-    base, hf = bundles
+    hf = bundles[1]
     cmd = [sys.executable, "-m", "paddle_ocrvl_sft", "serve", "--model", str(hf), "--backend", "transformers",
            "--device", "cpu", "--port", "0", "--max-new-tokens", "4"]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})

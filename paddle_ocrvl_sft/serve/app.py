@@ -24,7 +24,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -191,7 +191,7 @@ def create_app(backend, *, model_name: str, backend_name: str, limits: Limits = 
                 raise ApiError(503, f"the model is not available: {exc}", "server_error") from None
             try:
                 text = await asyncio.wait_for(asyncio.wrap_future(future), limits.timeout)
-            except asyncio.TimeoutError:
+            except asyncio.TimeoutError:  # not the builtin one before Python 3.11
                 raise ApiError(408, f"no answer within {limits.timeout:g} s (the server's --timeout); "
                                     "send a smaller image or a lower max_new_tokens", "timeout") from None
             except UserError as exc:  # genai-server: the upstream server failed or is unreachable
@@ -257,7 +257,7 @@ def create_app(backend, *, model_name: str, backend_name: str, limits: Limits = 
             chat = ChatRequest.model_validate(body)
         except ValidationError as exc:
             raise ApiError(422, describe_validation(exc.errors())) from None
-        image, prompt = chat_input(chat, limits)
+        image, prompt = await asyncio.to_thread(chat_input, chat, limits)
         cap = token_cap(chat.max_completion_tokens if chat.max_completion_tokens is not None else chat.max_tokens,
                         "max_completion_tokens", limits)
         job = Job(image, prompt, max_new_tokens=cap, pixels=pixel_bounds(chat.mm_processor_kwargs, model_bounds))
@@ -290,7 +290,10 @@ async def read_json(request: Request) -> Any:
 
 
 async def read_request(request: Request, options: type[BaseModel], limits: Limits):
-    """(image, options) from a multipart upload (field ``image``) or a JSON body."""
+    """(image, options) from a multipart upload (field ``image``) or a JSON body.
+
+    Images are decoded on a worker thread: the event loop keeps accepting requests meanwhile.
+    """
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
         try:
@@ -304,9 +307,10 @@ async def read_request(request: Request, options: type[BaseModel], limits: Limit
         if upload is None:
             raise ApiError(422, "image: missing (a multipart file field named 'image')")
         if isinstance(upload, str):
-            image = image_from_text(upload, "image", limits)
+            image = await asyncio.to_thread(image_from_text, upload, "image", limits)
         else:
-            image = image_from_bytes(await upload.read(), f"image ({upload.filename or 'upload'})", limits)
+            raw = await upload.read()
+            image = await asyncio.to_thread(image_from_bytes, raw, f"image ({upload.filename or 'upload'})", limits)
         values = {key: value for key, value in values.items() if isinstance(value, str)}
     else:
         body = await read_json(request)
@@ -315,7 +319,7 @@ async def read_request(request: Request, options: type[BaseModel], limits: Limit
         values = dict(body)
         if "image" not in values:
             raise ApiError(422, "image: missing (base64 or a data: URL)")
-        image = image_from_text(values.pop("image"), "image", limits)
+        image = await asyncio.to_thread(image_from_text, values.pop("image"), "image", limits)
     try:
         return image, options.model_validate(values)
     except ValidationError as exc:

@@ -1,9 +1,10 @@
 """Micro-batching: requests that arrive together share one model call.
 
 Model calls are not thread-safe, so ONE worker thread owns the backend. It takes the first waiting
-job, waits up to ``max_wait`` seconds for more (or none, when jobs are already queued because the
-model was busy), and runs up to ``max_batch`` of them with ``backend.batch(jobs)`` (one by one for
-a backend without it). Callers get a
+job and gathers more while they keep coming: it stops when ``max_batch`` are there, when none has
+arrived for ``max_wait`` seconds, or ``GATHER_LIMIT`` waits after the first (a burst of clients
+becomes one batch, a lone request waits only ``max_wait``). It runs them with
+``backend.batch(jobs)`` (one by one for a backend without it). Callers get a
 :class:`concurrent.futures.Future`; one cancelled before its batch starts (its request timed out)
 is skipped. A failed batch is retried in halves, so an error lands on the job that caused it.
 """
@@ -18,6 +19,8 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from paddle_ocrvl_sft.predict import Job
+
+GATHER_LIMIT = 20  # a batch is gathered for at most this many max_wait periods
 
 
 @dataclass
@@ -74,18 +77,12 @@ class MicroBatcher:
 
     def _gather(self, first: _Pending) -> tuple[list[_Pending], bool]:
         batch = [first]
-        deadline = time.monotonic() + self.max_wait
+        limit = time.monotonic() + self.max_wait * GATHER_LIMIT
         while len(batch) < self.max_batch:
             try:
-                pending = self._queue.get_nowait()
+                pending = self._queue.get(timeout=max(0.0, min(self.max_wait, limit - time.monotonic())))
             except queue.Empty:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                try:
-                    pending = self._queue.get(timeout=remaining)
-                except queue.Empty:
-                    break
+                break
             if pending is None:
                 return batch, True
             batch.append(pending)
@@ -96,7 +93,7 @@ class MicroBatcher:
         jobs = [p.job for p in batch]
         try:
             texts = self.backend.batch(jobs) if hasattr(self.backend, "batch") else [self.backend(j) for j in jobs]
-        except Exception as exc:  # noqa: BLE001 - handed to the waiting requests
+        except Exception as exc:
             if len(batch) == 1:
                 batch[0].future.set_exception(exc)
                 return
