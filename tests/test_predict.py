@@ -471,3 +471,12 @@ def test_transformers_refuses_a_bundle_that_is_not_hf(base, receipt, capsys):
     err = capsys.readouterr().err
     assert f"--model {base}: not an hf bundle (config.json has no text_config with tie_word_embeddings false)" in err
     assert "export RUN_DIR --base BASE --format hf" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_transformers_static_kv_cache_answers_as_the_dynamic_one(hf_bundle, hf_backend, receipts):
+    from paddle_ocrvl_sft.predict import TransformersBackend
+
+    static = TransformersBackend(hf_bundle, device="cpu", batch_size=2, max_new_tokens=12, kv_cache="static")
+    jobs = [Job(str(path), prompt) for path, prompt in zip(receipts, PROMPTS)][:3]
+    assert static.batch(jobs) == hf_backend.batch(jobs)
