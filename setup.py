@@ -11,6 +11,16 @@ INFER = [
     "opencv-python-headless==5.0.0.93",
 ]
 
+SERVE = [
+    "fastapi==0.163.2",
+    "uvicorn==0.54.0",
+    "python-multipart==0.0.34",  # multipart uploads (FastAPI's form parser)
+    "prometheus-client==0.26.0",
+]
+# The test suite drives the server with the official openai client and the playground with
+# Playwright on Debian's chromium (no browser download: executable_path=/usr/bin/chromium).
+SERVE_TEST = ["openai==3.57.0", "playwright==1.65.2"]
+
 setup(
     name="paddle-ocrvl-sft",
     version="0.1.0",
@@ -21,7 +31,7 @@ setup(
     packages=[*find_packages(include=["paddle_ocrvl_sft", "paddle_ocrvl_sft.*"]), "paddle_ocrvl_sft._configs", "paddle_ocrvl_sft._patches"],
     package_dir={"paddle_ocrvl_sft._configs": "configs", "paddle_ocrvl_sft._patches": "patches"},
     package_data={
-        "paddle_ocrvl_sft": ["resources/*/*", "backends/requirements/*"],
+        "paddle_ocrvl_sft": ["resources/*/*", "backends/requirements/*", "serve/static/*"],
         "paddle_ocrvl_sft._configs": ["*.yaml"],
         "paddle_ocrvl_sft._patches": ["*.json"],
     },
@@ -44,8 +54,9 @@ setup(
     extras_require={
         "infer": INFER,
         "hf": HF,
-        "test": ["pytest==9.0.3", "hypothesis==6.155.2", *HF],
-        "all": [*INFER, *HF, "pytest==9.0.3", "hypothesis==6.155.2"],
+        "serve": SERVE,
+        "test": ["pytest==9.0.3", "hypothesis==6.155.2", *HF, *SERVE, *SERVE_TEST],
+        "all": [*INFER, *HF, *SERVE, *SERVE_TEST, "pytest==9.0.3", "hypothesis==6.155.2"],
     },
     entry_points={"console_scripts": ["paddle-ocrvl-sft = paddle_ocrvl_sft.cli:main"]},
 )

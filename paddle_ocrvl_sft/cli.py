@@ -14,13 +14,14 @@ import sys
 from paddle_ocrvl_sft import __version__
 from paddle_ocrvl_sft.errors import UserError
 
-COMMAND_MODULES = ("data", "plan", "backend", "patch", "train", "export", "predict", "eval", "demo", "doctor")
+COMMAND_MODULES = ("data", "plan", "backend", "patch", "train", "export", "predict", "eval", "serve", "demo",
+                   "doctor")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="paddle-ocrvl-sft",
-        description="Fine-tune PaddleOCR-VL-0.9B with ERNIEKit: data -> plan -> patch -> train -> export -> predict.",
+        description="Fine-tune PaddleOCR-VL-0.9B with ERNIEKit: data -> plan -> patch -> train -> export -> predict / serve.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

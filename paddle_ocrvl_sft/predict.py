@@ -1,13 +1,17 @@
 """Run a (fine-tuned) PaddleOCR-VL on images with any prompt; KIE answers come back parsed.
 
-Two backends:
+Three backends:
 
 * ``paddle``: PaddleX's VL-rec predictor called directly,
   ``create_predictor("PaddleOCR-VL-0.9B", model_dir=...).predict([{"image": ..., "query": ...}])``.
   The query reaches the chat template unchanged, so custom KIE prompts need no patch (the
   ``doc_parser`` pipeline is what rewrites them; shared/reference/FACTS.md, PaddleX inference).
+* ``transformers``: PyTorch on an ``hf`` export (``export --format hf``): batched greedy decoding,
+  prompts of similar length batched together, bf16 on GPU; the PIL image processor (no torchvision).
 * ``genai-server``: an OpenAI-compatible ``chat.completions`` server (``paddleocr genai_server``,
   vLLM, ...) with the image as a data URL followed by the text query, as PaddleX's own client does.
+
+A backend is called on one :class:`Job` and returns its text; ``batch(jobs)`` runs many at once.
 
 KIE prompts are rendered by :mod:`paddle_ocrvl_sft.prompts`, the same code that writes training
 data, so training and inference prompts match byte for byte.
@@ -22,30 +26,55 @@ import os
 import sys
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 from paddle_ocrvl_sft.bundle import check_model_dir, model_name_of
-from paddle_ocrvl_sft.data.sample import image_location, image_urls, is_remote, sample_turns
+from paddle_ocrvl_sft.data.sample import (
+    image_location,
+    image_urls,
+    is_remote,
+    sample_turns,
+)
 from paddle_ocrvl_sft.data.validate import DATASET_SUFFIXES
 from paddle_ocrvl_sft.errors import UsageError, UserError
 from paddle_ocrvl_sft.io import atomic_open, iter_records
-from paddle_ocrvl_sft.prompts import BUILTIN_PROMPTS, kie_prompt, prompt_kind, query_for_fields
+from paddle_ocrvl_sft.prompts import (
+    BUILTIN_PROMPTS,
+    kie_prompt,
+    prompt_kind,
+    query_for_fields,
+)
+from paddle_ocrvl_sft.tokens import PixelBounds, image_tokens
 
-BACKENDS = ("paddle", "genai-server")
+BACKENDS = ("paddle", "transformers", "genai-server")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 DEFAULT_PROMPT = BUILTIN_PROMPTS["ocr"]
+# PaddleOCR's doc_parser pipeline asks for at most 4096 new tokens per block; transformers' own
+# default (a 20-token max_length) would cut every answer short.
+DEFAULT_MAX_NEW_TOKENS = 4096
+# The image part of the prompt as training (ERNIEKit) and PaddleX lay it out: the chat template's
+# own default, which transformers would otherwise replace with the bare placeholder token.
+IMAGE_PROMPT = "<|IMAGE_START|><|IMAGE_PLACEHOLDER|><|IMAGE_END|>"
 
 
 @dataclass(frozen=True)
 class Job:
-    """One image and the prompt to ask about it; ``where``/``reference`` come from a dataset line."""
+    """One image and the prompt to ask about it; ``where``/``reference`` come from a dataset line.
 
-    image: str
+    ``image`` is a path or URL, or (``serve``) an image already decoded in memory (a PIL image).
+    ``max_new_tokens`` and ``pixels`` (the image processor's min/max pixels) override the
+    backend's defaults for this job only: an API request may ask for them.
+    """
+
+    image: Any
     prompt: str
     where: str | None = None
     reference: str | None = None
+    max_new_tokens: int | None = None
+    pixels: PixelBounds | None = None
 
 
 # --- prompts and inputs -------------------------------------------------------------------------
@@ -159,15 +188,39 @@ class PaddleBackend:
     def __init__(self, model_dir, *, model_name=None, device=None, max_new_tokens=None):
         check_model_dir(model_dir)
         self.predictor = paddle_predictor(model_dir, model_name, device)
-        self.kwargs = {} if max_new_tokens is None else {"max_new_tokens": max_new_tokens}
+        self.max_new_tokens = max_new_tokens
 
     def __call__(self, job: Job) -> str:
         return self.batch([job])[0]
 
     def batch(self, jobs: list[Job]) -> list[str]:
-        """PaddleX's predictor takes a list of inputs and batches them itself."""
-        results = list(self.predictor.predict([{"image": j.image, "query": j.prompt} for j in jobs], **self.kwargs))
-        return [r["result"] for r in results]
+        """PaddleX's predictor takes a list of inputs and batches them itself (one call per option set)."""
+        texts: list[str] = [""] * len(jobs)
+        for (cap, pixels), indices in group_by(jobs, lambda j: (j.max_new_tokens or self.max_new_tokens, j.pixels)).items():
+            kwargs = {} if cap is None else {"max_new_tokens": cap}
+            if pixels is not None:
+                kwargs.update(min_pixels=pixels.min_pixels, max_pixels=pixels.max_pixels)
+            inputs = [{"image": paddle_image(jobs[i].image), "query": jobs[i].prompt} for i in indices]
+            for i, result in zip(indices, self.predictor.predict(inputs, **kwargs)):
+                texts[i] = result["result"]
+        return texts
+
+
+def group_by(jobs: list[Job], key) -> dict:
+    """Job indices by ``key(job)``, in first-seen order."""
+    groups: dict = {}
+    for i, job in enumerate(jobs):
+        groups.setdefault(key(job), []).append(i)
+    return groups
+
+
+def paddle_image(image):
+    """PaddleX takes a path/URL as it is, and in-memory images as BGR arrays."""
+    if isinstance(image, str):
+        return image
+    import numpy as np
+
+    return np.asarray(image.convert("RGB"))[:, :, ::-1].copy()
 
 
 class GenAIServerBackend:
@@ -211,39 +264,148 @@ class GenAIServerBackend:
             ]}],
             "temperature": 0,
         }
-        if self.max_new_tokens is not None:
-            body["max_completion_tokens"] = self.max_new_tokens
+        cap = job.max_new_tokens or self.max_new_tokens
+        if cap is not None:
+            body["max_completion_tokens"] = cap
+        if job.pixels is not None:  # what PaddleX's client sends vLLM for a block's pixel bounds
+            body["mm_processor_kwargs"] = {"min_pixels": job.pixels.min_pixels, "max_pixels": job.pixels.max_pixels}
         answer = self._request("/chat/completions", body)
         try:
             return answer["choices"][0]["message"]["content"]
         except (KeyError, IndexError, TypeError):
             raise UserError(f"--server-url {self.base}/chat/completions: unexpected answer {str(answer)[:200]}") from None
 
+    def batch(self, jobs: list[Job]) -> list[str]:
+        """All requests in flight at once: the server batches them (vLLM, FastDeploy, ``serve``)."""
+        with ThreadPoolExecutor(max_workers=min(len(jobs), 64)) as pool:
+            return list(pool.map(self, jobs))
 
-def image_url(image: str) -> str:
-    """Remote URLs as they are; local files as a ``data:`` URL (PNG/JPEG bytes unchanged, else PNG)."""
-    if is_remote(image):
+
+def image_url(image) -> str:
+    """Remote URLs as they are; local files as a ``data:`` URL (PNG/JPEG bytes unchanged, else PNG).
+
+    An image in memory (a PIL image) is sent as PNG.
+    """
+    if isinstance(image, str) and is_remote(image):
         return image
     from PIL import Image
 
-    raw = Path(image).read_bytes()
-    with Image.open(image) as img:
-        fmt = img.format
-        if fmt not in ("PNG", "JPEG"):
-            import io
-
-            buf = io.BytesIO()
-            img.convert("RGB").save(buf, format="PNG")
-            raw, fmt = buf.getvalue(), "PNG"
+    if isinstance(image, str):
+        raw = Path(image).read_bytes()
+        with Image.open(image) as img:
+            fmt = img.format
+            if fmt not in ("PNG", "JPEG"):
+                raw, fmt = _png_bytes(img), "PNG"
+    else:
+        raw, fmt = _png_bytes(image), "PNG"
     return f"data:image/{fmt.lower()};base64," + base64.b64encode(raw).decode("ascii")
 
 
+def _png_bytes(image) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    image.convert("RGB").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+class TransformersBackend:
+    """transformers (PyTorch) on an ``hf`` export: ``batch_size`` images per ``generate`` call.
+
+    ``batch(jobs)`` takes any number of jobs: it sorts them by prompt length (image tokens + text
+    tokens) so that a batch pads little, generates ``batch_size`` at a time with greedy decoding and
+    left padding, prepares the next batch's images on CPU threads while the current one generates,
+    and returns the texts in the jobs' order. ``kv_cache="static"`` preallocates the KV cache
+    (transformers then compiles the decoding step on GPU).
+    """
+
+    def __init__(self, model_dir, *, device=None, dtype=None, batch_size: int = 16,
+                 max_new_tokens: int | None = None, kv_cache: str = "dynamic", generate_kwargs: dict | None = None):
+        if kv_cache not in KV_CACHES:
+            raise UsageError(f"--kv-cache {kv_cache}: must be one of {', '.join(KV_CACHES)}")
+        self.model, self.processor = load_hf(model_dir, device=device or default_torch_device(), dtype=dtype)
+        self.bounds = PixelBounds.from_model_dir(model_dir)
+        self.batch_size = batch_size
+        self.max_new_tokens = max_new_tokens or DEFAULT_MAX_NEW_TOKENS
+        self.generate_kwargs = {"cache_implementation": "static"} if kv_cache == "static" else {}
+        self.generate_kwargs.update(generate_kwargs or {})
+        self.cpu_threads = min(8, os.cpu_count() or 1)
+        self._cpu = ThreadPoolExecutor(max_workers=self.cpu_threads, thread_name_prefix="hf-inputs")
+
+    def __call__(self, job: Job) -> str:
+        return self.batch([job])[0]
+
+    def batch(self, jobs: list[Job]) -> list[str]:
+        images = [open_image(job.image) for job in jobs]
+        try:
+            batches = self._plan(jobs, images)
+            texts: list[str] = [""] * len(jobs)
+            with ThreadPoolExecutor(max_workers=1) as ahead:
+                prepare = lambda rows: ahead.submit(
+                    hf_inputs, self.processor, [images[i] for i in rows], [jobs[i].prompt for i in rows],
+                    jobs[rows[0]].pixels, pool=self._cpu, chunks=self.cpu_threads)
+                pending = prepare(batches[0])
+                for k, rows in enumerate(batches):
+                    inputs = pending.result()
+                    if k + 1 < len(batches):
+                        pending = prepare(batches[k + 1])
+                    caps = [jobs[i].max_new_tokens or self.max_new_tokens for i in rows]
+                    for i, text in zip(rows, hf_decode(self.model, self.processor, inputs, caps, **self.generate_kwargs)):
+                        texts[i] = text
+            return texts
+        finally:
+            for job, image in zip(jobs, images):
+                if image is not job.image:
+                    image.close()
+
+    def _plan(self, jobs: list[Job], images: list) -> list[list[int]]:
+        """Job indices in batches: same pixel bounds, at most ``batch_size``, shortest prompts first."""
+        # Tokenized with the padding settings hf_inputs uses: the fast tokenizer then never changes
+        # its padding state while hf_inputs' threads use it (that raises "Already borrowed").
+        text = self.processor.tokenizer([job.prompt for job in jobs], add_special_tokens=False, padding=True,
+                                        padding_side="left")["attention_mask"]
+
+        def key(i: int) -> tuple[int, int, int]:
+            bounds = jobs[i].pixels or self.bounds
+            width, height = images[i].size
+            return bounds.min_pixels, bounds.max_pixels, image_tokens(height, width, bounds) + sum(text[i])
+
+        keys = {i: key(i) for i in range(len(jobs))}
+        batches: list[list[int]] = []
+        for i in sorted(keys, key=keys.get):
+            if batches and len(batches[-1]) < self.batch_size and keys[batches[-1][0]][:2] == keys[i][:2]:
+                batches[-1].append(i)
+            else:
+                batches.append([i])
+        return batches
+
+
+def open_image(image):
+    """A PIL image for a job's image: files are opened lazily (header only until used)."""
+    if not isinstance(image, str):
+        return image
+    if is_remote(image):
+        raise UserError(f"{image}: the transformers backend reads local files only (download it first)")
+    from PIL import Image
+
+    return Image.open(image)
+
+
+KV_CACHES = ("dynamic", "static")
+# How many batches predict hands the transformers backend at once: enough for sorting by prompt
+# length to group similar images, few enough that results keep streaming out.
+SORT_WINDOW_BATCHES = 8
+
+
 def make_backend(backend: str, *, model_dir=None, server_url=None, server_model=None, model_name=None,
-                 device=None, max_new_tokens=None, timeout=600.0):
+                 device=None, max_new_tokens=None, timeout=600.0, batch_size=16, dtype=None, kv_cache="dynamic"):
+    if backend in ("paddle", "transformers") and model_dir is None:
+        raise UsageError(f"--backend {backend} needs --model DIR")
     if backend == "paddle":
-        if model_dir is None:
-            raise UsageError("--backend paddle needs --model DIR")
         return PaddleBackend(model_dir, model_name=model_name, device=device, max_new_tokens=max_new_tokens)
+    if backend == "transformers":
+        return TransformersBackend(model_dir, device=device, dtype=dtype, batch_size=batch_size,
+                                   max_new_tokens=max_new_tokens, kv_cache=kv_cache)
     if backend == "genai-server":
         if not server_url:
             raise UsageError("--backend genai-server needs --server-url http://HOST:PORT/v1")
@@ -260,37 +422,41 @@ def run(jobs: list[Job], backend, *, progress: bool = True, batch_size: int = 1)
     A backend is called on one :class:`Job` and returns its text; one with a ``batch(jobs)`` method
     gets ``batch_size`` jobs at a time. A job that fails (an unreadable image, a server error for
     that request) does not stop the run: it yields an :func:`error_record` and prints one ``error:``
-    line on stderr. When a whole batch fails, its jobs are retried one by one so the error lands
-    on the job that caused it.
+    line on stderr. A batch that fails is split in halves and retried until the error lands on the
+    job that caused it (a lone job is called directly).
     """
     from tqdm import tqdm
 
     if batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {batch_size}")
     batched = batch_size > 1 and hasattr(backend, "batch")
+    step = batch_size if batched else 1
     with tqdm(total=len(jobs), desc="predict", unit="img", file=sys.stderr, disable=not progress) as bar:
-        for start in range(0, len(jobs), batch_size if batched else 1):
-            chunk = jobs[start:start + (batch_size if batched else 1)]
-            texts = None
-            if batched:
-                try:
-                    texts = list(backend.batch(chunk))
-                except Exception:  # noqa: BLE001 - retried one by one below, which names the culprit
-                    texts = None
-            for i, job in enumerate(chunk):
-                if texts is not None:
-                    yield to_record(job, texts[i])
+        for start in range(0, len(jobs), step):
+            chunk = jobs[start:start + step]
+            for job, outcome in zip(chunk, _outcomes(chunk, backend)):
+                if isinstance(outcome, str):
+                    yield to_record(job, outcome)
                     continue
-                try:
-                    text = backend(job)
-                except Exception as exc:  # one bad input must not lose the predictions already made
-                    record = error_record(job, exc)
-                    where = f"{job.where}: {job.image}" if job.where else job.image
-                    tqdm.write(f"error: {where}: {record['error']}", file=sys.stderr)
-                    yield record
-                else:
-                    yield to_record(job, text)
+                record = error_record(job, outcome)
+                where = f"{job.where}: {job.image}" if job.where else job.image
+                tqdm.write(f"error: {where}: {record['error']}", file=sys.stderr)
+                yield record
             bar.update(len(chunk))
+
+
+def _outcomes(jobs: list[Job], backend) -> list:
+    """Each job's text or the exception it raised: a failed batch is retried in halves."""
+    if len(jobs) == 1:
+        try:
+            return [backend(jobs[0])]
+        except Exception as exc:  # one bad input must not lose the predictions already made
+            return [exc]
+    try:
+        return list(backend.batch(jobs))
+    except Exception:
+        half = len(jobs) // 2
+        return _outcomes(jobs[:half], backend) + _outcomes(jobs[half:], backend)
 
 
 def error_record(job: Job, exc: Exception) -> dict:
@@ -330,9 +496,21 @@ def write_records(records: Iterable[dict], out: str | os.PathLike | None, *,
 
 # --- transformers (PyTorch) ---------------------------------------------------------------------
 
+DTYPES = ("bfloat16", "float16", "float32")
 
-def load_hf(model_dir: str | os.PathLike):
-    """transformers model + processor on CPU, with the PIL image processor (no torchvision needed)."""
+
+def default_torch_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_hf(model_dir: str | os.PathLike, *, device: str = "cpu", dtype: str | None = None):
+    """transformers model + processor, with the PIL image processor (no torchvision needed).
+
+    ``device``: ``cpu``, ``cuda``, ``cuda:N`` (PaddlePaddle's ``gpu``/``gpu:N`` are accepted);
+    ``dtype``: bfloat16 on GPU and float32 on CPU unless given.
+    """
     import torch
     from transformers import (
         AutoTokenizer,
@@ -344,7 +522,15 @@ def load_hf(model_dir: str | os.PathLike):
     )
 
     model_dir = str(model_dir)
-    model = PaddleOCRVLForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).eval()
+    check_hf_dir(model_dir)
+    device = device.replace("gpu", "cuda", 1) if device.startswith("gpu") else device
+    if dtype is not None and dtype not in DTYPES:
+        raise UsageError(f"--dtype {dtype}: must be one of {', '.join(DTYPES)}")
+    torch_dtype = getattr(torch, dtype) if dtype else torch.bfloat16 if device.startswith("cuda") else torch.float32
+    try:
+        model = PaddleOCRVLForConditionalGeneration.from_pretrained(model_dir, dtype=torch_dtype).to(device).eval()
+    except (RuntimeError, AssertionError) as exc:  # bad device name, no CUDA build, out of memory
+        raise UserError(f"--model {model_dir}: cannot load it on {device}: {exc}") from None
     processor = PaddleOCRVLProcessor(
         image_processor=PaddleOCRVLImageProcessorPil.from_pretrained(model_dir),
         tokenizer=AutoTokenizer.from_pretrained(model_dir),
@@ -353,12 +539,87 @@ def load_hf(model_dir: str | os.PathLike):
     return model, processor
 
 
-def hf_generate(model, processor, image, query: str, max_new_tokens: int) -> str:
+def check_hf_dir(model_dir: str | os.PathLike) -> None:
+    """An ``export --format hf`` bundle: untied ``lm_head`` and a tokenizer that names its image token.
+
+    A PaddleX bundle or the released flat config would load with ``lm_head`` silently tied to
+    the embeddings (export.py says why), so it is refused rather than run wrong.
+    """
+    model_dir = Path(model_dir)
+    hint = f"--model {model_dir}: not an hf bundle ({{}}): run `python -m paddle_ocrvl_sft export RUN_DIR --base BASE --format hf`"
+    if not model_dir.is_dir():
+        raise UserError(f"--model {model_dir}: not a directory")
+    try:
+        config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+        tokenizer = json.loads((model_dir / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UserError(hint.format(f"config.json/tokenizer_config.json: {exc}")) from None
+    if (config.get("text_config") or {}).get("tie_word_embeddings") is not False:
+        raise UserError(hint.format("config.json has no text_config with tie_word_embeddings false"))
+    if not (tokenizer.get("extra_special_tokens") or {}).get("image_token"):
+        raise UserError(hint.format("tokenizer_config.json names no image_token"))
+
+
+def hf_inputs(processor, images: list, queries: list[str], pixels: PixelBounds | None = None, *,
+              pool=None, chunks: int = 1):
+    """Processor inputs for one batch: the training prompt layout, left padding for generation.
+
+    Pixel values stay unscaled (0..255): :func:`hf_decode` rescales and normalizes them on the
+    model's device, which halves the CPU work. With a thread ``pool`` the batch is prepared in
+    ``chunks`` side by side (the image processor's array work releases the GIL) and joined.
+    """
+    chunks = min(len(images), chunks) if pool is not None else 1
+    if chunks > 1:
+        bounds = [round(len(images) * k / chunks) for k in range(chunks + 1)]
+        parts = list(pool.map(lambda k: hf_inputs(processor, images[bounds[k]:bounds[k + 1]],
+                                                   queries[bounds[k]:bounds[k + 1]], pixels),
+                              range(chunks)))
+        return _join_inputs(parts, processor.tokenizer.pad_token_id)
+    prompts = [processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q}]}],
+        add_generation_prompt=True, image_token=IMAGE_PROMPT) for q in queries]
+    size = {} if pixels is None else {"size": {"shortest_edge": pixels.min_pixels, "longest_edge": pixels.max_pixels}}
+    return processor(images=[im.convert("RGB") for im in images], text=prompts, return_tensors="pt",
+                     padding=True, padding_side="left", do_rescale=False, do_normalize=False, **size)
+
+
+def _join_inputs(parts: list, pad_id: int):
+    """Processor outputs of consecutive chunks as one batch: token rows left-padded to one width."""
+    import torch
+    from transformers import BatchFeature
+
+    width = max(part["input_ids"].shape[1] for part in parts)
+    joined = {}
+    for key in parts[0]:
+        if key in ("input_ids", "attention_mask", "mm_token_type_ids"):
+            fill = pad_id if key == "input_ids" else 0
+            joined[key] = torch.cat([torch.nn.functional.pad(part[key], (width - part[key].shape[1], 0), value=fill)
+                                     for part in parts])
+        else:  # pixel_values (patches of all images), image_grid_thw (one row per image)
+            joined[key] = torch.cat([part[key] for part in parts])
+    return BatchFeature(joined)
+
+
+def hf_decode(model, processor, inputs, caps: list[int], **generate_kwargs) -> list[str]:
+    """Greedy decoding with the KV cache; row i keeps at most ``caps[i]`` new tokens.
+
+    ``use_cache`` is passed explicitly: the released generation_config.json says false, which
+    makes ``generate`` recompute the whole sequence (vision tower included) for every token.
+    """
     import torch
 
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": query}]}]
-    prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
-    inputs = processor(images=[image], text=[prompt], return_tensors="pt")
+    image_processor = processor.image_processor
+    inputs = inputs.to(model.device)
+    mean = torch.tensor(image_processor.image_mean, device=model.device).view(1, -1, 1, 1)
+    std = torch.tensor(image_processor.image_std, device=model.device).view(1, -1, 1, 1)
+    pixels = inputs["pixel_values"].float() * image_processor.rescale_factor  # what hf_inputs left undone
+    inputs["pixel_values"] = ((pixels - mean) / std).to(model.dtype)
     with torch.no_grad():
-        out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-    return processor.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)[0]
+        out = model.generate(**inputs, max_new_tokens=max(caps), do_sample=False, use_cache=True, **generate_kwargs)
+    new = out[:, inputs["input_ids"].shape[1]:].cpu()
+    return [processor.decode(row[:cap], skip_special_tokens=True) for row, cap in zip(new, caps)]
+
+
+def hf_generate(model, processor, image, query: str, max_new_tokens: int) -> str:
+    """One image, one query: the answer text."""
+    return hf_decode(model, processor, hf_inputs(processor, [image], [query]), [max_new_tokens])[0]

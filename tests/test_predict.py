@@ -348,3 +348,135 @@ def test_backend_needs_its_target(receipt, capsys):
     assert "--backend paddle needs --model DIR" in capsys.readouterr().err
     assert cli.main(["predict", str(receipt), "--backend", "genai-server"]) == 2
     assert "needs --server-url" in capsys.readouterr().err
+
+
+# --- transformers backend: PyTorch on the hf export ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def hf_bundle(base, tmp_path_factory) -> Path:
+    """The tiny base exported as an hf bundle (same weights as ``base``)."""
+    from paddle_ocrvl_sft.export import export
+
+    out = tmp_path_factory.mktemp("hf") / "bundle"
+    export(base, base, out, fmt="hf", verify=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def receipts(tmp_path_factory) -> list[Path]:
+    """Receipts of different sizes (so their prompts have different lengths)."""
+    root = tmp_path_factory.mktemp("receipts")
+    paths = []
+    for i, width in enumerate([320, 900, 500, 320, 700]):
+        paths.append(root / f"r{i}.png")
+        receipt_image({"total": f"{i}.50", "date": f"2024-01-0{i + 1}"}, width=width).save(paths[-1])
+    return paths
+
+
+PROMPTS = ["OCR:", 'OCR:{"total": "", "date": ""}', "Table Recognition:", "OCR:", "Formula Recognition:"]
+
+
+@pytest.fixture(scope="module")
+def hf_backend(hf_bundle):
+    from paddle_ocrvl_sft.predict import TransformersBackend
+
+    return TransformersBackend(hf_bundle, device="cpu", batch_size=2, max_new_tokens=12)
+
+
+@pytest.mark.slow
+def test_transformers_prompt_is_the_training_layout(hf_backend, hf_bundle, receipt):
+    """<|IMAGE_START|>/<|IMAGE_END|> around the image, as ERNIEKit trains and PaddleX asks (transformers'
+    chat template call would otherwise put the bare placeholder there)."""
+    from PIL import Image
+
+    from paddle_ocrvl_sft.predict import hf_inputs
+
+    prompt = 'OCR:{"total": "", "商户名称": ""}'
+    with Image.open(receipt) as image:
+        inputs = hf_inputs(hf_backend.processor, [image], [prompt])
+        n = image_tokens(image.height, image.width, PixelBounds.from_model_dir(hf_bundle))
+    ids = inputs["input_ids"][0].tolist()
+    text = hf_backend.processor.tokenizer.decode(ids)
+    assert text == (f"<|begin_of_sentence|>User: <|IMAGE_START|>{'<|IMAGE_PLACEHOLDER|>' * n}<|IMAGE_END|>"
+                    f"{prompt}\nAssistant: ")
+    assert ids.count(100295) == n and ids[0] == 100273
+    assert len(ids) == sample_tokens([n], [(prompt, "")], TextTokenCounter(hf_bundle)) - 1  # as PaddleX's
+
+
+@pytest.mark.slow
+def test_transformers_batches_sorted_by_length_and_answers_as_one_at_a_time(hf_backend, receipts):
+    from PIL import Image
+
+    from paddle_ocrvl_sft.predict import hf_inputs
+
+    jobs = [Job(str(path), prompt) for path, prompt in zip(receipts, PROMPTS)]
+    images = [Image.open(path) for path in receipts]
+    lengths = [hf_inputs(hf_backend.processor, [image], [job.prompt])["input_ids"].shape[1]
+               for job, image in zip(jobs, images)]
+    order = [i for batch in hf_backend._plan(jobs, images) for i in batch]
+    assert sorted(order) == list(range(5)) and len(set(lengths)) > 2
+    assert [lengths[i] for i in order] == sorted(lengths)  # shortest prompts first, in batches of 2
+
+    batched = hf_backend.batch(jobs)
+    assert batched == [hf_backend(job) for job in jobs]  # left padding changes nothing
+    assert all(batched)
+
+    capped = hf_backend.batch([Job(jobs[0].image, jobs[0].prompt, max_new_tokens=3), jobs[1]])
+    assert batched[0].startswith(capped[0]) and len(capped[0]) < len(batched[0])
+    assert capped[1] == batched[1]  # a short cap in the same batch does not cut the others
+
+
+@pytest.mark.slow
+def test_transformers_says_what_paddlex_says(hf_backend, base, receipts):
+    """Same weights, same greedy decoding, same prompt layout: the same text as PaddleX."""
+    from paddle_ocrvl_sft.predict import PaddleBackend
+
+    jobs = [Job(str(path), prompt) for path, prompt in zip(receipts, PROMPTS)][:3]
+    paddle = PaddleBackend(base, device="cpu", max_new_tokens=12)
+    assert hf_backend.batch(jobs) == paddle.batch(jobs)
+
+
+@pytest.mark.slow
+def test_transformers_runs_the_vision_tower_once_per_batch(hf_backend, receipt, monkeypatch):
+    """The KV cache is on: the released generation_config.json says use_cache false, under which
+    every new token re-runs the whole sequence, vision tower included."""
+    visual = hf_backend.model.model.visual
+    calls = []
+    original = visual.forward
+    monkeypatch.setattr(visual, "forward", lambda *a, **k: calls.append(1) or original(*a, **k))
+    hf_backend.batch([Job(str(receipt), "OCR:", max_new_tokens=8)] * 2)
+    assert len(calls) == 1
+
+
+@pytest.mark.slow
+def test_predict_cli_transformers_keeps_order_and_reports_bad_images(hf_bundle, hf_backend, receipts, tmp_path, capsys):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i, path in enumerate(receipts):
+        (folder / f"{i}.png").write_bytes(path.read_bytes())
+    (folder / "5.png").write_text("not an image")
+    out = tmp_path / "pred.jsonl"
+    assert cli.main(["predict", str(folder), "--backend", "transformers", "--model", str(hf_bundle), "--device", "cpu",
+                     "--batch-size", "2", "--max-new-tokens", "12", "-o", str(out), "--no-progress"]) == 1
+    records = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [Path(r["image"]).name for r in records] == [f"{i}.png" for i in range(6)]
+    assert [r["text"] for r in records[:5]] == hf_backend.batch([Job(str(p), "OCR:") for p in receipts])
+    assert records[5]["error"] == "not an image file PIL can read"
+    assert "error: 1 of 6 images failed" in capsys.readouterr().err
+
+
+def test_transformers_refuses_a_bundle_that_is_not_hf(base, receipt, capsys):
+    assert cli.main(["predict", str(receipt), "--backend", "transformers", "--model", str(base), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert f"--model {base}: not an hf bundle (config.json has no text_config with tie_word_embeddings false)" in err
+    assert "export RUN_DIR --base BASE --format hf" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_transformers_static_kv_cache_answers_as_the_dynamic_one(hf_bundle, hf_backend, receipts):
+    from paddle_ocrvl_sft.predict import TransformersBackend
+
+    static = TransformersBackend(hf_bundle, device="cpu", batch_size=2, max_new_tokens=12, kv_cache="static")
+    jobs = [Job(str(path), prompt) for path, prompt in zip(receipts, PROMPTS)][:3]
+    assert static.batch(jobs) == hf_backend.batch(jobs)

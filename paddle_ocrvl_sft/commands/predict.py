@@ -9,7 +9,8 @@ from paddle_ocrvl_sft.commands import positive_int, positive_seconds
 DESCRIPTION = (
     "Run PaddleOCR-VL on images, folders of images or ERNIEKit .jsonl datasets (each line gives its image "
     "and its own prompt). Backend paddle calls PaddleX's VL-rec predictor directly, so custom KIE prompts "
-    "work without any patch; backend genai-server talks to an OpenAI-compatible server. Writes one JSON "
+    "work without any patch; backend transformers runs an hf export with PyTorch (batched, bf16 on GPU); "
+    "backend genai-server talks to an OpenAI-compatible server. Writes one JSON "
     "line per image: image, prompt, text (raw) and, for KIE prompts, fields (parsed with json_repair). "
     "An image that fails gets an error line instead; the others still run, and the exit status is 1."
 )
@@ -18,20 +19,25 @@ DESCRIPTION = (
 def register(subparsers) -> None:
     p = subparsers.add_parser("predict", help="run a (fine-tuned) model on images with any prompt", description=DESCRIPTION)
     p.add_argument("inputs", nargs="+", metavar="IMAGES|DIR|JSONL")
-    p.add_argument("--model", metavar="DIR", help="exported model dir (backend paddle)")
+    p.add_argument("--model", metavar="DIR", help="exported model dir (paddle: export's default format; transformers: --format hf)")
     p.add_argument("--prompt", metavar="ocr|table|formula|chart|TEXT",
                    help="a built-in task name or the exact prompt text (default: OCR:, or each JSONL line's own)")
     p.add_argument("--fields", metavar="a,b", help='KIE: ask for these fields, i.e. OCR:{"a": "", "b": ""}')
     p.add_argument("--query", metavar="JSON", help="KIE: ask with this JSON object (rendered as in training)")
-    p.add_argument("--backend", choices=("paddle", "genai-server"), default="paddle")
+    p.add_argument("--backend", choices=("paddle", "transformers", "genai-server"), default="paddle")
     p.add_argument("--server-url", metavar="URL", help="genai-server: e.g. http://127.0.0.1:8118/v1")
     p.add_argument("--server-model", metavar="NAME", help="genai-server: model name (default: first of GET /models)")
     p.add_argument("--timeout", type=positive_seconds, default=600.0, help="genai-server: seconds per request (default 600)")
     p.add_argument("--model-name", help="PaddleX model name (default: from DIR/inference.yml)")
-    p.add_argument("--device", help="paddle: e.g. cpu, gpu:0 (default: PaddleX's choice)")
+    p.add_argument("--device", help="e.g. cpu, gpu:0 (transformers also cuda:0; default: the GPU if there is one)")
+    p.add_argument("--dtype", choices=("bfloat16", "float16", "float32"),
+                   help="transformers: weights and activations (default: bfloat16 on GPU, float32 on CPU)")
+    p.add_argument("--kv-cache", choices=("dynamic", "static"), default="dynamic",
+                   help="transformers: static preallocates the KV cache (faster decoding on GPU); default dynamic")
     p.add_argument("--max-new-tokens", type=positive_int, metavar="N", help="cap on generated tokens (default: the backend's)")
-    p.add_argument("--batch-size", type=positive_int, default=1, metavar="N",
-                   help="images per model call where the backend batches (paddle); default 1")
+    p.add_argument("--batch-size", type=positive_int, metavar="N",
+                   help="images per model call (paddle, transformers) or requests in flight (genai-server); "
+                        "default 16 for transformers, else 1")
     p.add_argument("-o", "--out", metavar="OUT.jsonl", help="write JSONL here (atomically); default: stdout")
     p.add_argument("--force", action="store_true", help="overwrite OUT")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
@@ -45,10 +51,15 @@ def run(args) -> int:
     if args.out:
         refuse_existing(args.out, force=args.force)
     jobs = P.collect_jobs(args.inputs, P.resolve_prompt(args.prompt, args.fields, args.query))
+    batch_size = args.batch_size or (16 if args.backend == "transformers" else 1)
     backend = P.make_backend(args.backend, model_dir=args.model, server_url=args.server_url,
                              server_model=args.server_model, model_name=args.model_name, device=args.device,
-                             max_new_tokens=args.max_new_tokens, timeout=args.timeout)
-    written, failed = P.write_records(P.run(jobs, backend, progress=not args.no_progress, batch_size=args.batch_size), args.out, force=args.force)
+                             max_new_tokens=args.max_new_tokens, timeout=args.timeout, batch_size=batch_size,
+                             dtype=args.dtype, kv_cache=args.kv_cache)
+    # The transformers backend gets several batches per call so that it can sort them by length.
+    per_call = batch_size * P.SORT_WINDOW_BATCHES if args.backend == "transformers" else batch_size
+    records = P.run(jobs, backend, progress=not args.no_progress, batch_size=per_call)
+    written, failed = P.write_records(records, args.out, force=args.force)
     if args.out:
         errors = f" and {failed} error lines" if failed else ""
         print(f"wrote {written - failed} predictions{errors} to {args.out}", file=sys.stderr)

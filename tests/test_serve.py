@@ -1,0 +1,438 @@
+"""serve: the HTTP API on 127.0.0.1 with the tiny model (paddle and transformers backends), real requests."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from paddle_ocrvl_sft.predict import Job, PaddleBackend, TransformersBackend, parse_kie
+from paddle_ocrvl_sft.prompts import kie_prompt
+from paddle_ocrvl_sft.serve.app import ServerThread, create_app
+from paddle_ocrvl_sft.serve.inputs import Limits
+from paddle_ocrvl_sft.testing import build_tiny_model, receipt_image
+from paddle_ocrvl_sft.tokens import PixelBounds
+
+MODEL = "PaddleOCR-VL-0.9B"
+MAX_NEW = 10
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory) -> tuple[Path, Path]:
+    """(paddle bundle, hf bundle) of the same tiny random-weight model."""
+    from paddle_ocrvl_sft.export import export
+
+    root = tmp_path_factory.mktemp("tiny")
+    base = build_tiny_model(root / "base", "base")
+    export(base, base, root / "hf", fmt="hf", verify=False)
+    return base, root / "hf"
+
+
+@pytest.fixture(scope="module")
+def receipt_png(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("img") / "receipt.png"
+    receipt_image({"total": "12.50", "date": "2024-01-02"}).save(path)
+    return path
+
+
+def make_backend(kind: str, bundles):
+    base, hf = bundles
+    if kind == "paddle":
+        return PaddleBackend(base, device="cpu", max_new_tokens=MAX_NEW)
+    return TransformersBackend(hf, device="cpu", max_new_tokens=MAX_NEW, batch_size=8)
+
+
+@pytest.fixture(scope="module")
+def servers(bundles):
+    """``servers(kind)`` -> (url, backend): the real tiny model served once per backend kind."""
+    from contextlib import ExitStack
+
+    started = {}
+    with ExitStack() as stack:
+        def serve(kind: str):
+            if kind not in started:
+                backend = make_backend(kind, bundles)
+                app = create_app(backend, model_name=MODEL, backend_name=kind, limits=Limits(max_new_tokens=MAX_NEW),
+                                 model_bounds=PixelBounds.from_model_dir(bundles[0]))
+                started[kind] = stack.enter_context(ServerThread(app)).url, backend
+            return started[kind]
+
+        yield serve
+
+
+BOTH = pytest.mark.parametrize("kind", ["paddle", "transformers"])
+
+
+def call(url: str, path: str, body=None, *, headers=None, method=None, raw: bytes | None = None, timeout=120):
+    """(status, parsed JSON or text) of one HTTP request; never raises for 4xx/5xx."""
+    data = raw if raw is not None else None if body is None else json.dumps(body).encode()
+    headers = {"Content-Type": "application/json", **(headers or {})} if data is not None else dict(headers or {})
+    request = urllib.request.Request(url + path, data=data, headers=headers, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
+            status, payload, ctype = resp.status, resp.read(), resp.headers.get("Content-Type", "")
+    except urllib.error.HTTPError as exc:
+        status, payload, ctype = exc.code, exc.read(), exc.headers.get("Content-Type", "")
+    return status, json.loads(payload) if ctype.startswith("application/json") else payload.decode()
+
+
+def multipart(fields: dict[str, str], files: dict[str, tuple[str, bytes]]) -> tuple[bytes, dict]:
+    boundary = "----paddle-ocrvl-sft-test"
+    out = io.BytesIO()
+    for name, value in fields.items():
+        out.write(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
+    for name, (filename, content) in files.items():
+        out.write(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
+                  "Content-Type: application/octet-stream\r\n\r\n".encode() + content + b"\r\n")
+    out.write(f"--{boundary}--\r\n".encode())
+    return out.getvalue(), {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+
+
+def b64(path: Path) -> str:
+    return base64.b64encode(path.read_bytes()).decode()
+
+
+def data_url(path: Path) -> str:
+    return "data:image/png;base64," + b64(path)
+
+
+# --- the routes with the real tiny model ---------------------------------------------------------------
+
+
+@pytest.mark.slow
+@BOTH
+def test_ocr_answers_what_the_backend_answers(servers, kind, receipt_png):
+    url, backend = servers(kind)
+    from PIL import Image
+
+    with Image.open(receipt_png) as image:
+        expected = {prompt: backend(Job(image.convert("RGB"), prompt)) for prompt in ("OCR:", "Table Recognition:")}
+
+    body, headers = multipart({"prompt": "table"}, {"image": ("receipt.png", receipt_png.read_bytes())})
+    status, answer = call(url, "/ocr", raw=body, headers=headers)
+    assert status == 200, answer
+    assert (answer["text"], answer["prompt"], answer["model"]) == (expected["Table Recognition:"], "Table Recognition:", MODEL)
+    assert answer["latency_ms"] > 0
+
+    status, answer = call(url, "/ocr", {"image": b64(receipt_png)})  # JSON + base64, default task OCR
+    assert status == 200 and answer["text"] == expected["OCR:"] and answer["prompt"] == "OCR:"
+    status, answer = call(url, "/ocr", {"image": data_url(receipt_png), "prompt": "Read the total:", "max_new_tokens": 2})
+    assert status == 200 and answer["prompt"] == "Read the total:"
+
+
+@pytest.mark.slow
+@BOTH
+def test_extract_uses_the_training_prompt_and_parses_the_answer(servers, kind, receipt_png):
+    url, _ = servers(kind)
+    status, answer = call(url, "/extract", {"image": b64(receipt_png), "fields": ["total", "商户名称"]})
+    assert status == 200, answer
+    assert answer["prompt"] == kie_prompt({"total": "", "商户名称": ""}) == 'OCR:{"total": "", "商户名称": ""}'
+    assert answer["fields"] == parse_kie(answer["text"])  # the random model's text, parsed the same way
+
+    query = {"items": [{"name": "", "price": ""}], "total": ""}
+    body, headers = multipart({"query": json.dumps(query), "strict": "true"},
+                              {"image": ("r.png", receipt_png.read_bytes())})
+    status, answer = call(url, "/extract", raw=body, headers=headers)
+    assert status == 200 and answer["prompt"] == kie_prompt(query)
+
+
+@pytest.mark.slow
+@BOTH
+def test_openai_client_gets_an_answer(servers, kind, receipt_png):
+    from openai import OpenAI
+
+    url, _ = servers(kind)
+    client = OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=120)
+    assert [m.id for m in client.models.list().data] == [MODEL]
+    response = client.chat.completions.create(model=MODEL, max_completion_tokens=MAX_NEW, temperature=0, messages=[
+        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_url(receipt_png)}},
+                                     {"type": "text", "text": "OCR:"}]}])
+    status, direct = call(url, "/ocr", {"image": b64(receipt_png)})
+    assert status == 200
+    assert response.choices[0].message.content == direct["text"]
+    assert response.choices[0].finish_reason == "stop" and response.model == MODEL
+
+
+@pytest.mark.slow
+def test_paddleocr_doc_parser_runs_against_the_server(servers, receipt_png, tmp_path):
+    """PaddleOCR's own pipeline as the client (--vl_rec_backend vllm-server), offline, layout detection off."""
+    url, _ = servers("transformers")
+    exe = Path(sys.executable).with_name("paddleocr")
+    cmd = [str(exe)] if exe.is_file() else [sys.executable, "-m", "paddleocr"]
+    cmd += ["doc_parser", "-i", str(receipt_png), "--vl_rec_backend", "vllm-server", "--vl_rec_server_url", url + "/v1",
+            "--vl_rec_model_name", MODEL, "--use_layout_detection", "False", "--max_new_tokens", str(MAX_NEW),
+            "--save_path", str(tmp_path / "res")]
+    before = metric(url, 'ocrvl_requests_total{route="/v1/chat/completions",status="200"}')
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PADDLE_PDX_DISABLE_MODEL_SOURCE_CHECK": "True"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (res,) = (tmp_path / "res").glob("*_res.json")
+    (block,) = json.loads(res.read_text())["parsing_res_list"]
+    assert metric(url, 'ocrvl_requests_total{route="/v1/chat/completions",status="200"}') == before + 1
+    # The pipeline sends the page as JPEG with its own pixel bounds: ask the same way to compare.
+    from PIL import Image
+
+    with Image.open(receipt_png) as image:
+        buf = io.BytesIO()
+        image.convert("RGB").save(buf, format="JPEG")
+    status, answer = call(url, "/v1/chat/completions", {
+        "model": MODEL, "max_completion_tokens": MAX_NEW, "mm_processor_kwargs": {"min_pixels": 112896, "max_pixels": 2822400},
+        "messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()}},
+            {"type": "text", "text": "OCR:"}]}]})
+    assert status == 200 and block["block_content"] == answer["choices"][0]["message"]["content"].strip()
+
+
+def metric(url: str, series: str) -> float:
+    return _metric(call(url, "/metrics")[1], series)
+
+
+def _metric(text: str, series: str) -> float:
+    match = re.search(re.escape(series) + r" (\S+)", text)
+    return float(match.group(1)) if match else 0.0
+
+
+# --- bad requests: 4xx with a message, never a 500, and the server keeps serving --------------------
+
+
+@pytest.fixture(scope="module")
+def guarded(bundles):
+    """The transformers backend behind an API key and small limits."""
+    backend = make_backend("transformers", bundles)
+    limits = Limits(max_body_bytes=300_000, max_image_pixels=400 * 400, max_new_tokens=MAX_NEW)
+    app = create_app(backend, model_name=MODEL, backend_name="transformers", limits=limits, api_key="s3cret")
+    with ServerThread(app) as server:
+        yield server.url
+
+
+KEY = {"Authorization": "Bearer s3cret"}
+
+
+def _png(width: int, height: int) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (width, height), "white").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _bad_requests(receipt: Path):
+    good = b64(receipt)
+    huge_png = base64.b64encode(_png(500, 500)).decode()
+    upload, form_headers = multipart({}, {"image": ("notes.txt", b"hello, not an image")})
+    no_image, no_image_headers = multipart({"prompt": "ocr"}, {})
+    chat = lambda content, **extra: {"model": MODEL, "messages": [{"role": "user", "content": content}], **extra}
+    image_part = {"type": "image_url", "image_url": {"url": "data:image/png;base64," + good}}
+    text_part = {"type": "text", "text": "OCR:"}
+    return [
+        # (name, path, kwargs for call(), status, message fragment)
+        ("no key", "/ocr", dict(body={"image": good}, headers={}), 401, "needs an API key"),
+        ("wrong key", "/ocr", dict(body={"image": good}, headers={"Authorization": "Bearer nope"}), 401, "wrong API key"),
+        ("metrics need the key", "/metrics", dict(headers={}), 401, "needs an API key"),
+        ("oversized body", "/ocr", dict(raw=b"x" * 400_000, headers=KEY), 413, "more than the server's limit of 300000"),
+        ("too many pixels", "/ocr", dict(body={"image": huge_png}, headers=KEY), 413, "500x500 = 250000 pixels"),
+        ("not an image", "/ocr", dict(raw=upload, headers={**KEY, **form_headers}), 415, "not an image PIL can read"),
+        ("no image in the form", "/ocr", dict(raw=no_image, headers={**KEY, **no_image_headers}), 422, "image: missing"),
+        ("bad JSON", "/ocr", dict(raw=b'{"image": ', headers={**KEY, "Content-Type": "application/json"}), 400, "not valid JSON"),
+        ("a path", "/ocr", dict(body={"image": "/etc/passwd"}, headers=KEY), 422, "looks like a file path"),
+        ("a relative path", "/extract", dict(body={"image": "../receipt.png", "fields": "a"}, headers=KEY), 422, "file path"),
+        ("a file URL", "/ocr", dict(body={"image": "file:///etc/passwd"}, headers=KEY), 422, "file URLs are not fetched"),
+        ("an http URL", "/ocr", dict(body={"image": "http://127.0.0.1:9/r.png"}, headers=KEY), 422, "http URLs are not fetched"),
+        ("unknown field", "/ocr", dict(body={"image": good, "promt": "ocr"}, headers=KEY), 422, "promt: unknown field"),
+        ("bad token cap", "/ocr", dict(body={"image": good, "max_new_tokens": 0}, headers=KEY), 422, "max_new_tokens"),
+        ("no fields", "/extract", dict(body={"image": good}, headers=KEY), 422, "give either fields"),
+        ("query not an object", "/extract", dict(body={"image": good, "query": "[1]"}, headers=KEY), 422, "must be a JSON object"),
+        ("not JSON content", "/ocr", dict(raw=b"image=1", headers={**KEY, "Content-Type": "text/plain"}), 415, "send application/json"),
+        ("chat without an image", "/v1/chat/completions", dict(body=chat("OCR:"), headers=KEY), 422, "exactly one image_url"),
+        ("chat with two images", "/v1/chat/completions", dict(body=chat([image_part, image_part, text_part]), headers=KEY), 422, "got 2"),
+        ("chat streaming", "/v1/chat/completions", dict(body=chat([image_part, text_part], stream=True), headers=KEY), 422, "streaming"),
+        ("chat system turn", "/v1/chat/completions",
+         dict(body={"model": MODEL, "messages": [{"role": "system", "content": "hi"}, {"role": "user", "content": [image_part, text_part]}]}, headers=KEY),
+         422, "one user message"),
+        ("chat image URL", "/v1/chat/completions",
+         dict(body=chat([{"type": "image_url", "image_url": {"url": "https://example.com/x.png"}}, text_part]), headers=KEY), 422, "not fetched"),
+        ("chat bad pixels", "/v1/chat/completions",
+         dict(body=chat([image_part, text_part], mm_processor_kwargs={"min_pixels": 9, "max_pixels": 3}), headers=KEY), 422, "min_pixels"),
+        ("chat messages missing", "/v1/chat/completions", dict(body={"model": MODEL}, headers=KEY), 422, "messages"),
+        ("unknown route", "/v2/nothing", dict(headers=KEY), 404, "Not Found"),
+        ("wrong method", "/ocr", dict(headers=KEY, method="GET"), 405, "Method Not Allowed"),
+    ]
+
+
+@pytest.mark.slow
+def test_bad_requests_are_4xx_with_a_message_and_the_server_keeps_serving(guarded, receipt_png):
+    for name, path, kwargs, status, fragment in _bad_requests(receipt_png):
+        got, answer = call(guarded, path, **kwargs)
+        assert got == status, (name, answer)
+        assert fragment in answer["error"]["message"], (name, answer)
+    assert call(guarded, "/health")[0] == 200  # no key needed
+    status, answer = call(guarded, "/ocr", {"image": b64(receipt_png)}, headers=KEY)
+    assert status == 200 and answer["text"]
+    assert call(guarded, "/metrics", headers=KEY)[0] == 200
+    assert metric_with_key(guarded, 'ocrvl_request_errors_total{route="/ocr",status="413"}') == 2
+    assert metric_with_key(guarded, 'ocrvl_requests_total{route="/ocr",status="500"}') == 0
+
+
+def metric_with_key(url: str, series: str) -> float:
+    return _metric(call(url, "/metrics", headers=KEY)[1], series)
+
+
+@pytest.mark.slow
+def test_a_chunked_body_past_the_limit_is_refused(guarded):
+    """No Content-Length: the body is counted as it arrives."""
+    import http.client
+
+    host, port = guarded.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    chunks = (b"x" * 50_000 for _ in range(10))
+    conn.request("POST", "/ocr", body=chunks, headers={**KEY, "Content-Type": "application/json"}, encode_chunked=True)
+    resp = conn.getresponse()
+    assert resp.status == 413 and "more than the server's limit" in json.loads(resp.read())["error"]["message"]
+    conn.close()
+
+
+@pytest.mark.slow
+def test_the_openai_client_with_the_api_key(guarded, receipt_png):
+    from openai import AuthenticationError, OpenAI
+
+    messages = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_url(receipt_png)}},
+                                             {"type": "text", "text": "OCR:"}]}]
+    ok = OpenAI(base_url=guarded + "/v1", api_key="s3cret", max_retries=0)
+    assert ok.chat.completions.create(model=MODEL, messages=messages).choices[0].message.content
+    with pytest.raises(AuthenticationError, match="wrong API key"):
+        OpenAI(base_url=guarded + "/v1", api_key="guess", max_retries=0).chat.completions.create(model=MODEL, messages=messages)
+
+
+# --- batching, concurrency cap, timeout (a controllable backend: the server logic, not the model) ---
+
+
+class GatedBackend:
+    """Answers "text for PROMPT" once ``gate`` is open; records the size of every batch."""
+
+    def __init__(self):
+        self.gate = threading.Event()
+        self.batches: list[int] = []
+
+    def batch(self, jobs):
+        self.gate.wait(30)
+        self.batches.append(len(jobs))
+        return [f"text for {job.prompt}" for job in jobs]
+
+
+def tiny_png_b64() -> str:
+    return base64.b64encode(_png(64, 32)).decode()
+
+
+def test_requests_that_arrive_together_share_a_model_call():
+    backend = GatedBackend()
+    app = create_app(backend, model_name="m", backend_name="test", limits=Limits(max_batch=8, batch_wait=0.05))
+    with ServerThread(app) as server, ThreadPoolExecutor(12) as pool:
+        futures = [pool.submit(call, server.url, "/ocr", {"image": tiny_png_b64(), "prompt": f"p{i}"}) for i in range(12)]
+        time.sleep(0.5)  # all twelve wait: the first batch is held at the gate
+        backend.gate.set()
+        answers = [f.result() for f in futures]
+        assert [a[1]["text"] for a in answers] == [f"text for p{i}" for i in range(12)]
+        assert sum(backend.batches) == 12 and max(backend.batches) == 8 and len(backend.batches) < 12
+        status, text = call(server.url, "/metrics")
+        assert status == 200
+        assert f"ocrvl_batch_size_count {float(len(backend.batches))}" in text
+        assert 'ocrvl_requests_total{route="/ocr",status="200"} 12.0' in text
+
+
+def test_too_many_requests_get_429_and_slow_ones_408():
+    backend = GatedBackend()
+    app = create_app(backend, model_name="m", backend_name="test",
+                     limits=Limits(max_concurrency=2, timeout=1.0, max_batch=1, batch_wait=0))
+    with ServerThread(app) as server, ThreadPoolExecutor(3) as pool:
+        first = [pool.submit(call, server.url, "/ocr", {"image": tiny_png_b64()}) for _ in range(2)]
+        time.sleep(0.3)
+        status, answer = call(server.url, "/ocr", {"image": tiny_png_b64()})
+        assert status == 429 and "requests in flight" in answer["error"]["message"]
+        assert [f.result()[0] for f in first] == [408, 408]  # the gate stayed shut past --timeout
+        assert "no answer within 1 s" in first[0].result()[1]["error"]["message"]
+        backend.gate.set()
+        status, answer = call(server.url, "/ocr", {"image": tiny_png_b64()})
+        assert status == 200 and answer["text"] == "text for OCR:"  # still serving
+
+
+class FixedAnswerBackend:
+    """Answers every prompt with the same text (here: KIE JSON cut off mid-way, as models do)."""
+
+    def __init__(self, answer: str):
+        self.answer = answer
+
+    def __call__(self, job):
+        return self.answer
+
+
+def test_extract_strict_keeps_exactly_the_requested_keys():
+    app = create_app(FixedAnswerBackend('{"total": "12.50", "store": "Migros", "date": "2024-'),
+                     model_name="m", backend_name="test")
+    with ServerThread(app) as server:
+        status, answer = call(server.url, "/extract", {"image": tiny_png_b64(), "fields": "total,date,tax"})
+        assert status == 200
+        assert answer["fields"] == {"total": "12.50", "store": "Migros", "date": "2024-"}  # repaired, all keys
+        status, answer = call(server.url, "/extract", {"image": tiny_png_b64(), "fields": "total,date,tax", "strict": True})
+        assert status == 200
+        assert answer["fields"] == {"total": "12.50", "date": "2024-", "tax": None}
+
+
+# --- the genai-server proxy and the CLI -----------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_genai_server_proxy_answers_as_its_upstream(servers, receipt_png):
+    """serve --backend genai-server in front of an OpenAI-compatible server (here: serve itself)."""
+    from paddle_ocrvl_sft.predict import GenAIServerBackend
+
+    upstream, _ = servers("paddle")
+    proxy_backend = GenAIServerBackend(upstream + "/v1", timeout=60)
+    assert proxy_backend.model == MODEL
+    app = create_app(proxy_backend, model_name=proxy_backend.model, backend_name="genai-server")
+    with ServerThread(app) as proxy:
+        for path, body in (("/ocr", {"image": b64(receipt_png), "prompt": "chart"}),
+                           ("/extract", {"image": b64(receipt_png), "fields": ["total"]})):
+            assert call(proxy.url, path, body)[1]["text"] == call(upstream, path, body)[1]["text"]
+
+
+@pytest.mark.slow
+def test_serve_cli_binds_loopback_and_stops_cleanly(bundles, tmp_path):
+    hf = bundles[1]
+    cmd = [sys.executable, "-m", "paddle_ocrvl_sft", "serve", "--model", str(hf), "--backend", "transformers",
+           "--device", "cpu", "--port", "0", "--max-new-tokens", "4"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        port, lines = None, []
+        deadline = time.monotonic() + 120
+        while port is None and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            lines.append(line)
+            if m := re.search(r"Uvicorn running on http://127\.0\.0\.1:(\d+)", line):
+                port = int(m.group(1))
+        assert port, "".join(lines)
+        status, health = call(f"http://127.0.0.1:{port}", "/health")
+        assert status == 200 and health == {"status": "ok", "model": MODEL, "backend": "transformers", "in_flight": 0}
+        assert any("serving PaddleOCR-VL-0.9B (transformers backend)" in line for line in lines)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(60) == 0
+
+
+def test_serve_cli_refuses_a_missing_model(capsys):
+    from paddle_ocrvl_sft import cli
+
+    assert cli.main(["serve", "--backend", "transformers"]) == 2
+    assert "--backend transformers needs --model DIR" in capsys.readouterr().err
