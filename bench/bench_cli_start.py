@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+from docs_section import replace_section  # bench/ is sys.path[0] when a bench runs
+
 BARE = [sys.executable, "-c", "pass"]
 HELP = [sys.executable, "-m", "paddle_ocrvl_sft", "--help"]
 HEADING = "## `--help` start-up"
@@ -34,18 +36,6 @@ def import_costs(cmd: list[str]) -> dict[str, int]:
     """Top-level imports and their cumulative microseconds (`-X importtime`)."""
     err = subprocess.run([cmd[0], "-X", "importtime", *cmd[1:]], check=True, capture_output=True, text=True).stderr
     return {m.group(2): int(m.group(1)) for m in re.finditer(r"^import time:\s+\d+ \|\s+(\d+) \| (\S.*)$", err, re.MULTILINE)}
-
-
-def replace_section(path: Path, body: str) -> None:
-    """Put ``body`` (starting with HEADING) in place of that section of ``path``, or at its end."""
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    start = text.find(HEADING)
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + body
-    else:
-        end = text.find("\n## ", start + len(HEADING))
-        text = text[:start] + body + (text[end + 1 :] if end >= 0 else "")
-    path.write_text(text.rstrip("\n") + "\n", encoding="utf-8")
 
 
 def main() -> int:

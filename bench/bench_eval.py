@@ -20,10 +20,11 @@ import argparse
 import json
 import os
 import random
-import re
 import subprocess
 import sys
 from pathlib import Path
+
+from docs_section import replace_section  # bench/ is sys.path[0] when a bench runs
 
 TITLE = "## `eval`: scoring KIE predictions"
 QUERY = {"STORE": "", "RECEIPT NUMBER": "", "DATE": "", "ITEMS": [], "TOTAL": ""}
@@ -100,17 +101,6 @@ def run_worker(kind: str, data: Path, pred: Path, out: Path, rows: int) -> dict:
     )
     result = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
     return json.loads(result.stdout.strip().splitlines()[-1])
-
-
-def replace_section(path: Path, section: str) -> None:
-    """Put ``section`` where this benchmark's section is in ``path`` (or at the end)."""
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(re.escape(TITLE) + r".*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    path.write_text(text, encoding="utf-8")
 
 
 def main() -> int:
