@@ -472,22 +472,9 @@ def make_plan(
     steps = max_steps(d, epochs, g, batch_set.packing_size, batch_set.grad_accum)
     warmup = warmup_steps(steps)
 
-    for s in train:
-        if s.errors:
-            warnings.append(f"{s.path}: {s.samples - s.valid} sample(s) have errors and are not counted in D "
-                            f"({trainer.title} drops them); run `paddle-ocrvl-sft data validate`")
-    for s in eval_sets:
-        if s.valid == 0:
-            warnings.append(f"{s.path}: the eval file has no valid sample")
-
+    warnings += data_warnings(train, eval_sets, trainer)
     packing = simulate_packing(all_lengths, batch_set.packing_size, seq_len)
-    if packing.packs and packing.mean_samples < 0.95 * batch_set.packing_size:
-        steps_tokens = math.ceil(d * epochs / (g * packing.mean_samples * batch_set.grad_accum))
-        warnings.append(
-            f"packs hold ≈ {packing.mean_samples:.2f} samples, not {trainer.batch_key}={batch_set.packing_size} (max_seq_len "
-            f"fills first): {steps} steps cover ≈ {epochs * packing.mean_samples / batch_set.packing_size:.2f} epochs; "
-            f"≈ {steps_tokens} steps would cover {epochs:g}"
-        )
+    warnings += packing_warning(packing, trainer, batch_set, d, epochs, g, steps)
 
     values = PlanValues(
         train=tuple(s.path for s in train), probs=tuple(probs) if probs else None, eval=tuple(s.path for s in eval_sets),
@@ -498,13 +485,8 @@ def make_plan(
         pixel_bounds=(bounds.min_pixels, bounds.max_pixels) if (min_pixels is not None or max_pixels is not None) else None,
         lora_rank=(lora_rank or base.get("lora_rank", 8)) if lora else None,
     )
-    if values.pixel_bounds and backend == "erniekit":
-        warnings.append("min_pixels/max_pixels: ERNIEKit resizes training images within these bounds (variable_resolution: True), "
-                        "but PaddleX and transformers read the model dir's preprocessor_config.json at inference: set the same "
-                        "bounds in the exported bundle's preprocessor_config.json. Token counts here use the given bounds.")
-    elif values.pixel_bounds:
-        warnings.append("min_pixels/max_pixels: PaddleFormers reads the model dir's preprocessor_config.json; token counts "
-                        "here use the given bounds, training does not")
+    if values.pixel_bounds:
+        warnings.append(trainer.pixel_bounds_note)
     config = trainer.render_config(base, values, trainer.prepared_paths(plan_dir, values))
     config = apply_overrides(config, overrides)
     trainer.schema.validate(config, where="generated config")
@@ -544,16 +526,7 @@ def make_plan(
         "model": values.model_dir,  # the base model as given (export fills from it; eval's baseline)
         "preset": {"name": preset, "path": str(preset_file), "base_gpus": g_base},
         "scaling": scaling,
-        "datasets": {
-            "train": [
-                {"path": s.path, "samples": s.samples, "valid": s.valid, "errors": s.errors, "kept": k,
-                 "dropped_too_long": s.valid - k, "longest_tokens": s.max_tokens, "prob": round(w, 6),
-                 "expected_passes": round(epochs * passes, 3)}
-                for s, k, w, passes in zip(train, kept, weights, passes_per_epoch(loaded, weights))
-            ],
-            "eval": [{"path": s.path, "samples": s.samples, "valid": s.valid, "errors": s.errors} for s in eval_sets],
-            "tokens_exact": all(s.tokens_exact for s in train),
-        },
+        "datasets": datasets_record(train, eval_sets, kept, weights, epochs),
         "numbers": numbers,
         "packing": {"mean_samples_per_pack": round(packing.mean_samples, 3), "mean_tokens_per_pack": round(packing.mean_tokens, 1),
                     "max_tokens_per_pack": packing.max_tokens, "note": "greedy packing of the valid samples in file order (estimate)"},
@@ -566,6 +539,37 @@ def make_plan(
         "prepared": [],
     }
     return Plan(config, record, warnings, backend, values, device)
+
+
+def data_warnings(train: Sequence[FileSummary], eval_sets: Sequence[FileSummary], trainer: Backend) -> list[str]:
+    out = [f"{s.path}: {s.samples - s.valid} sample(s) have errors and are not counted in D ({trainer.title} drops them); "
+           "run `paddle-ocrvl-sft data validate`" for s in train if s.errors]
+    return out + [f"{s.path}: the eval file has no valid sample" for s in eval_sets if s.valid == 0]
+
+
+def packing_warning(packing: Packing, trainer: Backend, batch_set: Batch, d: int, epochs: float, g: int, steps: int) -> list[str]:
+    """When max_seq_len fills packs before B samples do, max_steps covers fewer epochs than asked."""
+    if not (packing.packs and packing.mean_samples < 0.95 * batch_set.packing_size):
+        return []
+    steps_tokens = math.ceil(d * epochs / (g * packing.mean_samples * batch_set.grad_accum))
+    return [f"packs hold ≈ {packing.mean_samples:.2f} samples, not {trainer.batch_key}={batch_set.packing_size} (max_seq_len "
+            f"fills first): {steps} steps cover ≈ {epochs * packing.mean_samples / batch_set.packing_size:.2f} epochs; "
+            f"≈ {steps_tokens} steps would cover {epochs:g}"]
+
+
+def datasets_record(train: Sequence[FileSummary], eval_sets: Sequence[FileSummary], kept: Sequence[int],
+                    weights: Sequence[float], epochs: float) -> dict:
+    loaded = [s.samples for s in train]
+    return {
+        "train": [
+            {"path": s.path, "samples": s.samples, "valid": s.valid, "errors": s.errors, "kept": k,
+             "dropped_too_long": s.valid - k, "longest_tokens": s.max_tokens, "prob": round(w, 6),
+             "expected_passes": round(epochs * passes, 3)}
+            for s, k, w, passes in zip(train, kept, weights, passes_per_epoch(loaded, weights))
+        ],
+        "eval": [{"path": s.path, "samples": s.samples, "valid": s.valid, "errors": s.errors} for s in eval_sets],
+        "tokens_exact": all(s.tokens_exact for s in train),
+    }
 
 
 def gpu_estimates(packing: Packing, seq_len: int, batch_set: Batch, steps: int, overrides: dict, base: dict) -> dict:

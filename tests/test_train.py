@@ -153,7 +153,9 @@ def test_the_stand_in_success_path_follows_progress_and_writes_metrics(plan_dir,
     run = next((plan_dir / "runs").iterdir())
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [(m["step"], m["loss"], m["tokens_per_second"]) for m in metrics] == [(1, 3.0, 100.0), (2, 2.5, 100.0), (3, 2.0, 100.0)]
-    assert (run / "loss.png").read_bytes().startswith(b"\x89PNG")
+    from PIL import Image
+
+    assert json.loads(Image.open(run / "loss.png").text["Description"]) == {"steps": 3, "first_step": 1, "last_step": 3, "non_finite": 0}
     out = capsys.readouterr().out
     assert "training finished at step 3" in out and "ETA" in out
 

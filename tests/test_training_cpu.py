@@ -110,6 +110,11 @@ def test_train_interrupt_resume_export_and_doc_parser(installed, receipts, tmp_p
     assert losses[-1] < losses[0] / 2, losses
     output = plan / "output"
     assert {p.name for p in output.glob("checkpoint-*")} >= {"checkpoint-10", "checkpoint-20", "checkpoint-30", "checkpoint-40"}
+    from PIL import Image
+
+    for run, points in zip(sorted((plan / "runs").iterdir()), (before, after)):  # each run's plot holds its steps
+        described = json.loads(Image.open(run / "loss.png").text["Description"])
+        assert (described["first_step"], described["last_step"], described["steps"]) == (points[0]["step"], points[-1]["step"], len(points))
     records = [json.loads((run / "record.json").read_text()) for run in sorted((plan / "runs").iterdir())]
     assert records[0]["exit"] != 0 and records[1]["exit"] == 0 and records[1]["resume_from"].endswith("checkpoint-20")
     assert records[1]["trainer"]["versions"]["paddlepaddle"] == "3.3.1"

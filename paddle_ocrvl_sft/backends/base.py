@@ -81,6 +81,7 @@ class Backend:
     tokens_per_second_key: str  # the log field with per-device tokens/s
     checkpoint_layouts: tuple[tuple[str, ...], ...]  # what a checkpoint-N holds once completely written (any one layout)
     supports_lora = False
+    pixel_bounds_note: str  # what --min-pixels/--max-pixels do with this trainer
 
     def default_preset(self, lora: bool = False) -> str:
         return next(iter(self.presets))

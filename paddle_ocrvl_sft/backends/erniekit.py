@@ -277,6 +277,9 @@ class ErnieKit(Backend):
     executable, dist_log_env = "erniekit", "ERNIEKIT_DIST_LOG"
     presets = {"ocr_16k": 1, "kie_16k": 1, "ocr_16k_8gpu": 8}
     cpu_module = "paddle_ocrvl_sft.backends.cpu.erniekit"
+    pixel_bounds_note = ("min_pixels/max_pixels: ERNIEKit resizes training images within these bounds (variable_resolution: True), "
+                         "but PaddleX and transformers read the model dir's preprocessor_config.json at inference: set the same "
+                         "bounds in the exported bundle's preprocessor_config.json. Token counts here use the given bounds.")
     tokens_per_second_key = "tokens_per_sec_per_card"
     checkpoint_layouts = (("trainer_state.json", "model.safetensors.index.json", "optimizer.safetensors.index.json", "scheduler.pdparams"),)
     # CPU_TRAINING.md B: the keys a CPU run needs; packing off makes B = packing_size = 1 sample a step

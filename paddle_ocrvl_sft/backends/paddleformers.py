@@ -229,6 +229,8 @@ class PaddleFormers(Backend):
     executable, dist_log_env = "paddleformers-cli", "PADDLEFORMERS_DIST_LOG"
     presets = {"paddleformers_full_16k": 1, "paddleformers_lora_16k": 1}
     cpu_module = "paddle_ocrvl_sft.backends.cpu.paddleformers"
+    pixel_bounds_note = ("min_pixels/max_pixels: PaddleFormers reads the model dir's preprocessor_config.json; token counts "
+                         "here use the given bounds, training does not")
     tokens_per_second_key = "interval_tokens_per_second_per_device"
     checkpoint_layouts = (
         # flex checkpoints (*.distcp, GPU default); saved_signal_0 is written once rank 0 has saved everything
