@@ -542,7 +542,7 @@ def make_plan(
 
 
 def data_warnings(train: Sequence[FileSummary], eval_sets: Sequence[FileSummary], trainer: Backend) -> list[str]:
-    out = [f"{s.path}: {s.samples - s.valid} sample(s) have errors and are not counted in D ({trainer.title} drops them); "
+    out = [f"{s.path}: {s.errors} error(s) ({s.samples - s.valid} sample(s) not counted in D: {trainer.title} drops them); "
            "run `paddle-ocrvl-sft data validate`" for s in train if s.errors]
     return out + [f"{s.path}: the eval file has no valid sample" for s in eval_sets if s.valid == 0]
 

@@ -160,8 +160,8 @@ def check_data(plan: PlanRun) -> list[str]:
         fatal = [p for p in report.problems if p.rule in READER_FATAL]
         if fatal:
             first = fatal[0]
-            raise UserError(f"{first.path}:{first.line}: {first.message} — {plan.backend.title}'s reader would stop at "
-                            f"start-up on this; fix the file (`data validate --write-clean`) and re-run `plan`")
+            raise UserError(f"{first.path}:{first.line}: {first.message} — the training data changed since `plan` and would "
+                            "stop the trainer's reader at start-up; fix the file (`data validate --write-clean`) and re-run `plan`")
         if report.valid == 0:
             raise UserError(f"{path}: no valid sample left ({plan.backend.title} would drop them all and loop forever); "
                             "run `python -m paddle_ocrvl_sft data validate`")

@@ -122,7 +122,7 @@ def test_changed_data_that_would_crash_the_reader_is_refused(plan_dir, capsys):
     data.write_text(data.read_text() + '{"image_info": [\n', encoding="utf-8")
     assert main(["train", str(plan_dir), "--dry-run"]) == 1
     err = capsys.readouterr().err
-    assert f"{data}:9:" in err and "reader would stop at start-up" in err
+    assert f"{data}:9:" in err and "would stop the trainer's reader at start-up" in err
 
 
 @pytest.mark.parametrize("lines, name, expect", [

@@ -155,9 +155,11 @@ def test_the_real_erniekit_reader_failing_on_a_bom_is_diagnosed(installed, recei
     need(installed, "erniekit")
     from paddle_ocrvl_sft import train
 
-    plan = make_plan(receipts, tmp_path, "erniekit", epochs="1", extra=("save_steps=100",))
-    data = Path(json.loads((plan / "plan.json").read_text())["datasets"]["train"][0]["path"])
-    data.write_bytes(b"\xef\xbb\xbf" + data.read_bytes())
+    data, base, base_lora = receipts
+    own = data.parent / f"bom-{tmp_path.name}.jsonl"  # beside the images; the shared file stays as it is
+    own.write_bytes(data.read_bytes())
+    plan = make_plan((own, base, base_lora), tmp_path, "erniekit", epochs="1", extra=("save_steps=100",))
+    own.write_bytes(b"\xef\xbb\xbf" + own.read_bytes())  # changed after `plan`
     monkeypatch.setattr(train, "check_data", lambda plan: [])
     assert main(["train", str(plan)]) == 1
     err = capsys.readouterr().err
