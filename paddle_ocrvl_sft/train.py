@@ -269,6 +269,7 @@ def docker_command(plan: PlanRun, options: Options, env: dict[str, str]) -> list
     mounts |= {Path(item["path"]).parent for item in plan.record.get("datasets", {}).get("train", [])}
     mounts |= {Path(item["path"]).parent for item in plan.record.get("datasets", {}).get("eval", [])}
     gpus = env.get("CUDA_VISIBLE_DEVICES", "all")
+    # --gpus takes a CSV value: a list of cards is one quoted field ("device=0,1"), quotes included
     cmd = ["docker", "run", "--rm", "--gpus", f'"device={gpus}"', "--shm-size", "64g", "--ipc=host",
            "--user", f"{os.getuid()}:{os.getgid()}", "-e", "HOME=/tmp"]
     if int(env.get("NNODES", "1")) > 1:
@@ -369,10 +370,10 @@ def run(plan_dir: str | os.PathLike, options: Options | None = None, *, echo: Ca
         echo("note: CPU training is for tiny models and smoke runs; a 0.9B fine-tune belongs on a GPU")
     if options.docker:
         cmd = docker_command(plan, options, env)
-        echo("$ " + " ".join(shlex.quote(c) if not c.startswith('"') else c for c in cmd))
+        echo("$ " + shlex.join(cmd))
         if options.dry_run:
             return Result(plan.output_dir)
-        proc = subprocess.run([c.strip('"') if c.startswith('"device') else c for c in cmd])
+        proc = subprocess.run(cmd)
         if proc.returncode:
             raise UserError(f"docker run exited with status {proc.returncode}")
         return Result(plan.output_dir)
@@ -397,13 +398,13 @@ def run(plan_dir: str | os.PathLike, options: Options | None = None, *, echo: Ca
                                       encoding="utf-8")
     echo(f"$ {launch.shell()}")
     echo(f"run dir: {run_dir} (train.log, metrics.jsonl, loss.png); {plan.backend.title}'s event logs: {plan.config.get('logging_dir')}")
+    outcome = None
     try:
         outcome = follow(plan, launch, trainer_env, run_dir, checkpoint, options, echo)
     finally:
         (plan.plan_dir / LOCK).unlink(missing_ok=True)
-        record.update(finished=_now(), exit=outcome.exit if "outcome" in locals() else "interrupted")
-        if "outcome" in locals():
-            record["last_step"] = outcome.last_step
+        record.update(finished=_now(), exit=outcome.exit if outcome else "did not finish",
+                      last_step=outcome.last_step if outcome else None)
         write_json(run_dir / "record.json", record)
     result = Result(plan.output_dir, run_dir, last_step=outcome.last_step)
     finish(plan, outcome, result, options, echo)

@@ -74,7 +74,7 @@ def test_docker_dry_run_prints_the_docker_command(plan_dir, capsys):
     assert main(["train", str(plan_dir), "save_steps=50", "--docker", "--image", "my/img:1", "--dry-run"]) == 0
     out = capsys.readouterr().out
     cmd = next(line for line in out.splitlines() if line.startswith("$ docker run"))
-    assert '--gpus "device=0,1,2,3,4,5,6,7"' in cmd and "--shm-size 64g" in cmd and "--ipc=host" in cmd
+    assert """--gpus '"device=0,1,2,3,4,5,6,7"'""" in cmd and "--shm-size 64g" in cmd and "--ipc=host" in cmd
     assert re.search(r"--user \d+:\d+", cmd)
     assert f"-v {plan_dir}:{plan_dir}" in cmd and f"my/img:1 train {plan_dir} save_steps=50" in cmd
     base = json.loads((plan_dir / "plan.json").read_text())["model"]
