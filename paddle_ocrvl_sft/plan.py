@@ -364,7 +364,8 @@ class Plan:
     device: str = "gpu"
 
 
-def _check_overrides(overrides: dict) -> None:
+def check_overrides(overrides: dict) -> None:
+    """Keys the plan computes are refused as key=value overrides (each names the flag to use)."""
     owned = [f"{k} (use {PLAN_OWNED_KEYS[k]})" for k in overrides if k in PLAN_OWNED_KEYS]
     if owned:
         raise UserError("these keys are computed by plan, not overridable with key=value: " + "; ".join(owned))
@@ -436,7 +437,7 @@ def make_plan(
     """The config dict and the plan record; raises :class:`UserError` on any bad input."""
     trainer = backends.get(backend)
     overrides = dict(overrides or {})
-    _check_overrides(overrides)
+    check_overrides(overrides)
     check_options(epochs=epochs, batch=batch, grad_accum=grad_accum, base_gpus=base_gpus, learning_rate=learning_rate,
                   device=device, gpus=gpus, nodes=nodes)
     trainer.check_options(probs=probs, lora=lora, lora_rank=lora_rank)

@@ -338,6 +338,16 @@ def run_record(plan: PlanRun, launch: Launch, trainer_env, checkpoint: Path | No
     }
 
 
+def new_run_dir(plan_dir: Path) -> Path:
+    """``PLAN_DIR/runs/<time>`` (``-2``, ``-3``... when two runs start within one second)."""
+    stem = plan_dir / "runs" / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    path, n = stem, 1
+    while path.exists():
+        n += 1
+        path = stem.with_name(f"{stem.name}-{n}")
+    return path
+
+
 def _now() -> str:
     return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
 
@@ -347,12 +357,12 @@ def _now() -> str:
 
 def run(plan_dir: str | os.PathLike, options: Options | None = None, *, echo: Callable[[str], None] = print) -> Result:
     """Train a plan; returns where everything went. Raises :class:`UserError` on failure."""
-    from paddle_ocrvl_sft.plan import _check_overrides
+    from paddle_ocrvl_sft.plan import check_overrides
 
     options = options or Options()
     plan = load_plan(plan_dir)
     overrides = plan.backend.schema.parse_overrides(options.overrides)
-    _check_overrides({k: v for k, v in overrides.items() if k != "resume_from_checkpoint"})
+    check_overrides({k: v for k, v in overrides.items() if k != "resume_from_checkpoint"})
     notes = check_data(plan)
     checkpoint = resume_checkpoint(plan, options.resume)
     check_output_dir(plan, resume=checkpoint, force=options.force)
@@ -360,8 +370,8 @@ def run(plan_dir: str | os.PathLike, options: Options | None = None, *, echo: Ca
     env = topology(plan, options, notes)
     trainer_env = None if options.docker else (envs.resolve(plan.backend.name) if options.dry_run else envs.require(plan.backend.name))
     args = [f"{k}={v}" for k, v in overrides.items()] + ([f"resume_from_checkpoint={checkpoint}"] if checkpoint else [])
-    run_id = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    run_dir = plan.plan_dir / "runs" / run_id
+    run_dir = new_run_dir(plan.plan_dir)
+    run_id = run_dir.name
     env[plan.backend.dist_log_env] = str(run_dir / "dist")  # workerlog.N files are appended to: one dir per run
     launch = command_for(plan, trainer_env, env, args)
     for note in notes:
@@ -391,7 +401,7 @@ def run(plan_dir: str | os.PathLike, options: Options | None = None, *, echo: Ca
         import shutil
 
         shutil.rmtree(plan.output_dir)
-    run_dir.mkdir(parents=True)
+    run_dir.mkdir(parents=True)  # new_run_dir chose a name that is not taken
     record = run_record(plan, launch, trainer_env, checkpoint)
     write_json(run_dir / "record.json", record)
     (plan.plan_dir / LOCK).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "run": run_id}),
