@@ -261,3 +261,9 @@ def test_erniekit_source_must_have_the_ocr_vl_stage(tmp_path):
     (tree / "setup.py").write_text("")
     with pytest.raises(UserError, match="not an ERNIEKit >= 1.4 source tree"):
         envs._check_erniekit_tree(tree)
+
+
+def test_docs_paddleformers_key_table_is_up_to_date():
+    text = (REPO / "docs" / "plan.md").read_text()
+    block = text.split("<!-- paddleformers-schema:begin -->\n")[1].split("<!-- paddleformers-schema:end -->")[0]
+    assert block == pf.SCHEMA.markdown(), "regenerate the table in docs/plan.md from backends.paddleformers.SCHEMA.markdown()"

@@ -234,3 +234,49 @@ def test_an_erniekit_tree_of_another_version_is_refused_not_patched(installed, r
     text = next((plan / "runs").iterdir()).joinpath("train.log").read_text()
     assert "refused: CPU patch 'cross-entropy' was written for another version" in text, text[-2000:]
     assert "applied" not in text  # all or nothing: no patch was applied
+
+
+FIELDS = """
+import dataclasses, json, sys
+if sys.argv[1] == "paddleformers":
+    from paddleformers.cli.hparams.parser import _TRAIN_ARGS as classes
+else:
+    from erniekit.hparams import DataArguments, FinetuningArguments, ModelArguments
+    from erniekit.hparams.preprocess_args import End2EndProcessorArguments
+    classes = [ModelArguments, DataArguments, End2EndProcessorArguments, FinetuningArguments]
+out = {}
+for cls in classes:
+    for f in dataclasses.fields(cls):
+        if f.init and f.name not in out:
+            default = f.default if f.default is not dataclasses.MISSING else None
+            out[f.name] = default if isinstance(default, (str, int, float, bool, type(None))) else repr(default)
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("name", ["erniekit", "paddleformers"])
+def test_every_schema_key_is_a_field_of_the_installed_trainer(installed, name):
+    """The key tables against the argument classes of the trainer they describe (names and defaults)."""
+    need(installed, name)
+    from paddle_ocrvl_sft import backends
+
+    python = envs.env_dir(name) / "venv" / "bin" / "python"
+    proc = subprocess.run([str(python), "-c", FIELDS, name], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    fields = json.loads(proc.stdout.strip().splitlines()[-1])
+    for key in backends.get(name).schema.keys:
+        if key.ignored:
+            assert key.name not in fields, key.name
+            continue
+        assert key.name in fields, f"{name}: {key.name} is not an argument of the installed trainer"
+        upstream = fields[key.name]
+        if key.default is not None and isinstance(upstream, (str, int, float, bool)) and not str(upstream).startswith("<"):
+            assert same_default(upstream, key.default), (key.name, upstream, key.default)
+
+
+def same_default(upstream, ours) -> bool:
+    """Equal, with numbers compared as numbers (PaddleFormers types max_estimate_samples' 1e5 as an int field)."""
+    numbers = (int, float)
+    if isinstance(ours, numbers) and not isinstance(ours, bool) and isinstance(upstream, numbers):
+        return float(upstream) == float(ours)
+    return upstream == ours
