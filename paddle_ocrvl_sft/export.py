@@ -108,7 +108,7 @@ def trained_weights(src: Path, base: Weights, work: Path, log: Callable[[str], N
     from paddle_ocrvl_sft.backends import paddleformers as pf
 
     if pf.is_lora_output(src) and not (src / INDEX).is_file() and not (src / WEIGHTS).is_file():
-        merged = pf.merge_lora(src, base.files[0].parent, work, log)
+        merged = pf.merge_lora(src, base.files, work, log)
         weights = Weights([merged], [f"merged the LoRA adapter ({pf.ADAPTER_CONFIG}) into BASE with PaddleFormers' exporter, "
                                      "and verified the merge"])
     else:

@@ -208,17 +208,17 @@ def test_a_correct_merge_passes_and_a_transposed_one_fails(tmp_path):
     q = "model.layers.0.self_attn.q_proj.weight"
     good = {**w, q: w[q] + 2.0 * (a @ b).T}
     write_safetensors(tmp_path / "good.safetensors", {k: ("F32", v.shape, v.astype(np.float32).tobytes()) for k, v in good.items()})
-    assert "1 target tensors == W + 2·(A·B)ᵀ and 1 others == W" in pf.verify_lora_merge(run, tmp_path / "base.safetensors",
+    assert "1 target tensors == W + 2·(A·B)ᵀ and 1 others == W" in pf.verify_lora_merge(run, [tmp_path / "base.safetensors"],
                                                                                     tmp_path / "good.safetensors")
     # what safetensors 0.8 made of PaddleFormers' merge: the raw buffer of Wᵀ + ΔW in W's shape
     bad = {**w, q: np.ascontiguousarray(w[q].T + 2.0 * (a @ b)).reshape(w[q].shape)}
     write_safetensors(tmp_path / "bad.safetensors", {k: ("F32", v.shape, v.astype(np.float32).tobytes()) for k, v in bad.items()})
     with pytest.raises(UserError, match="the LoRA merge is WRONG .*q_proj.weight: differs by up to .*safetensors 0.8"):
-        pf.verify_lora_merge(run, tmp_path / "base.safetensors", tmp_path / "bad.safetensors")
+        pf.verify_lora_merge(run, [tmp_path / "base.safetensors"], tmp_path / "bad.safetensors")
     unmerged = tmp_path / "unmerged.safetensors"  # the adapter forgotten: W alone
     write_safetensors(unmerged, {k: ("F32", v.shape, v.tobytes()) for k, v in w.items()})
     with pytest.raises(UserError, match="WRONG"):
-        pf.verify_lora_merge(run, tmp_path / "base.safetensors", unmerged)
+        pf.verify_lora_merge(run, [tmp_path / "base.safetensors"], unmerged)
 
 
 def test_read_tensors_widens_bf16_exactly(tmp_path):

@@ -378,11 +378,12 @@ def is_lora_output(src: Path) -> bool:
     return (src / ADAPTER_CONFIG).is_file() and any(src.glob("peft_model*.safetensors"))
 
 
-def merge_lora(src: Path, base_dir: Path, work: Path, log=print) -> Path:
+def merge_lora(src: Path, base_files: list[Path], work: Path, log=print) -> Path:
     """Merge a LoRA run with PaddleFormers' own exporter (in its environment), then VERIFY the merge.
 
-    The adapter files are copied into ``work`` (the exporter writes next to them: RUN_DIR stays
-    untouched); returns the merged safetensors file. safetensors 0.8 makes this exporter write
+    ``base_files``: the base model's safetensors file(s) (as export found them). The adapter files
+    are copied into ``work`` (the exporter writes next to them: RUN_DIR stays untouched); returns the
+    merged safetensors file. safetensors 0.8 makes this exporter write
     transposed garbage without an error (CPU_TRAINING.md A.6): the environment pins 0.7, and
     :func:`verify_lora_merge` checks every target anyway.
     """
@@ -397,7 +398,7 @@ def merge_lora(src: Path, base_dir: Path, work: Path, log=print) -> Path:
         shutil.copy2(path, adapter / path.name)
     config = _read_json(src / ADAPTER_CONFIG)
     trained_on = Path(config.get("base_model_name_or_path") or "")
-    model = trained_on if trained_on.is_dir() else base_dir
+    model = trained_on if trained_on.is_dir() else base_files[0].parent
     (work / "export.yaml").write_text(
         f"fine_tuning: LoRA\nmodel_name_or_path: {json.dumps(str(model))}\noutput_dir: {json.dumps(str(adapter))}\ndevice: cpu\n",
         encoding="utf-8")
@@ -410,18 +411,11 @@ def merge_lora(src: Path, base_dir: Path, work: Path, log=print) -> Path:
     if proc.returncode or len(merged) != 1:
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-12:])
         raise UserError(f"{src}: PaddleFormers' LoRA export failed (exit {proc.returncode}):\n{tail}")
-    log(verify_lora_merge(src, base_dir / "model.safetensors" if (base_dir / "model.safetensors").is_file() else _single(base_dir), merged[0]))
+    log(verify_lora_merge(src, base_files, merged[0]))
     return merged[0]
 
 
-def _single(model_dir: Path) -> Path:
-    files = sorted(model_dir.glob("*.safetensors"))
-    if len(files) != 1:
-        raise UserError(f"{model_dir}: expected one safetensors file to verify the LoRA merge against, found {len(files)}")
-    return files[0]
-
-
-def verify_lora_merge(run_dir: Path, base_file: Path, merged_file: Path) -> str:
+def verify_lora_merge(run_dir: Path, base_files: list[Path], merged_file: Path) -> str:
     """merged == W + scale·(A·B)ᵀ on every LoRA target, and == W elsewhere; raises UserError if not.
 
     PaddleFormers stores ``lora_A`` as [in, r] and ``lora_B`` as [r, out] (Paddle's [in, out]
@@ -437,7 +431,8 @@ def verify_lora_merge(run_dir: Path, base_file: Path, merged_file: Path) -> str:
     adapter = {}
     for path in sorted(run_dir.glob("peft_model*.safetensors")):
         adapter.update(read_tensors(path))
-    base, merged = read_tensors(base_file), read_tensors(merged_file)
+    base = {name: w for path in base_files for name, w in read_tensors(path).items()}
+    merged = read_tensors(merged_file)
     targets = {name[: -len("lora_A")] + "weight": name for name in adapter if name.endswith(".lora_A")}
     if not targets:
         raise UserError(f"{run_dir}: no lora_A tensors in the adapter: nothing to verify")
