@@ -254,12 +254,12 @@ REQUIRED_VALUES = {"stage": "OCR-VL-SFT", "fine_tuning": "Full", "multimodal": T
 
 
 def _no_eval(config: dict) -> list[str]:
-    keys = {k.name: k for k in KEYS}
+    """The stage builds no eval dataset: asking for evaluation fails after training."""
     problems = []
     if config.get("do_eval") is True:
-        problems.append(f"do_eval: {keys['do_eval'].danger}")
+        problems.append(f"do_eval: {SCHEMA['do_eval'].danger}")
     if config.get("evaluation_strategy") not in (None, "no"):
-        problems.append(f"evaluation_strategy: {keys['evaluation_strategy'].danger}")
+        problems.append(f"evaluation_strategy: {SCHEMA['evaluation_strategy'].danger}")
     return problems
 
 
