@@ -239,12 +239,24 @@ def _readable_ids(vocab_size: int) -> np.ndarray:
 # --- layouts ------------------------------------------------------------------------------------
 
 
+def release_file(name: str, release: str = "v1") -> Path:
+    """A released text file of ``release``: the release's own where it differs from v1
+    (chat template, image processor, inference.yml), else v1's (config layout and tokenizer are
+    the same in 1.5/1.6: shared/reference/MODEL_VERSIONS.md)."""
+    from paddle_ocrvl_sft import releases
+
+    own = releases.get(release).resource_dir / name
+    return own if own.is_file() else RESOURCES / name
+
+
 def build_tiny_model(dest: str | Path, layout: str = "base", *, checkpoints: tuple[int, ...] = (5, 10),
-                     seed: int = 0, lm_head_std: float = 0.02) -> Path:
+                     seed: int = 0, lm_head_std: float = 0.02, release: str = "v1") -> Path:
     """Write a tiny PaddleOCR-VL dir in ``layout`` ("base" or "erniekit_output") to ``dest``.
 
-    The ERNIEKit output's final weights equal its last checkpoint's (a run that saved at
-    ``max_steps``); each checkpoint has its own weights so tests can tell them apart.
+    ``release`` (v1, v1.5, v1.6) picks the released text files: 1.5/1.6 are the v1 config and
+    tokenizer with their own chat template, image processor and inference.yml. The ERNIEKit
+    output's final weights equal its last checkpoint's (a run that saved at ``max_steps``); each
+    checkpoint has its own weights so tests can tell them apart.
     """
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, not {layout!r}")
@@ -254,7 +266,7 @@ def build_tiny_model(dest: str | Path, layout: str = "base", *, checkpoints: tup
     if layout == "base":
         _write_common(dest, cfg)
         for name in BASE_FILES:
-            shutil.copyfile(RESOURCES / name, dest / name)
+            shutil.copyfile(release_file(name, release), dest / name)
         save_weights(dest / "model.safetensors", random_weights(cfg, seed, lm_head_std), "pt")
         return dest
 
@@ -264,10 +276,10 @@ def build_tiny_model(dest: str | Path, layout: str = "base", *, checkpoints: tup
     for step in steps:
         ckpt = dest / f"checkpoint-{step}"
         ckpt.mkdir(exist_ok=True)
-        _write_run_files(ckpt, run_cfg, random_weights(cfg, seed + step), step, steps[-1])
+        _write_run_files(ckpt, run_cfg, random_weights(cfg, seed + step), step, steps[-1], release)
         _write_checkpoint_state(ckpt)
     final = random_weights(cfg, seed + steps[-1]) if steps else random_weights(cfg, seed + 1)
-    _write_run_files(dest, run_cfg, final, steps[-1] if steps else 1, steps[-1] if steps else 1)
+    _write_run_files(dest, run_cfg, final, steps[-1] if steps else 1, steps[-1] if steps else 1, release)
     for name in ("train_results.json", "all_results.json"):
         write_json(dest / name, {"epoch": 1.0, "train_loss": 1.234, "train_runtime": 12.3,
                                   "train_samples_per_second": 1.0, "train_steps_per_second": 0.1})
@@ -279,11 +291,12 @@ def _write_common(dest: Path, cfg: dict) -> None:
     (dest / "tokenizer.model").write_bytes(tokenizer_model_bytes())
 
 
-def _write_run_files(dest: Path, cfg: dict, weights: dict[str, np.ndarray], step: int, max_steps: int) -> None:
+def _write_run_files(dest: Path, cfg: dict, weights: dict[str, np.ndarray], step: int, max_steps: int,
+                     release: str = "v1") -> None:
     _write_common(dest, cfg)
     for name in ("generation_config.json", "preprocessor_config.json", "tokenizer_config.json",
                  "special_tokens_map.json", "added_tokens.json"):
-        shutil.copyfile(RESOURCES / name, dest / name)
+        shutil.copyfile(release_file(name, release), dest / name)
     save_weights(dest / SHARD, weights, "np")
     total = sum(v.size * 2 for v in weights.values())
     write_json(dest / "model.safetensors.index.json",
