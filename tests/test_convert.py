@@ -1,9 +1,10 @@
 import csv
 import json
-import tracemalloc
+import shutil
+from pathlib import Path
 
 import pytest
-from conftest import sample, write_jsonl
+from conftest import sample, write_image, write_jsonl
 
 from paddle_ocrvl_sft.cli import main
 from paddle_ocrvl_sft.data.convert import CONVERTERS, convert_file
@@ -325,33 +326,54 @@ def test_usage_errors(tmp_path, capsys):
 
 
 def test_registry_lists_every_documented_format():
-    assert {"llava", "got", "messages", "paddleocr-rec", "csv", "html-table", "csv-table", "formula", "chart", "erniekit"} == set(CONVERTERS)
+    """docs/convert.md's table of every format names exactly the registered ones."""
+    import re
+
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "convert.md").read_text(encoding="utf-8")
+    table = docs.split("## Every format at a glance")[1].split("### Refused")[0]
+    first_columns = [row.split("|")[1] for row in table.splitlines() if row.startswith("| `")]
+    documented = {name for column in first_columns for name in re.findall(r"`([a-z0-9][a-z0-9-]*)`", column)}
+    assert documented == set(CONVERTERS)
+
+
+# Measures one conversion in a process of its own: the peak of memory allocated by Python while
+# convert_file runs (tracemalloc started just before it), printed for the test to compare.
+_PEAK_OF_ONE_CONVERSION = """
+import sys, tracemalloc
+from paddle_ocrvl_sft.data.convert import convert_file
+src, out, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+tracemalloc.start()
+summary = convert_file("auto", src, out, report=lambda line: None)
+peak = tracemalloc.get_traced_memory()[1]
+assert summary.converted == n and summary.written, summary
+print(peak)
+"""
 
 
 @pytest.mark.slow
 def test_memory_stays_flat_as_input_grows(tmp_path):
-    def run(n, traced):
+    """The peak memory of a conversion does not grow with the number of records (1k, 4k, 16k).
+
+    Each size runs in a fresh interpreter, so nothing one run leaves behind (caches, the table of
+    interned strings) is counted in another; the measure counts allocations, not time, so a busy
+    machine does not change it. A leak of one byte per record would add 15 KB between 1k and 16k.
+    """
+    import os
+    import subprocess
+    import sys
+
+    peaks = {}
+    for n in (1_000, 4_000, 16_000):
         src = tmp_path / f"in{n}.jsonl"
         with open(src, "w") as fh:
-            for i in range(n):
+            for i in range(n):  # every record names another image: per-name state would grow
                 fh.write(json.dumps({"image": f"i/{i}.png", "conversations": [
-                    {"from": "human", "value": "<image>\nOCR:"}, {"from": "gpt", "value": "text " * 20}]}) + "\n")
-        if traced:
-            tracemalloc.start()
-        summary = convert_file("got", src, tmp_path / "out.jsonl", report=lambda line: None, force=True)
-        _, top = tracemalloc.get_traced_memory()
-        tracemalloc.stop()
-        assert summary.converted == n and summary.written
-        return top
-
-    # Warm-up: pathlib interns path parts, and CPython's table of interned strings grows once
-    # (to a size set by the process, not by the input) — grow it before measuring. Where that
-    # growth lands depends on everything the process has imported (the whole suite's modules), so
-    # the large run is measured twice and the lower peak counts: after a growth the table has room
-    # for far more than 20k parts, and a real leak would show in both runs.
-    run(20_000, traced=False)
-    small, large = run(2_000, traced=True), min(run(20_000, traced=True), run(20_000, traced=True))
-    assert large < small * 1.2 + 64_000  # 10x the records, the same peak
+                    {"from": "human", "value": "<image>\nOCR:"}, {"from": "gpt", "value": f"text {i} " * 20}]}) + "\n")
+        proc = subprocess.run([sys.executable, "-c", _PEAK_OF_ONE_CONVERSION, str(src), str(tmp_path / f"out{n}.jsonl"), str(n)],
+                              capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": "0"})
+        assert proc.returncode == 0, proc.stderr
+        peaks[n] = int(proc.stdout)
+    assert max(peaks.values()) - peaks[1_000] < 12_000, peaks  # 16x the records, the same peak
 
 
 def test_lone_cr_line_ends_count_as_lines_in_csv_and_label_files(tmp_path, capsys):
@@ -375,3 +397,264 @@ def test_table_csv_paths_the_os_refuses_are_rejects_not_tracebacks(tmp_path, cap
     assert [line.split(": error: ")[0] for line in err[:5]] == [f"{src}:{n}" for n in range(1, 6)]
     for line, why in zip(err, ["a directory", "not a regular file", "NUL character", "File name too long", "not a usable file name"]):
         assert why in line, line
+
+
+# --- the files people actually have (issue 20); the examples are in tests/data/convert -------------
+
+EXAMPLES = Path(__file__).resolve().parent / "data" / "convert"
+
+
+def example(tmp_path, name):
+    """A copy of tests/data/convert/NAME in tmp_path/src."""
+    src = tmp_path / "src" / name
+    src.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(EXAMPLES / name, src)
+    return src
+
+
+def texts(samples):
+    return [[t["text"] for t in s["text_info"]] for s in samples]
+
+
+def test_got_readme_query_response_records(tmp_path, capsys):
+    # GOT-OCR2.0's README fine-tune format (ms-swift's query/response/history/images); was refused with
+    # "conversations: missing"
+    src = example(tmp_path, "got_readme.jsonl")
+    samples = round_trip(tmp_path, "got", src)
+    assert texts(samples) == [
+        ["OCR:", "Invoice No. 2024-0117"],
+        ["Which page has the total?", "the second"],
+        ["OCR with format:", "**Receipt** 54.50", "And the date?", "2024-04-20"],  # history first, then the query
+        ["What kind of document is this?", "a receipt", "Read the stamp", "PAID"],
+    ]
+    assert [[i["image_url"] for i in s["image_info"]] for s in samples] == [
+        ["../src/pages/p1.png"], ["../src/pages/p1.png", "../src/pages/p2.png"], ["../src/pages/p3.png"], ["../src/pages/p4.png"]]
+    # the <image> of line 4 sits in the query, after a history turn: moving it is said, once
+    err = capsys.readouterr().err
+    assert err.count("warning") == 1
+    assert f"{src}:4: warning: query: an image in a later user turn; it is put before the first prompt" in err
+    assert err.rstrip().endswith("[image-moved]")
+
+
+def test_got_reads_its_training_layout_too_and_rejects_what_has_neither(tmp_path, capsys):
+    src = write_jsonl(tmp_path / "g.jsonl", [
+        {"image": "a.png", "conversations": [{"from": "human", "value": "<image>\nOCR: "}, {"from": "gpt", "value": "x"}]},
+        {"query": "<image>OCR:", "response": "y", "images": ["b.png"], "system": "You are GOT"},
+        {"query": "<image>OCR:", "response": "y"},
+        {"query": "<image>OCR:", "response": "y", "images": ["b.png"], "history": [["q"]]},
+        {"image": "c.png", "text": "z"},
+    ])
+    assert convert("--from", "got", src, "-o", tmp_path / "o.jsonl", "--skip-bad") == 0
+    assert capsys.readouterr().err.splitlines() == [
+        f"{src}:2: error: system: a system prompt has no place in an ERNIEKit sample",
+        f"{src}:3: error: images: missing or empty (ERNIEKit drops samples without an image)",
+        f"{src}:4: error: history[0]: expected a [query, response] pair, got ['q']",
+        f"{src}:5: error: query: missing (also looked for conversations)",
+    ]
+
+
+def test_llamafactory_v1_typed_parts(tmp_path):
+    src = example(tmp_path, "llamafactory_v1.jsonl")
+    samples = round_trip(tmp_path, "messages", src)
+    assert texts(samples) == [["OCR:", "Invoice No. 2024-0117"], ["Table Recognition:", "<fcel>qty<fcel>price<nl><fcel>2<fcel>4.50<nl>"]]
+    assert [s["image_info"][0]["image_url"] for s in samples] == ["../src/pages/p1.png", "../src/tables/t1.png"]
+
+
+def test_llamafactory_v1_parts_it_cannot_keep_are_rejected(tmp_path, capsys):
+    def record(user_parts, answer_parts, **assistant):
+        return {"messages": [{"role": "user", "content": user_parts},
+                             {"role": "assistant", "content": answer_parts, **assistant}]}
+
+    image, ocr, answer = {"type": "image_url", "value": "a.png"}, {"type": "text", "value": "OCR:"}, {"type": "text", "value": "x"}
+    src = write_jsonl(tmp_path / "v1.jsonl", [
+        record([image, ocr], [{"type": "reasoning", "value": "let me think"}, answer]),
+        record([image, ocr], [answer], loss_weight=0.0),
+        record([image, ocr], [{"type": "tool_call", "value": "{}"}]),
+        record([{"type": "image_url", "value": 3}, ocr], [answer]),
+    ])
+    assert convert("--from", "messages", src, "-o", tmp_path / "o.jsonl") == 1
+    assert capsys.readouterr().err.splitlines()[:4] == [
+        f"{src}:1: error: messages[1].content[0]: a reasoning part: PaddleOCR-VL samples hold a prompt and its answer only",
+        f"{src}:2: error: messages[1].loss_weight: 0.0: ERNIEKit trains on every answer with weight 1",
+        f"{src}:3: error: messages[1].content[0]: a tool_call part: PaddleOCR-VL samples hold a prompt and its answer only",
+        f"{src}:4: error: messages[0].content[0].image_url: expected {{'url': PATH}}, or a path in 'value'",
+    ]
+
+
+def test_hugging_face_metadata_and_im2latex_csvs_take_the_obvious_task(tmp_path, capsys):
+    # were refused with "prompt: missing" / "latex: missing"
+    for name in ("hf_metadata.csv", "hf_metadata.jsonl", "im2latex.csv"):
+        src = example(tmp_path / name, name)
+        samples = round_trip(tmp_path / name, "image-text", src)
+        if name.startswith("hf_"):
+            assert texts(samples) == [["OCR:", "The quick brown fox"], ["OCR:", "Total: 54,50 EUR"]]
+            assert samples[0]["image_info"][0]["image_url"] == "../src/lines/0001.png"  # file_name
+        else:
+            assert texts(samples) == [["Formula Recognition:", "\\[\\frac{a}{b}+c\\]"], ["Formula Recognition:", "\\[x^{2}+y^{2}=r^{2}\\]"]]
+            assert samples[1]["image_info"][0]["image_url"] == "../src/f0002.png"
+    capsys.readouterr()
+    # the same through --from auto, the default
+    assert convert(EXAMPLES / "im2latex.csv", "-o", tmp_path / "auto.jsonl") == 0
+    assert "as --from image-text" in capsys.readouterr().out
+    assert texts(read_jsonl(tmp_path / "auto.jsonl"))[0] == ["Formula Recognition:", "\\[\\frac{a}{b}+c\\]"]
+
+
+def test_two_column_csv_task_and_columns_options(tmp_path, capsys):
+    src = write_csv(tmp_path / "d.csv", [["path", "caption", "split"], ["a.png", "<table><tr><td>1</td></tr></table>", "train"],
+                                         ["b.png", "<fcel>2<nl>", "val"]])
+    out = tmp_path / "o.jsonl"
+    assert convert("--from", "image-text", src, "-o", out) == 2  # which column, which task?
+    assert "which column holds the text?" in capsys.readouterr().err
+    assert convert("--from", "image-text", src, "-o", out, "--columns", "path,caption") == 2
+    assert "column 'caption' does not say which task it holds: pass --task" in capsys.readouterr().err
+    assert convert("--from", "image-text", src, "-o", out, "--columns", "path,caption", "--task", "table") == 0
+    assert texts(read_jsonl(out)) == [["Table Recognition:", "<fcel>1<nl>"], ["Table Recognition:", "<fcel>2<nl>"]]  # HTML → OTSL
+    assert convert("--from", "image-text", src, "-o", out, "--columns", "path,nope", "--task", "ocr", "--force") == 2
+    assert "--columns: no column 'nope'" in capsys.readouterr().err
+    assert convert("--from", "image-text", src, "-o", out, "--columns", "path,caption", "--task", "handwriting", "--force") == 2
+    assert "--task handwriting: unknown task (choose from ocr, table, formula" in capsys.readouterr().err
+    assert convert("--from", "llava", src, "-o", out, "--task", "ocr", "--force") == 2
+    assert "--task applies to --from paddleocr-rec or image-text, not llava" in capsys.readouterr().err
+
+
+def test_detection_labels_are_refused_as_recognition_labels(tmp_path, capsys):
+    # `path<TAB>[{"transcription", "points"}]` used to become OCR targets of JSON box lists
+    src = example(tmp_path, "paddleocr_det.txt")
+    out = tmp_path / "out" / "rec.jsonl"
+    for args in (["--from", "paddleocr-rec"], []):  # explicit, and auto
+        assert convert(*args, src, "-o", out) == 1
+        stdout, stderr = capsys.readouterr()
+        assert stderr.splitlines() == [
+            f"error: {src}: looks like PaddleOCR detection labels (image<TAB>[{{transcription, points}}]): these are text "
+            "boxes on whole images, not recognition targets; cut each box into a recognition sample with --from "
+            "paddleocr-det --crop (boxes transcribed '###' are skipped)"]
+        assert not out.exists()
+    assert convert("--from", "paddleocr-det", src, "-o", out) == 1
+    assert "--from paddleocr-det needs --crop" in capsys.readouterr().err
+    # a detection line inside a recognition file is that line's error
+    mixed = tmp_path / "mixed.txt"
+    mixed.write_text("a.png\tok\n" + (EXAMPLES / "paddleocr_det.txt").read_text().splitlines()[1] + "\n")
+    assert convert("--from", "paddleocr-rec", mixed, "-o", out) == 1
+    assert capsys.readouterr().err.splitlines()[0] == (
+        f"{mixed}:2: error: text: a list of text boxes (a PaddleOCR detection label), not a text to read; "
+        "use --from paddleocr-det --crop")
+
+
+def test_detection_labels_cut_into_recognition_samples(tmp_path, capsys):
+    from PIL import Image
+
+    src = example(tmp_path, "paddleocr_det.txt")
+    page = Image.new("RGB", (120, 90), "white")
+    page.paste((200, 0, 0), (10, 10, 90, 30))  # a red band where the first box is
+    (src.parent / "pages").mkdir()
+    page.save(src.parent / "pages" / "p1.png")
+    Image.new("RGB", (120, 90), (0, 0, 200)).save(src.parent / "pages" / "p2.png")
+    out = tmp_path / "out" / "rec.jsonl"
+    assert convert("--from", "paddleocr-det", "--crop", src, "-o", out) == 0
+    stdout = capsys.readouterr().out
+    assert "converted 2, rejected 0" in stdout and "skipped 1 box(es) transcribed '###'" in stdout
+    samples = read_jsonl(out)
+    assert texts(samples) == [["OCR:", "INVOICE"], ["OCR:", "Total 54.50"]]
+    urls = [s["image_info"][0]["image_url"] for s in samples]
+    assert urls == ["rec_crops/1_0.png", "rec_crops/2_0.png"]  # line 1 box 0, line 2 box 0 (box 1 of line 1 was ###)
+    with Image.open(resolve_image(urls[0], out)) as first, Image.open(resolve_image(urls[1], out)) as second:
+        # the slanted 4-point box comes out upright: as wide as its longer top/bottom edge, as tall as its longer side
+        assert first.size == (80, 18) and second.size == (98, 18)
+        assert first.convert("RGB").getpixel((40, 9)) == (200, 0, 0) and second.getpixel((49, 9)) == (0, 0, 200)
+    assert main(["data", "validate", str(out)]) == 0
+    assert convert("--crop", src, "-o", tmp_path / "auto" / "rec.jsonl") == 0  # --from auto, with --crop
+    assert "as --from paddleocr-det" in capsys.readouterr().out
+    assert texts(read_jsonl(tmp_path / "auto" / "rec.jsonl")) == texts(samples)
+    # the crops are outputs: not overwritten without --force, and written with OUT or not at all
+    assert convert("--from", "paddleocr-det", "--crop", src, "-o", tmp_path / "out" / "other.jsonl",
+                   "--crop-dir", tmp_path / "out" / "rec_crops") == 1
+    assert "rec_crops: already exists (use --force to overwrite)" in capsys.readouterr().err
+    (src.parent / "pages" / "p2.png").unlink()
+    assert convert("--from", "paddleocr-det", "--crop", src, "-o", tmp_path / "out2" / "rec.jsonl") == 1
+    assert f"{src}:2: error: image_path: {src.parent / 'pages' / 'p2.png'}: " in capsys.readouterr().err
+    assert not (tmp_path / "out2").exists() or not any((tmp_path / "out2").iterdir())
+
+
+def test_media_files_are_refused_once_even_with_an_explicit_from(tmp_path, capsys):
+    rows = [json.loads((EXAMPLES / "video.jsonl").read_text())] * 50
+    src = write_jsonl(tmp_path / "videos.jsonl", rows)
+    assert convert("--from", "messages", src, "-o", tmp_path / "o.jsonl") == 1
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {src}: looks like video samples: PaddleOCR-VL reads images only")
+    # one such record in a file of images is that record's error
+    mixed = write_jsonl(tmp_path / "mixed.jsonl", [json.loads((EXAMPLES / "messages.jsonl").read_text().splitlines()[0]), rows[0]])
+    assert convert(mixed, "-o", tmp_path / "o.jsonl", "--skip-bad") == 0
+    assert capsys.readouterr().err.splitlines() == [f"{mixed}:2: error: record: video samples: PaddleOCR-VL reads images only "
+                                                    "(ERNIEKit's OCR-VL samples have no video input); extract the frames "
+                                                    "to read as image files and label each one"]
+
+
+def test_rejects_name_the_field_asked_for_and_the_format_the_file_looks_like(tmp_path, capsys):
+    # --from messages on GOT README records: the error named 'conversations', not 'messages', and not the format
+    src = example(tmp_path, "got_readme.jsonl")
+    assert convert("--from", "messages", src, "-o", tmp_path / "o.jsonl") == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == f"{src}:1: error: messages: missing (also looked for conversations)"
+    assert (f"hint: {src} looks like GOT-OCR2.0 README / ms-swift records (query, response, history, images), "
+            "which --from got reads") in err
+
+
+def test_image_in_a_later_user_turn_is_moved_with_a_warning(tmp_path, capsys):
+    # LLaMA-Factory's mllm_demo layout: an <image> opening the second user turn
+    src = write_jsonl(tmp_path / "m.jsonl", [
+        {"messages": [{"role": "user", "content": "OCR:"}, {"role": "assistant", "content": "a"},
+                      {"role": "user", "content": "<image>Table Recognition:"}, {"role": "assistant", "content": "<fcel>b<nl>"}],
+         "images": ["x.png"]},
+        {"messages": [{"role": "user", "content": "<image>OCR:"}, {"role": "assistant", "content": "a"}], "images": ["y.png"]},
+    ])
+    out = tmp_path / "o.jsonl"
+    assert convert("--from", "messages", src, "-o", out) == 0
+    assert capsys.readouterr().err.splitlines() == [
+        f"{src}:1: warning: messages[2].content: an image in a later user turn; it is put before the first prompt, "
+        "where every image of a PaddleOCR-VL sample goes (ERNIEKit's matched_text_index 0) [image-moved]"]
+    assert read_jsonl(out)[0]["image_info"] == [{"matched_text_index": 0, "image_url": "x.png"}]
+    assert convert(src, "-o", out, "--force", "--ignore", "image-moved") == 0
+    assert capsys.readouterr().err.splitlines() == ["ignored (--ignore): image-moved=1"]
+    assert convert(src, "-o", out, "--force", "--ignore", "missing-image") == 2
+    assert "--ignore missing-image: not a warning of data convert (those are image-moved, second-tab)" in capsys.readouterr().err
+
+
+def test_a_second_tab_in_a_recognition_label_is_said_once_for_all_rows(tmp_path, capsys):
+    src = tmp_path / "rec.txt"
+    src.write_text("".join(f"c/{i}.png\tcol A\tcol B {i}\n" for i in range(40)) + "c/x.png\tplain\n")
+    out = tmp_path / "o.jsonl"
+    assert convert("--from", "paddleocr-rec", src, "-o", out) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        "warning: [second-tab] on 40 rows (the first 3 below); to silence it: replace the TAB inside the text "
+        "(PaddleOCR cuts the label there), or pass --ignore second-tab",
+        *(f"  {src}:{n}: text: holds another TAB; kept whole here, while PaddleOCR's own reader would cut the label "
+          "there (to 'col A')" for n in (1, 2, 3)),
+    ]
+    assert read_jsonl(out)[0]["text_info"][1]["text"] == "col A\tcol B 0"  # kept whole, as said
+
+
+def test_a_label_file_converted_elsewhere_validates_with_one_summarised_warning(tmp_path, capsys):
+    # 4,468 rows written outside the source folder used to give 4,468 path-escapes warnings
+    png = write_image(tmp_path / "one.png").read_bytes()
+    crops = tmp_path / "icdar" / "crops"
+    crops.mkdir(parents=True)
+    for i in range(4468):
+        (crops / f"word_{i}.png").write_bytes(png)
+    labels = tmp_path / "icdar" / "rec_gt_train.txt"
+    labels.write_text("".join(f"crops/word_{i}.png\tword {i}\n" for i in range(4468)), encoding="utf-8")
+    out = tmp_path / "sets" / "train.jsonl"
+    assert convert("--from", "paddleocr-rec", labels, "-o", out) == 0
+    capsys.readouterr()
+    assert main(["data", "validate", str(out)]) == 0
+    stdout = capsys.readouterr().out.splitlines()
+    assert [line for line in stdout if "warning:" in line] == [
+        "warning: [path-escapes] on 4468 rows (the first 3 below); to silence it: keep the dataset file in a directory "
+        "above its images if it is to be moved with them, or pass --ignore path-escapes"]
+    assert stdout[1:4] == [f"  {out}:{n}: image_info[0].image_url: ../icdar/crops/word_{n - 1}.png leaves the dataset's directory"
+                           for n in (1, 2, 3)]
+    assert stdout[4].startswith("4468 samples in 1 file(s): 4468 valid, 0 rejected (0 errors, 4468 warnings)")
+    assert main(["data", "validate", str(out), "--ignore", "path-escapes"]) == 0
+    assert "ignored (--ignore): path-escapes=4468" in capsys.readouterr().out
+    assert main(["data", "validate", str(out), "--ignore", "missing-image"]) == 2
+    assert "--ignore missing-image: not a warning rule (errors cannot be ignored" in capsys.readouterr().err

@@ -525,3 +525,31 @@ def test_image_paths_the_os_refuses_are_row_errors_in_validate_stats_and_split(o
     assert main(["data", "stats", str(path), "--no-plot"]) == 0
     assert main(["data", "split", str(path), "--val", "0.5", "-o", str(odd_files / "out" / "d"), "--force"]) in (0, 1)
     assert "Traceback" not in "".join(capsys.readouterr())
+
+
+def test_every_warning_rule_has_a_fix_for_the_summary():
+    import re
+    from pathlib import Path
+
+    from paddle_ocrvl_sft.data import validate as module
+
+    warned = set(re.findall(r'WARNING, "([a-z0-9-]+)"', Path(module.__file__).read_text()))
+    assert warned == set(module.WARNING_RULES)
+
+
+def test_warnings_are_summarised_per_rule_and_ignore_silences_them(dataset_dir, capsys):
+    rows = [sample(url=f"https://example.com/{i}.png") for i in range(5)] + [sample(index=1)]
+    path = write_jsonl(dataset_dir / "d.jsonl", rows)
+    assert main(["data", "validate", str(path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [line for line in out if "warning:" in line] == [
+        "warning: [remote-image] on 5 rows (the first 3 below); to silence it: download the images and name them by "
+        "local path, or pass --ignore remote-image",
+        f"{path}:6: warning: image_info[0].matched_text_index: 1 points at a 'no_mask' answer; ERNIEKit moves the image "
+        "to the prompt before it [image-on-answer]",
+    ]
+    assert out[1] == f"  {path}:1: image_info[0].image_url: https://example.com/0.png: ERNIEKit downloads it with no timeout; not checked"
+    assert main(["data", "validate", str(path), "--json", "--ignore", "remote-image"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert [p["rule"] for p in doc["problems"]] == ["image-on-answer"]  # the ignored ones are not listed ...
+    assert doc["summary"]["by_rule"]["remote-image"] == 5  # ... but still counted

@@ -21,6 +21,8 @@ def register(subparsers) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable report on stdout")
     p.add_argument("--write-clean", metavar="OUT", help="write the good rows to OUT (.jsonl, readable by ERNIEKit) and the rejects to OUT's .rejects.jsonl")
     p.add_argument("--force", action="store_true", help="overwrite --write-clean outputs")
+    p.add_argument("--ignore", action="append", default=[], metavar="RULE",
+                   help="count the warnings of RULE without printing them (repeatable; docs/data.md lists the rules)")
     p.set_defaults(func=run_validate)
 
     p = sub.add_parser("stats", help="sample count, prompt kinds, sizes, token lengths, recommended max_seq_len")
@@ -77,20 +79,34 @@ def _options(args, **extra):
 
 
 def run_validate(args) -> int:
-    from paddle_ocrvl_sft.data.validate import dropped_on_write, rejects_path, validate_and_write_clean, validate_paths
+    from paddle_ocrvl_sft.data.validate import (
+        WARNING, WARNING_RULES, dropped_on_write, rejects_path, validate_and_write_clean, validate_paths,
+    )
+    from paddle_ocrvl_sft.data.warning_summary import WarningSummary
+    from paddle_ocrvl_sft.errors import UsageError
 
+    for rule in args.ignore:
+        if rule not in WARNING_RULES:
+            raise UsageError(f"--ignore {rule}: not a warning rule (errors cannot be ignored; the warnings are "
+                             f"{', '.join(WARNING_RULES)})")
     options = _options(args, decode=args.decode)
+    warnings = WarningSummary(hints=WARNING_RULES, ignore=args.ignore)
     if args.json:
         # the problem list is streamed (flat memory on huge datasets); the opening is written with
         # the first problem, so an input error before it leaves stdout empty, not half a document
         opened = []
 
         def on_problem(problem):
+            if problem.severity == WARNING and problem.rule in warnings.ignore:
+                return
             sys.stdout.write(("," if opened else '{"problems": [') + "\n  " + json.dumps(problem.to_dict(), ensure_ascii=False))
             opened.append(True)
     else:
-        def on_problem(problem):
-            print(problem)
+        def on_problem(problem):  # errors as found; warnings summarised per rule at the end
+            if problem.severity == WARNING:
+                warnings.add(problem.rule, f"{problem.path}:{problem.line}", problem.message)
+            else:
+                print(problem)
 
     if args.write_clean:
         report = validate_and_write_clean(args.files, args.write_clean, options, force=args.force, on_problem=on_problem)
@@ -99,6 +115,8 @@ def run_validate(args) -> int:
     if args.json:
         print(("\n]" if opened else '{"problems": [') + ', "summary": ' + json.dumps(report.to_dict(), ensure_ascii=False) + "}")
     else:
+        for line in warnings.lines():
+            print(line)
         print(report.summary())
         if args.write_clean:
             dropped = dropped_on_write(report)

@@ -6,6 +6,10 @@ as a stream of located records and turns each into an :class:`Example` (images +
 turns); a writer renders the example as an ERNIEKit sample (seed 000 §3.2) or as a ``messages``
 record. A record that cannot be converted raises :class:`Reject` naming the field and why; the
 driver reports it as ``FILE:LINE: error: FIELD: WHY`` and goes on, so nothing is dropped silently.
+What converts with a caveat (an ``<image>`` moved, a second TAB kept) is a warning of a named rule,
+summarised per rule (:mod:`paddle_ocrvl_sft.data.warning_summary`). ``--from auto`` (the default)
+reads the first records to tell the format (:mod:`paddle_ocrvl_sft.data.detect`) and refuses, once,
+files of a shape PaddleOCR-VL samples cannot hold.
 
 Image paths: relative paths in the source resolve against the source file's directory (or
 ``image_root``) and are rewritten relative to the output's directory, which is where ERNIEKit
@@ -14,6 +18,7 @@ resolves them (FACTS.md, "Dataset reader"). URLs, absolute paths and base64 payl
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import re
@@ -21,11 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterator
 
-from paddle_ocrvl_sft.data import otsl
+from paddle_ocrvl_sft.data import detect, otsl
 from paddle_ocrvl_sft.data.sample import MASK, NO_MASK, image_urls, is_remote, make_sample, relocate_image, sample_turns
+from paddle_ocrvl_sft.data.warning_summary import WarningSummary
 from paddle_ocrvl_sft.errors import UsageError, UserError
 from paddle_ocrvl_sft.io import (
-    DiscardOutput, Record, atomic_open, iter_lines, iter_records, open_named_file, refuse_inputs_as_outputs, shown,
+    Record, atomic_open, iter_lines, iter_records, open_named_file, refuse_inputs_as_outputs, shown, staged_dir,
     write_json_line,
 )
 from paddle_ocrvl_sft.prompts import BUILTIN_PROMPTS
@@ -33,6 +39,12 @@ from paddle_ocrvl_sft.prompts import BUILTIN_PROMPTS
 # `<image>` (LLaVA, GOT-OCR2.0, ShareGPT, ms-swift) and `<image_00>` (MiniCPM-V multi-image).
 _IMAGE_TAG = re.compile(r"<image(?:_\d+)?>")
 _USER_ROLES, _ASSISTANT_ROLES = ("user", "human"), ("assistant", "gpt")
+
+# The warnings convert gives (each converts the record), and how to fix the cause of each.
+WARNING_RULES = {
+    "image-moved": "put each <image> (or image part) in the first user turn of the source",
+    "second-tab": "replace the TAB inside the text (PaddleOCR cuts the label there)",
+}
 
 
 class Reject(Exception):
@@ -49,6 +61,21 @@ class Example:
 
     images: list[str]
     turns: list[tuple[str, str]]
+    warnings: list[tuple[str, str]] = field(default_factory=list)  # (rule, message): converted, with a caveat
+    placed: bool = False  # images already written relative to OUT (crops), not to the source
+
+
+@dataclass(frozen=True)
+class Crops:
+    """Where ``--crop`` writes the cut boxes: ``staging`` while converting, ``final`` once done."""
+
+    staging: Path
+    final: Path
+    out: Path
+
+    def url(self, name: str) -> str:
+        """How OUT names the crop ``name`` (relative to OUT's directory, where ERNIEKit resolves it)."""
+        return os.path.relpath(os.path.join(os.path.abspath(self.final), name), os.path.dirname(os.path.abspath(self.out)))
 
 
 @dataclass(frozen=True)
@@ -58,6 +85,13 @@ class Source:
     path: Path
     image_root: Path | None = None
     default_prompt: str | None = None  # used for an empty prompt; None: reject the record
+    task: str | None = None  # --task: the built-in task of label / image-text targets
+    columns: tuple[str, str] | None = None  # --columns IMAGE,TEXT of an image-text manifest
+    crops: Crops | None = None  # --crop
+
+    def image_path(self, url: str) -> str:
+        """Where a local image named in the source is: against --image-root, else the source's dir."""
+        return os.path.join(os.path.abspath(self.image_root or self.path.parent), url)
 
 
 def builtin_or_text(prompt: str) -> str:
@@ -74,6 +108,7 @@ class Converter:
     name: ClassVar[str]
     summary: ClassVar[str]
     reader: ClassVar[str] = "json"  # json: .json/.jsonl records; csv; lines; manifest: csv or json by suffix
+    reads_also: ClassVar[tuple[str, ...]] = ()  # the formats whose files this one reads as well
 
     def records(self, path: Path) -> Iterator[Record]:
         kind = self.reader
@@ -81,8 +116,19 @@ class Converter:
             kind = "csv" if path.suffix.lower() == ".csv" else "json"
         return {"json": iter_records, "csv": iter_csv_rows, "lines": iter_label_lines}[kind](path)
 
+    def prepare(self, src: Source) -> None:
+        """Once, before the records: read what the whole file shares (a header's columns)."""
+
     def convert(self, value: Any, src: Source) -> Example:
         raise NotImplementedError
+
+    def convert_record(self, record: Record, src: Source) -> list[Example]:
+        """The samples of one record: one, unless the format holds several per record."""
+        return [self.convert(record.value, src)]
+
+    def notes(self) -> list[str]:
+        """After the records: what the run did that is no error or warning (boxes skipped)."""
+        return []
 
     # helpers shared by the subclasses
     @staticmethod
@@ -148,8 +194,29 @@ def _image_list(found: Any, key: str) -> list[str]:
     return items
 
 
+def _part_text(part: dict) -> str | None:
+    """The text of a text part: OpenAI ``{"type": "text", "text"}``, LLaMA-Factory v1 ``{..., "value"}``."""
+    return next((part[k] for k in ("text", "value") if isinstance(part.get(k), str)), None)
+
+
+def _part_image(part: dict, where: str) -> str | None:
+    """The image of an image part (None: not one): ``{"type": "image", "image"|"url"|"path"}``,
+    ``{"type": "image_url", "image_url": {"url"}}`` (OpenAI) or ``{"type": "image_url", "value"}``
+    (LLaMA-Factory v1)."""
+    kind = part.get("type")
+    if kind == "image":
+        return next((part[k] for k in ("image", "url", "path", "value") if isinstance(part.get(k), str)), None)
+    if kind != "image_url":
+        return None
+    url = part.get("image_url", part.get("value"))
+    url = url.get("url") if isinstance(url, dict) else url
+    if not isinstance(url, str):
+        raise Reject(f"{where}.image_url", "expected {'url': PATH}, or a path in 'value'")
+    return url
+
+
 def _content(content: Any, where: str, images: list[str]) -> str:
-    """A turn's text; OpenAI-style lists of parts add their images to ``images``."""
+    """A turn's text; lists of parts (OpenAI, LLaMA-Factory v1) add their images to ``images``."""
     if isinstance(content, str):
         return content
     if not isinstance(content, list):
@@ -157,28 +224,40 @@ def _content(content: Any, where: str, images: list[str]) -> str:
     texts = []
     for i, part in enumerate(content):
         kind = part.get("type") if isinstance(part, dict) else None
-        if kind == "text" and isinstance(part.get("text"), str):
-            texts.append(part["text"])
-        elif kind == "image" and any(isinstance(part.get(k), str) for k in ("image", "url", "path")):
-            images.append(next(part[k] for k in ("image", "url", "path") if isinstance(part.get(k), str)))
-        elif kind == "image_url" and isinstance(part.get("image_url"), (str, dict)):
-            url = part["image_url"]
-            url = url.get("url") if isinstance(url, dict) else url
-            if not isinstance(url, str):
-                raise Reject(f"{where}[{i}].image_url", "expected {'url': PATH}")
-            images.append(url)
+        if kind == "text" and (text := _part_text(part)) is not None:
+            texts.append(text)
+        elif kind in ("image", "image_url") and (image := _part_image(part, f"{where}[{i}]")) is not None:
+            images.append(image)
+        elif kind in ("reasoning", "tool_call"):
+            raise Reject(f"{where}[{i}]", f"a {kind} part: PaddleOCR-VL samples hold a prompt and its answer only")
         else:
             raise Reject(f"{where}[{i}]", f"expected a text, image or image_url part, got {part!r:.80}")
     return "\n".join(texts)
 
 
-def chat_turns(messages: Any, key: str, src: Source, images: list[str]) -> tuple[list[tuple[str, str]], int]:
-    """Alternating user/assistant turns (``role``/``content`` or ShareGPT ``from``/``value``) and
-    the number of image placeholders in the user turns; inline image parts are added to ``images``."""
+def moved_image(where: str) -> tuple[str, str]:
+    """The warning for an image placeholder or part after the first user turn."""
+    return ("image-moved", f"{where}: an image in a later user turn; it is put before the first prompt, "
+            "where every image of a PaddleOCR-VL sample goes (ERNIEKit's matched_text_index 0)")
+
+
+@dataclass
+class Turns:
+    """The (prompt, answer) turns of a conversation and what its user turns said about images."""
+
+    turns: list[tuple[str, str]]
+    n_tags: int  # image placeholders in the user turns
+    warnings: list[tuple[str, str]]
+
+
+def chat_turns(messages: Any, key: str, src: Source, images: list[str]) -> Turns:
+    """Alternating user/assistant turns (``role``/``content`` or ShareGPT ``from``/``value``);
+    inline image parts are added to ``images``. An image placeholder or part in a user turn after
+    the first is moved before the first prompt, with a warning."""
     if not isinstance(messages, list) or not messages:
         raise Reject(key, "expected a non-empty list of turns")
     turns: list[tuple[str, str]] = []
-    n_tags = 0
+    n_tags, warnings = 0, []
     for i, msg in enumerate(messages):
         where = f"{key}[{i}]"
         if not isinstance(msg, dict):
@@ -194,15 +273,21 @@ def chat_turns(messages: Any, key: str, src: Source, images: list[str]) -> tuple
         before = len(images)
         text = _content(msg.get(text_key), f"{where}.{text_key}", images)
         if i % 2 == 0:
-            n_tags += len(_IMAGE_TAG.findall(text))
+            tags = len(_IMAGE_TAG.findall(text))
+            n_tags += tags
+            if i and (tags or len(images) > before):
+                warnings.append(moved_image(f"{where}.{text_key}"))
             turns.append((Converter.prompt(text, f"{where}.{text_key}", src), ""))
         else:
             if len(images) > before:
                 raise Reject(f"{where}.{text_key}", "an image in an assistant turn")
+            weight = msg.get("loss_weight", 1)
+            if weight != 1:  # LLaMA-Factory v1: an answer that is context, not a target
+                raise Reject(f"{where}.loss_weight", f"{weight!r}: ERNIEKit trains on every answer with weight 1")
             turns[-1] = (turns[-1][0], Converter.answer(text, f"{where}.{text_key}"))
     if len(messages) % 2:
         raise Reject(key, "the last turn is a user turn with no assistant answer")
-    return turns, n_tags
+    return Turns(turns, n_tags, warnings)
 
 
 def check_placeholders(n_tags: int, images: list[str], key: str) -> None:
@@ -212,44 +297,114 @@ def check_placeholders(n_tags: int, images: list[str], key: str) -> None:
         raise Reject(key, f"{n_tags} image placeholder(s) for {len(images)} image(s)")
 
 
-@register("llava", "got")
+@register("llava")
 class ConversationsConverter(Converter):
-    """MiniCPM-V / LLaVA (seed 003) and GOT-OCR2.0 (seed 004), which use LLaVA's layout:
+    """MiniCPM-V / LLaVA (seed 003) and GOT-OCR2.0's training data (seed 004), LLaVA's layout:
     ``{"image": ..., "conversations": [{"role"|"from": ..., "content"|"value": "<image>\\n..."}, ...]}``."""
 
     name, summary = "llava", "MiniCPM-V / LLaVA / GOT-OCR2.0 conversations"
 
     def convert(self, value, src):
         images = _image_list(self.get(value, "image", "images"), "image")
-        turns, n_tags = chat_turns(self.get(value, "conversations"), "conversations", src, [])
-        check_placeholders(n_tags, images, "conversations")
-        return Example(images, turns)
+        chat = chat_turns(self.get(value, "conversations"), "conversations", src, [])
+        check_placeholders(chat.n_tags, images, "conversations")
+        return Example(images, chat.turns, chat.warnings)
+
+
+def _history(history: Any) -> list[tuple[Any, Any]]:
+    """ms-swift's ``history``: ``[[query, response], ...]``, the turns before the record's query."""
+    if not isinstance(history, list):
+        raise Reject("history", f"expected a list of [query, response] pairs, got {type(history).__name__}")
+    for i, pair in enumerate(history):
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+            raise Reject(f"history[{i}]", f"expected a [query, response] pair, got {pair!r:.80}")
+    return [tuple(pair) for pair in history]
+
+
+def query_response_example(value: Any, src: Source) -> Example:
+    """GOT-OCR2.0's README fine-tune records, which are ms-swift's custom format:
+    ``{"query": "<image>...", "response": ..., "history": [[q, r], ...], "images": [...]}``."""
+    query, response = Converter.get(value, "query"), Converter.get(value, "response")
+    if value.get("system"):
+        raise Reject("system", "a system prompt has no place in an ERNIEKit sample")
+    pairs = [(f"history[{i}][0]", q, f"history[{i}][1]", r) for i, (q, r) in enumerate(_history(value.get("history") or []))]
+    pairs.append(("query", query, "response", response))
+    if not value.get("images"):
+        raise Reject("images", "missing or empty (ERNIEKit drops samples without an image)")
+    images = _image_list(value["images"], "images")
+    turns, n_tags, warnings = [], 0, []
+    for i, (where_q, q, where_r, r) in enumerate(pairs):
+        if not isinstance(q, str):
+            raise Reject(where_q, f"expected a string, got {type(q).__name__}")
+        tags = len(_IMAGE_TAG.findall(q))
+        n_tags += tags
+        if i and tags:
+            warnings.append(moved_image(where_q))
+        turns.append((Converter.prompt(q, where_q, src), Converter.answer(r, where_r)))
+    check_placeholders(n_tags, images, "query")
+    return Example(images, turns, warnings)
+
+
+@register("got")
+class GotConverter(Converter):
+    """GOT-OCR2.0 data in either layout, told record by record: the fine-tune format its README
+    gives (ms-swift's ``query``/``response``/``history``/``images``) or the LLaVA layout its own
+    training code reads (``image`` + ``conversations``)."""
+
+    name, summary = "got", "GOT-OCR2.0 query/response (its README) or conversations"
+    reads_also = ("llava",)
+
+    def convert(self, value, src):
+        if isinstance(value, dict) and "query" in value:
+            return query_response_example(value, src)
+        if isinstance(value, dict) and "conversations" in value:
+            return ConversationsConverter().convert(value, src)
+        self.get(value, "query", "conversations")  # not a dict, or neither key: rejects naming both
+        raise AssertionError("unreachable: get() found a key handled above")
 
 
 @register("messages")
 class MessagesConverter(Converter):
     """OpenAI-style ``{"messages": [...], "images": [...]}`` (content a string or a list of
-    text/image/image_url parts) and ShareGPT ``{"conversations": [{"from", "value"}], "images"}``."""
+    text/image/image_url parts), LLaMA-Factory v1 messages (parts ``{"type": "text"|"image_url",
+    "value": ...}``) and ShareGPT ``{"conversations": [{"from", "value"}], "images"}``."""
 
-    name, summary = "messages", "OpenAI / ShareGPT / ms-swift messages"
+    name, summary = "messages", "OpenAI / ShareGPT / ms-swift / LLaMA-Factory v1 messages"
 
     def convert(self, value, src):
-        key = "messages" if isinstance(value, dict) and "messages" in value else "conversations"
+        self.get(value, "messages", "conversations")  # rejects naming both when neither is there
+        key = "messages" if "messages" in value else "conversations"
         inline: list[str] = []
-        turns, n_tags = chat_turns(self.get(value, key), key, src, inline)
+        chat = chat_turns(value[key], key, src, inline)
         listed = _image_list(value["images"], "images") if value.get("images") else []
         if inline and listed:
             raise Reject("images", "images given both inline in the messages and in 'images'")
         if not inline and not listed:
             raise Reject(key, "no image (ERNIEKit drops samples without one)")
         if listed:
-            check_placeholders(n_tags, listed, key)
-        return Example(inline or listed, turns)
+            check_placeholders(chat.n_tags, listed, key)
+        return Example(inline or listed, chat.turns, chat.warnings)
+
+
+def task_target(task: str, text: str, where: str) -> str:
+    """A text as the target of ``task``: a formula wrapped as ``\\[...\\]``, an HTML table as OTSL,
+    anything else as it is."""
+    try:
+        if task == "formula":
+            return otsl.formula_target(text)
+        if task == "table" and "<table" in text.lower():
+            return otsl.html_to_otsl(text)
+    except ValueError as exc:
+        raise Reject(where, str(exc)) from None
+    if task == "table" and "<nl>" not in text:
+        raise Reject(where, "expected an HTML table or OTSL (rows ending in <nl>)")
+    return text
 
 
 @register("paddleocr-rec")
 class PaddleOCRRecConverter(Converter):
-    """PaddleOCR recognition labels: ``image_path<TAB>text`` per line → prompt ``OCR:``."""
+    """PaddleOCR recognition labels: ``image_path<TAB>text`` per line → prompt ``OCR:`` (``--task``
+    another built-in task, e.g. ``formula`` for PaddleOCR's LaTeX-OCR labels)."""
 
     name, summary, reader = "paddleocr-rec", "PaddleOCR recognition label file", "lines"
 
@@ -261,14 +416,90 @@ class PaddleOCRRecConverter(Converter):
             raise Reject("image_path", "empty")
         if image.startswith("["):  # PaddleOCR picks one of a JSON list of files at random per epoch
             raise Reject("image_path", "a list of files; write one image_path<TAB>text line per file")
-        return Example([image.strip()], [(BUILTIN_PROMPTS["ocr"], self.answer(text, "text"))])
+        if detect.det_boxes(text) is not None:
+            raise Reject("text", "a list of text boxes (a PaddleOCR detection label), not a text to read; "
+                         "use --from paddleocr-det --crop")
+        task = src.task or "ocr"
+        warnings = []
+        if "\t" in text:  # PaddleOCR's reader splits the line at every TAB and keeps the second field
+            warnings.append(("second-tab", "text: holds another TAB; kept whole here, while PaddleOCR's own "
+                             f"reader would cut the label there (to {text.split(chr(9))[0][:40]!r})"))
+        target = task_target(task, self.answer(text, "text"), "text")
+        return Example([image.strip()], [(BUILTIN_PROMPTS[task], target)], warnings)
+
+
+@register("paddleocr-det")
+class PaddleOCRDetConverter(Converter):
+    """PaddleOCR detection labels ``image<TAB>[{"transcription": ..., "points": [[x, y], ...]}, ...]``:
+    with ``--crop`` each box is cut out of its image (:mod:`paddle_ocrvl_sft.data.crop`) into a
+    recognition sample ``OCR:`` → its transcription; boxes transcribed ``###`` (PaddleOCR's
+    do-not-care mark) are skipped and counted."""
+
+    name, summary, reader = "paddleocr-det", "PaddleOCR detection labels, each box cut out (--crop)", "lines"
+
+    def __init__(self):
+        self.skipped = 0
+
+    def convert_record(self, record, src):
+        from paddle_ocrvl_sft.data import crop
+
+        image, tab, label = record.value.partition("\t")
+        if not tab:
+            raise Reject("line", "expected image_path<TAB>[boxes]")
+        image = image.strip()
+        if not image:
+            raise Reject("image_path", "empty")
+        boxes = detect.det_boxes(label)
+        if boxes is None:
+            raise Reject("boxes", 'expected a JSON list of {"transcription": ..., "points": [[x, y], ...]}')
+        kept = []
+        for k, box in enumerate(boxes):
+            text = box.get("transcription")
+            if not isinstance(text, str):
+                raise Reject(f"boxes[{k}].transcription", f"expected a string, got {text!r:.40}")
+            if text == "###":
+                self.skipped += 1
+                continue
+            try:
+                kept.append((k, self.answer(text, f"boxes[{k}].transcription"), crop.box_points(box["points"])))
+            except ValueError as exc:
+                raise Reject(f"boxes[{k}].points", str(exc)) from None
+        if not kept:
+            return []
+        if is_remote(image) or image.startswith("data:"):
+            raise Reject("image_path", "not a local file: --crop cuts boxes out of image files")
+        path = src.image_path(image)
+        try:
+            page = crop.load_image(path)
+        except OSError as exc:
+            raise Reject("image_path", f"{shown(path)}: {exc.strerror or exc}") from None
+        except ValueError as exc:
+            raise Reject("image_path", f"{shown(path)}: {exc}") from None
+        pieces = []
+        for k, text, points in kept:
+            try:
+                pieces.append((f"{record.line}_{k}.png", text, crop.cut_box(page, points)))
+            except ValueError as exc:
+                raise Reject(f"boxes[{k}].points", str(exc)) from None
+        examples = []
+        for name, text, piece in pieces:
+            try:
+                piece.save(src.crops.staging / name, format="PNG")
+            except OSError as exc:  # the disk, not the record: the run stops, nothing is kept
+                raise UserError(f"{src.crops.final}: cannot write the crops ({exc.strerror or exc})") from None
+            examples.append(Example([src.crops.url(name)], [(BUILTIN_PROMPTS["ocr"], text)], placed=True))
+        return examples
+
+    def notes(self):
+        return [f"skipped {self.skipped} box(es) transcribed '###' (PaddleOCR's do-not-care mark)"] if self.skipped else []
 
 
 @register("csv")
 class CsvConverter(Converter):
-    """CSV with header ``image,prompt,answer``; ``prompt`` may be a built-in kind (``table``)."""
+    """CSV with header ``image,prompt,answer`` (or JSON records with those fields); ``prompt`` may
+    be a built-in kind (``table``)."""
 
-    name, summary, reader = "csv", "CSV image,prompt,answer", "csv"
+    name, summary, reader = "csv", "CSV image,prompt,answer", "manifest"
 
     def convert(self, value, src):
         prompt = self.prompt(builtin_or_text(self.get(value, "prompt")), "prompt", src)
@@ -367,6 +598,29 @@ class ChartConverter(Converter):
 
     def convert(self, value, src):
         return _structured(self, value, "chart", lambda: otsl.chart_target(read_table_csv(value, src)), "table_csv")
+
+
+@register("image-text")
+class ImageTextConverter(Converter):
+    """An image column and one text column: Hugging Face image datasets' ``metadata.csv`` /
+    ``metadata.jsonl`` (``file_name,text``), im2latex-style CSVs (``formula,image``). The columns
+    come from the header (:func:`detect.image_text_columns`) or ``--columns IMAGE,TEXT``; the task
+    from the text column's name (``text`` → ``OCR:``, ``formula`` → ``Formula Recognition:``, ...)
+    or ``--task``."""
+
+    name, summary, reader = "image-text", "image + text columns (HF metadata.csv, im2latex)", "manifest"
+
+    def prepare(self, src):
+        header = detect.header_of(src.path)
+        try:
+            self.image_column, self.text_column, self.task = detect.image_text_columns(header, src.columns, src.task)
+        except UsageError as exc:
+            raise UsageError(f"{src.path}: {exc}") from None
+
+    def convert(self, value, src):
+        image = self.text(value, self.image_column)
+        answer = self.answer(self.get(value, self.text_column), self.text_column)
+        return Example([image], [(BUILTIN_PROMPTS[self.task], task_target(self.task, answer, self.text_column))])
 
 
 @register("erniekit")
@@ -504,11 +758,41 @@ def place_image(url: str, src: Source, out: Path) -> str:
 
 @dataclass
 class Summary:
-    converted: int = 0
+    converted: int = 0  # records converted
     rejected: int = 0
+    samples: int = 0  # samples written: one per record, or one per box with --crop
     written: bool = False  # False when rejects (without skip_bad), unread input or no converted record kept OUT unwritten
     reasons: list[str] = field(default_factory=list)
+    fmt: str = ""  # the --from that read the file
+    shape: detect.Shape | None = None  # what the file looks like (None: not told)
+    hint: str | None = None  # with rejects: the file looks like another format than --from
+    warnings: WarningSummary = field(default_factory=WarningSummary)
+    notes: list[str] = field(default_factory=list)
 
+
+class _NotWritten(Exception):
+    """Abandons OUT (and the crops) after the pass: both stay as they were."""
+
+
+# options that only some formats take
+_FORMATS_OF_OPTION = {"--task": ("paddleocr-rec", "image-text"), "--columns": ("image-text",), "--crop": ("paddleocr-det",)}
+
+
+def _refusal(shape: detect.Shape | None, fmt: str, auto: bool, crop: bool) -> str | None:
+    """Why the file is not converted as asked (None: it is). A shape no format reads is refused
+    even under an explicit ``--from`` (each record would fail the same way); a choice the user made
+    (``--from chart`` for an ``image,table_csv`` manifest) is not second-guessed."""
+    if shape is None or shape.refusal is None:
+        return None
+    if shape.needs == "--crop":
+        if crop and (auto or fmt == shape.fmt):
+            return None
+        if fmt == shape.fmt:
+            return f"--from {fmt} needs --crop: {shape.refusal}"
+        return shape.refusal
+    if shape.fmt is None and (auto or shape in detect.MEDIA.values()):
+        return shape.refusal
+    return None
 
 
 def convert_file(
@@ -519,52 +803,119 @@ def convert_file(
     to: str = "erniekit",
     image_root: str | os.PathLike | None = None,
     default_prompt: str | None = None,
+    task: str | None = None,
+    columns: tuple[str, str] | None = None,
+    crop: bool = False,
+    crop_dir: str | os.PathLike | None = None,
+    ignore: tuple[str, ...] = (),
     skip_bad: bool = False,
     force: bool = False,
     report: Callable[[str], None] = print,
 ) -> Summary:
-    """Convert ``src_path`` (format ``fmt``) to ``out_path`` in constant memory.
+    """Convert ``src_path`` (format ``fmt``, or ``"auto"``: told from its first records) to
+    ``out_path`` in constant memory.
 
-    Each rejected record is passed to ``report`` as ``FILE:LINE: error: FIELD: WHY``. OUT is
-    written atomically, and only when every record converted, or with ``skip_bad`` when at least
-    one did (an all-invalid dataset makes ERNIEKit's loader loop forever: FACTS.md) and the reader
-    lost nothing (an error it could not read past, e.g. a syntax error in a ``.json`` array).
+    Each rejected record is passed to ``report`` as ``FILE:LINE: error: FIELD: WHY``; warnings are
+    collected per rule in ``Summary.warnings`` (rules in ``ignore`` only counted). OUT is written
+    atomically, and only when every record converted, or with ``skip_bad`` when at least one did
+    (an all-invalid dataset makes ERNIEKit's loader loop forever: FACTS.md) and the reader lost
+    nothing (an error it could not read past, e.g. a syntax error in a ``.json`` array). With
+    ``crop`` the cut boxes go to ``crop_dir`` (default: OUT's name without ``.jsonl`` + ``_crops``),
+    written with OUT or not at all.
     """
-    converter = get_converter(fmt)
+    auto = fmt == "auto"
+    if not auto:
+        get_converter(fmt)  # a usage error before any file is looked at
     if to not in WRITERS:
         raise UsageError(f"--to {to}: unknown format (choose from {', '.join(WRITERS)})")
+    if task is not None and task not in BUILTIN_PROMPTS:
+        raise UsageError(f"--task {task}: unknown task (choose from {', '.join(BUILTIN_PROMPTS)})")
+    for rule in ignore:
+        if rule not in WARNING_RULES:
+            raise UsageError(f"--ignore {rule}: not a warning of data convert (those are {', '.join(WARNING_RULES)})")
     src_path, out_path = Path(src_path), Path(out_path)
     if not src_path.is_file():
         raise UserError(f"{src_path}: no such file")
     refuse_inputs_as_outputs([src_path], [out_path])
     if image_root is not None and not Path(image_root).is_dir():
         raise UserError(f"--image-root {image_root}: not a directory")
-    src = Source(src_path, Path(image_root) if image_root else None,
-                 builtin_or_text(default_prompt) if default_prompt else None)
-    write, summary = WRITERS[to], Summary()
-    with atomic_open(out_path, "w", force=force) as fh:
-        lost_after = None  # the first error past which the reader lost part of the file
-        for record in converter.records(src_path):
-            try:
-                if record.error:
-                    lost_after = lost_after or (record.where if record.unread_after else None)
-                    raise Reject("record", record.error)
-                example = converter.convert(record.value, src)
-                example.images = [place_image(url, src, out_path) for url in example.images]
-            except Reject as exc:
-                summary.rejected += 1
-                report(f"{record.where}: error: {exc.field}: {exc.why}")
-                continue
-            write_json_line(fh, write(example))
-            summary.converted += 1
-        if lost_after:  # --skip-bad drops the records it reports, not ones it never read
-            summary.reasons.append(f"part of the file was not read (after {lost_after}); fix it and run again, "
-                                   "--skip-bad cannot keep records that were never read")
-        elif summary.rejected and not skip_bad:
-            summary.reasons.append(f"{summary.rejected} record(s) rejected (fix them, or pass --skip-bad to keep the rest)")
-        if not summary.converted:
-            summary.reasons.append("no record converted")
-        if summary.reasons:
-            raise DiscardOutput
+
+    if auto:
+        shape = detect.detect(src_path)
+    else:
+        try:
+            shape = detect.detect(src_path)
+        except UserError:  # an explicit --from may read what detection cannot tell
+            shape = None
+    if why := _refusal(shape, fmt, auto, crop):
+        raise UserError(f"{src_path}: looks like {shape.name}: {why}")
+    if auto:
+        fmt = shape.fmt
+    for option, value in (("--task", task), ("--columns", columns), ("--crop", crop)):
+        if value and fmt not in _FORMATS_OF_OPTION[option]:
+            raise UsageError(f"{option} applies to --from {' or '.join(_FORMATS_OF_OPTION[option])}, not {fmt}")
+    if fmt == "paddleocr-det" and not crop:
+        raise UsageError("--from paddleocr-det needs --crop: each box is cut out of its image into a recognition "
+                         "sample (boxes transcribed '###' are skipped)")
+    crops_final = Path(crop_dir) if crop_dir else out_path.with_name(out_path.name.removesuffix(".jsonl") + "_crops")
+
+    converter = get_converter(fmt)
+    summary = Summary(fmt=fmt, shape=shape, warnings=WarningSummary(hints=WARNING_RULES, ignore=ignore))
+    write = WRITERS[to]
+    try:
+        with atomic_open(out_path, "w", force=force) as fh, \
+                (staged_dir(crops_final, force=force) if crop else contextlib.nullcontext()) as crops_staging:
+            src = Source(src_path, Path(image_root) if image_root else None,
+                         builtin_or_text(default_prompt) if default_prompt else None, task, columns,
+                         Crops(crops_staging, crops_final, out_path) if crop else None)
+            converter.prepare(src)
+            _convert_records(converter, src, out_path, fh, write, summary, report)
+            if not _decide(summary, skip_bad):
+                raise _NotWritten
+    except _NotWritten:
+        pass
+    else:
         summary.written = True
+    summary.notes = converter.notes()
+    if summary.rejected and shape is not None and shape.fmt and shape.fmt not in (fmt, *converter.reads_also):
+        summary.hint = f"{src_path} looks like {shape.name}, which --from {shape.fmt} reads"
     return summary
+
+
+def _convert_records(converter: Converter, src: Source, out_path: Path, fh, write, summary: Summary,
+                     report: Callable[[str], None]) -> None:
+    """The pass over the records: each converted record's samples to ``fh``, each reject reported."""
+    lost_after = None  # the first error past which the reader lost part of the file
+    for record in converter.records(src.path):
+        try:
+            if record.error:
+                lost_after = lost_after or (record.where if record.unread_after else None)
+                raise Reject("record", record.error)
+            if isinstance(record.value, dict) and (media := detect.media_of(record.value)):
+                raise Reject("record", f"{detect.MEDIA[media].name}: {detect.MEDIA[media].refusal}")
+            examples = converter.convert_record(record, src)
+            for example in examples:
+                if not example.placed:
+                    example.images = [place_image(url, src, out_path) for url in example.images]
+        except Reject as exc:
+            summary.rejected += 1
+            report(f"{record.where}: error: {exc.field}: {exc.why}")
+            continue
+        for example in examples:
+            for rule, message in example.warnings:
+                summary.warnings.add(rule, record.where, message)
+            write_json_line(fh, write(example))
+            summary.samples += 1
+        summary.converted += 1
+    if lost_after:  # --skip-bad drops the records it reports, not ones it never read
+        summary.reasons.append(f"part of the file was not read (after {lost_after}); fix it and run again, "
+                               "--skip-bad cannot keep records that were never read")
+
+
+def _decide(summary: Summary, skip_bad: bool) -> bool:
+    """Whether OUT is kept; the reasons it is not go to ``summary.reasons``."""
+    if summary.rejected and not skip_bad and not summary.reasons:
+        summary.reasons.append(f"{summary.rejected} record(s) rejected (fix them, or pass --skip-bad to keep the rest)")
+    if not summary.samples:
+        summary.reasons.append("no record converted" if not summary.converted else "no sample to write")
+    return not summary.reasons

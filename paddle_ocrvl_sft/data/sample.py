@@ -68,6 +68,8 @@ def relocate_image(url: str, src_dataset: str | os.PathLike, dst_dataset: str | 
     """
     if is_remote(url) or os.path.isabs(url):
         return url
-    target = Path(os.path.abspath(image_root), url) if image_root else resolve_image(url, src_dataset)
+    # os.path, not pathlib: Path interns every part of every path (sys.intern), which grows the
+    # interpreter's table of interned strings with the number of distinct image names converted
+    base = os.path.abspath(image_root) if image_root else os.path.dirname(os.path.abspath(src_dataset))
     dst_dir = os.path.dirname(os.path.abspath(dst_dataset))
-    return os.path.relpath(target, dst_dir)
+    return os.path.relpath(os.path.join(base, url), dst_dir)

@@ -50,6 +50,10 @@ aspect-ratio        error     longer side > 200 × shorter side
 too-long            error     sample tokens > ``max_seq_len``: ERNIEKit drops it (or cuts turns)
 duplicate           warning   same images and same prompt as an earlier sample
 ==================  ========  =============================================================
+
+Warnings are printed summarised per rule (:mod:`paddle_ocrvl_sft.data.warning_summary`): a rule
+that fires on many samples is one warning with its count, the first examples and the fix from
+:data:`WARNING_RULES`; ``--ignore RULE`` counts a warning rule without printing it.
 """
 
 from __future__ import annotations
@@ -80,6 +84,19 @@ from paddle_ocrvl_sft.tokens import FACTOR, AspectRatioError, PixelBounds, TextT
 
 ERROR, WARNING = "error", "warning"
 DATASET_SUFFIXES = (".jsonl", ".json")
+
+# Every rule that warns, and how to fix its cause (said when a rule fires on many samples).
+WARNING_RULES = {
+    "locale-encoding": "train under a UTF-8 locale or with PYTHONUTF8=1",
+    "merged-turns": "alternate prompt and answer items",
+    "trailing-prompt": "end each sample with its answer",
+    "image-on-answer": "point matched_text_index at the prompt before the answer",
+    "remote-image": "download the images and name them by local path",
+    "base64-image": "write the images to files and name them by path",
+    "absolute-path": "name the images relative to the dataset's directory",
+    "path-escapes": "keep the dataset file in a directory above its images if it is to be moved with them",
+    "duplicate": "drop the repeated samples or give each its own prompt",
+}
 
 # What iter_records reads leniently and ERNIEKit's reader stops on: (rule, message) by what it says.
 READER_RULES = {
