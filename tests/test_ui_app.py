@@ -329,7 +329,11 @@ def test_a_plans_state_comes_from_trains_lock_records_and_checkpoints(client, wo
 
     fake_run(plan, "20261202-063901", points=3, exit_code=None)
     checkpoint(plan, 2)
-    trainer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "paddle_ocrvl_sft"])
+    # a `train` started in a terminal (its command line names the package); it exits 42 on Ctrl-C
+    trainer = subprocess.Popen([sys.executable, "-c", "import signal, sys, time; signal.signal(signal.SIGINT, "
+                                "lambda *a: sys.exit(42)); print('ready', flush=True); time.sleep(60)", "paddle_ocrvl_sft"],
+                               stdout=subprocess.PIPE, text=True)
+    assert trainer.stdout.readline() == "ready\n"
     try:
         (plan / ".train.lock").write_text(json.dumps({"pid": trainer.pid, "host": __import__("socket").gethostname(),
                                                        "run": "20261202-063901"}))
@@ -340,9 +344,13 @@ def test_a_plans_state_comes_from_trains_lock_records_and_checkpoints(client, wo
         assert listed == [{"plan": "plans/p", "state": "training", "backend": "paddleformers", "device": "cpu", "runs": 1,
                            "progress": {"step": 3, "max_steps": 9, "loss": 7.0, "lr": 0.005, "tokens_per_second": None,
                                         "eta_seconds": 12.0}}]
+        stopped = client.post("/api/runs/stop", json={"plan": "plans/p"}).json()
+        assert stopped == {"stopped": "pid", "pid": trainer.pid}
+        assert trainer.wait(timeout=30) == 42  # SIGINT, what Ctrl-C in its terminal sends
     finally:
-        trainer.kill()
-        trainer.wait()
+        if trainer.poll() is None:
+            trainer.kill()
+            trainer.wait()
     state = client.get("/api/runs/plan", params={"plan": "plans/p"}).json()  # the lock's pid is gone
     assert (state["state"], state["checkpoints"], state["can_resume"], state["can_start"]) == ("stopped", [2], True, False)
 

@@ -115,3 +115,28 @@ def test_roots_refuse_what_lies_outside(tmp_path):
             Roots.create(work).resolve(text)
         assert exc.value.status == status, text
     assert roots.shown(work / "a" / "b.jsonl") == "a/b.jsonl" and roots.shown(other) == str(other)
+
+
+@pytest.mark.parametrize("names,writes", [
+    (("plan",), {"output_dir", "out"}), (("train",), {"plan_dir"}), (("eval",), {"out"}),
+    (("data", "validate"), {"write_clean"}), (("data", "split"), {"out_prefix"}), (("data", "convert"), {"output"}),
+    (("data", "kie"), {"out"}),
+])
+def test_what_a_command_writes_is_checked_as_a_write(names, writes):
+    """Outputs must lie in the workdir: an --allow dir is read, never written."""
+    kinds = {f["dest"]: f["path"] for f in forms.fields(forms.command_parser(*names))}
+    assert {dest for dest, kind in kinds.items() if kind == "write"} == writes
+
+
+def test_an_allowed_dir_is_never_written(tmp_path):
+    work, shared = tmp_path / "work", tmp_path / "shared"
+    work.mkdir()
+    shared.mkdir()
+    (shared / "a.jsonl").write_text("")
+    roots = Roots.create(work, allow=[shared])
+    parser = forms.command_parser("data", "validate")
+    argv = forms.to_argv(parser, {"files": [str(shared / "a.jsonl")], "write_clean": "clean.jsonl"}, roots)
+    assert argv == ["--write-clean", str(work / "clean.jsonl"), str(shared / "a.jsonl")]
+    with pytest.raises(Refused) as exc:
+        forms.to_argv(parser, {"files": [str(shared / "a.jsonl")], "write_clean": str(shared / "clean.jsonl")}, roots)
+    assert exc.value.status == 403

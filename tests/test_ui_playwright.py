@@ -31,9 +31,8 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
 DOCS_IMG = Path(__file__).resolve().parents[1] / "docs" / "img"
 SCALAR_FIELDS = ("STORE", "RECEIPT NUMBER", "DATE", "TOTAL")  # short answers: eval generates few tokens
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not Path(CHROMIUM).is_file(),
-                                 reason="Debian's chromium is not installed (CI: apt-get install -y chromium)")]
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).is_file(),
+                                reason="Debian's chromium is not installed (CI: apt-get install -y chromium)")
 
 
 def free_port() -> int:
@@ -129,6 +128,34 @@ def kill_jobs(workdir: Path) -> None:
                 pass
 
 
+def test_the_page_asks_for_the_api_key_once(browser, tmp_path):
+    """Started with --api-key: the page asks, a wrong key is refused, the right one opens every page (a cookie)."""
+    from paddle_ocrvl_sft.serve.app import ServerThread
+    from paddle_ocrvl_sft.ui.app import create_app
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "a.jsonl").write_text("")
+    with ServerThread(create_app(tmp_path, api_key="k3y")) as server:
+        page = browser.new_page()
+        page.goto(server.url + "/#data")
+        page.wait_for_selector("#login:not([hidden])")
+        assert page.text_content("#workdir") == ""  # nothing of the workdir before the key
+        page.fill("#login-key", "wrong")
+        page.click("#login-form button")
+        page.wait_for_selector("#login-error:not([hidden])")
+        assert page.text_content("#login-error") == "wrong API key"
+        page.fill("#login-key", "k3y")
+        page.click("#login-form button")
+        page.wait_for_selector("#login", state="hidden")
+        page.wait_for_function(f"document.getElementById('workdir').textContent === 'workdir {tmp_path}'")
+        assert page.locator("#list-datasets option").evaluate_all("o => o.map(x => x.value)") == ["data/a.jsonl"]
+        page.reload()  # the cookie: no second question
+        page.wait_for_function(f"document.getElementById('workdir').textContent === 'workdir {tmp_path}'")
+        assert page.is_hidden("#login")
+        page.close()
+
+
+@pytest.mark.slow
 def test_the_whole_pipeline_in_the_browser(browser, workdir, tmp_path, capsys):
     ui = UiProcess(workdir, tmp_path / "ui.log").start()
     page = browser.new_page()
@@ -214,8 +241,8 @@ def run_pipeline(page, ui: UiProcess, workdir: Path, tmp_path: Path, capsys) -> 
     # --- Runs: start; the loss chart grows; the UI restarts and re-attaches; Stop; Resume; finish ----
     page.click("#plan-written a")
     page.wait_for_selector("#run-start:not([disabled])")
-    page.wait_for_function("document.getElementById('run-launch').textContent.includes('what it runs')")
-    assert "train --dry-run" not in page.text_content("#run-launch")  # the dry run itself worked
+    page.wait_for_function("document.getElementById('run-launch').textContent.includes('--dry-run on this machine')")
+    assert "error: " not in page.text_content("#run-launch")  # train --dry-run accepted the new plan
     assert "python -m paddle_ocrvl_sft.backends.cpu.paddleformers train" in page.text_content("#run-launch")
     page.click("#run-start")
     wait_state(page, "training")
@@ -266,6 +293,7 @@ def run_pipeline(page, ui: UiProcess, workdir: Path, tmp_path: Path, capsys) -> 
     page.click("#eval-run")
     page.wait_for_selector("#eval-job[data-state=done]", timeout=600_000)
     page.wait_for_function("document.getElementById('eval-dir').textContent === 'plans/demo/eval-ui'")
+    page.wait_for_selector("#evals li[data-dir='plans/demo/eval-ui'].selected")  # listed beside train's eval
     page.wait_for_function("document.querySelectorAll('#eval-samples .eval-sample').length === 4")
     shoot(page, "eval", tmp_path)
 
@@ -284,5 +312,6 @@ def run_pipeline(page, ui: UiProcess, workdir: Path, tmp_path: Path, capsys) -> 
     playground = next(f for f in page.frames if "/try/" in f.url)
     playground.wait_for_function("document.getElementById('output').dataset.state === 'done'", timeout=300_000)
     assert playground.text_content("#prompt") == 'OCR:{"TOTAL": ""}' and playground.text_content("#raw")
+    frame.locator("#raw-box summary").click()
     page.wait_for_timeout(700)  # the frame is fitted to the playground's height
     shoot(page, "try", tmp_path)

@@ -242,6 +242,8 @@ def create_app(workdir: str | os.PathLike = ".", *, allow=(), api_key: str | Non
     @app.get("/api/jobs/{job_id}")
     def job_state(job_id: str, lines: int = Query(200, ge=1, le=5000)):
         record = jobs.load(roots.workdir, job_id)
+        if record["state"] not in ("running", "stopping"):
+            workspace.forget()  # what it wrote is listed at once
         return {**record, "log": jobs.tail(jobs.log_path(roots.workdir, job_id), lines)}
 
     @app.post("/api/jobs/{job_id}/stop")
@@ -265,8 +267,9 @@ def create_app(workdir: str | os.PathLike = ".", *, allow=(), api_key: str | Non
     @app.get("/api/runs")
     def runs_listing():
         out = []
+        known = jobs.all_jobs(roots.workdir)
         for plan in workspace.found().plans:
-            state = runs.plan_state(plan, roots.workdir)
+            state = runs.plan_state(plan, roots.workdir, known)
             last = state["runs"][-1] if state["runs"] else None
             points = runs.metrics(plan / "runs" / last["id"]) if last else []
             out.append({"plan": roots.shown(plan), "state": state["state"], "backend": state["backend"],

@@ -17,10 +17,11 @@ import importlib
 import re
 import shlex
 
-from paddle_ocrvl_sft.ui.paths import Refused, Roots
+from paddle_ocrvl_sft.ui.paths import Roots
 
-WRITE_DESTS = {"out", "output_dir", "output", "out_prefix"}  # where a command writes
-PATH_METAVAR = re.compile(r"(\.jsonl|\.json|\.ya?ml|\.png|DIR|FILE|PATH|^IN$|^OUT)", re.I)
+WRITE_DESTS = {"out", "output_dir", "output", "out_prefix", "write_clean", "plot"}  # where a command writes
+WRITE_METAVAR = re.compile(r"^(OUT|PLAN_DIR|PREFIX|PNG)")
+PATH_METAVAR = re.compile(r"(\.jsonl|\.json|\.ya?ml|\.png|DIR|FILE|PATH|^IN$|ANNOTATIONS)", re.I)
 LOOKS_LIKE_PATH = re.compile(r"[/\\]|^[.~]|\.(jsonl?|ya?ml|png|jpe?g)$", re.I)
 TYPES = {"int": "int", "positive_int": "int", "float": "float", "positive_seconds": "float"}
 
@@ -55,10 +56,10 @@ def _actions(parser: argparse.ArgumentParser):
 
 
 def path_kind(action: argparse.Action) -> str | None:
-    """``"write"``, ``"read"`` or None: whether an option's value names a server path."""
-    if action.dest in WRITE_DESTS:
-        return "write"
+    """``"write"``, ``"read"`` or None: whether an option's value names a server path (and which way)."""
     metavar = action.metavar if isinstance(action.metavar, str) else ""
+    if action.dest in WRITE_DESTS or WRITE_METAVAR.match(metavar):
+        return "write"
     return "read" if metavar and PATH_METAVAR.search(metavar) else None
 
 

@@ -147,7 +147,9 @@ def state(record: dict) -> str:
         if record["exit"] == 0:
             return "done"
         return "stopped" if record.get("stop_requested") else "failed"
-    if process_alive(record.get("pid", -1), record.get("host")):
+    ours = _children.get(record.get("id"))
+    if (ours is not None and ours.returncode is None) or process_alive(record.get("pid", -1), record.get("host")):
+        # ours: until our reaper has its exit status (a zombie the reaper is collecting is not "ended")
         return "stopping" if record.get("stop_requested") else "running"
     return "ended"
 

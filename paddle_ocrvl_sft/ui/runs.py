@@ -79,8 +79,10 @@ def plan_config(plan_dir: Path) -> dict | None:
     return value if isinstance(value, dict) else None
 
 
-def train_jobs(workdir: Path, plan_dir: Path) -> list[dict]:
-    return [j for j in jobs.all_jobs(workdir) if j.get("command") == ["train"] and j.get("plan") == str(plan_dir)]
+def train_jobs(workdir: Path, plan_dir: Path, known: list[dict] | None = None) -> list[dict]:
+    """The UI's ``train`` jobs of this plan, newest first (``known``: every job, already read)."""
+    return [j for j in (jobs.all_jobs(workdir) if known is None else known)
+            if j.get("command") == ["train"] and j.get("plan") == str(plan_dir)]
 
 
 def last_error(lines: list[str]) -> str | None:
@@ -91,13 +93,13 @@ def last_error(lines: list[str]) -> str | None:
     return None
 
 
-def plan_state(plan_dir: Path, workdir: Path) -> dict:
+def plan_state(plan_dir: Path, workdir: Path, known_jobs: list[dict] | None = None) -> dict:
     """What the plan is doing: training, finishing (export and eval), stopped, finished, planned..."""
     record = read_json(plan_dir / "plan.json") or {}
     config = plan_config(plan_dir)
     runs = [{"id": rid, **_run_summary(plan_dir / "runs" / rid)} for rid in run_ids(plan_dir)]
     lock = live_lock(plan_dir)
-    ui_jobs = train_jobs(workdir, plan_dir)
+    ui_jobs = train_jobs(workdir, plan_dir, known_jobs)
     job = ui_jobs[0] if ui_jobs else None
     job_alive = job is not None and job["state"] in ("running", "stopping")
     steps = checkpoints(plan_dir, record, config)

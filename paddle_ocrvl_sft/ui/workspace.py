@@ -1,7 +1,8 @@
 """What lies under the UI's roots: plans, evaluations, models and datasets, found by their files.
 
-- a plan dir holds ``plan.json`` (``plan`` wrote it); its ``bundle/`` and ``eval/`` (``train`` wrote
-  them) are listed with it, and nothing else inside it is walked (checkpoints, prepared data);
+- a plan dir holds ``plan.json`` (``plan`` wrote it); the models and evals directly inside it (``train``'s
+  ``bundle/`` and ``eval/``, an ``eval -o PLAN/eval-train``) are listed with it, and nothing deeper is
+  walked (checkpoints, prepared data, the trainer's output);
 - an eval dir holds ``metrics.json`` and ``scores.jsonl`` (``eval``);
 - a model dir holds ``inference.yml`` and ``config.json`` (a release download, a tiny test model or
   an ``export`` bundle): what ``serve``/``predict``/``eval`` load;
@@ -62,9 +63,13 @@ def scan(roots: list[Path]) -> Found:
             names = {e.name for e in entries}
             if "plan.json" in names:
                 found.plans.append(folder)
-                for sub, check, bucket in (("eval", is_eval, found.evals), ("bundle", is_model, found.models)):
-                    if check(folder / sub):
-                        bucket.append(folder / sub)
+                for entry in entries:  # train's bundle/ and eval/, and evals run into the plan dir
+                    if entry.name != "output" and entry.is_dir(follow_symlinks=False):
+                        sub = Path(entry.path)
+                        if is_eval(sub):
+                            found.evals.append(sub)
+                        elif is_model(sub):
+                            found.models.append(sub)
                 continue
             if {"metrics.json", "scores.jsonl"} <= names:
                 found.evals.append(folder)
@@ -97,3 +102,7 @@ class Workspace:
             self._found = scan(self.roots)
             self._when = time.monotonic()
         return self._found
+
+    def forget(self) -> None:
+        """A job wrote something: the next listing scans again."""
+        self._found = None

@@ -62,6 +62,10 @@ function clock(seconds) {
   return (h ? `${h}:${String(m).padStart(2, "0")}` : `${m}`) + `:${String(s).padStart(2, "0")}`;
 }
 
+function when(iso) {  // 2026-12-02T07:18:21+00:00 -> 2026-12-02 07:18:21
+  return iso ? iso.replace("T", " ").replace(/([+-]\d\d:\d\d|Z)$/, "") : "";
+}
+
 function shell(words) {
   return words.map((w) => (/^[\w@%+=:,./-]+$/.test(w) ? w : `'${w.replace(/'/g, "'\\''")}'`)).join(" ");
 }
@@ -75,6 +79,7 @@ $("login-form").addEventListener("submit", async (event) => {
   try {
     await api("POST", "login", { key: $("login-key").value });
     $("login").hidden = true;
+    loadInfo();
     route();
   } catch (error) { showError($("login-error"), error); }
 });
@@ -508,7 +513,8 @@ async function refreshRun() {
   if (atEnd) console_.scrollTop = console_.scrollHeight;
   $("run-list").replaceChildren(el("tr", {}, ...["run", "started", "finished", "state", "last step", "resumed from"].map((h) => el("th", {}, h))),
     ...state.runs.map((r) => el("tr", { dataset: { run: r.id }, onclick: () => { runs.pinned = r.id; }, style: "cursor:pointer" },
-      el("td", {}, r.id), el("td", {}, r.started || ""), el("td", {}, r.finished || ""), el("td", {}, r.state),
+      el("td", { class: "nowrap" }, r.id), el("td", { class: "nowrap" }, when(r.started)), el("td", { class: "nowrap" }, when(r.finished)),
+      el("td", {}, r.state),
       el("td", {}, r.last_step ?? ""), el("td", {}, r.resume_from ? r.resume_from.split("/").pop() : ""))));
   const links = [];
   if (state.bundle) links.push(el("a", { href: "#try?" + query({ model: state.bundle }) }, "Try the bundle"));
@@ -560,6 +566,7 @@ async function loadLaunch(planPath) {
 }
 
 async function runAction(mode) {
+  ["run-start", "run-resume", "run-force"].forEach((id) => { $(id).disabled = true; });  // one click, one train
   try {
     await api("POST", "api/runs/start", { plan: runs.plan, mode, overrides: $("run-overrides").value });
     runs.pinned = null;
@@ -810,8 +817,12 @@ async function route() {
   try { await PAGES[name](params); } catch (error) { if (!(error instanceof ApiError && error.status === 401)) console.error(error); }
 }
 
+function loadInfo() {
+  api("GET", "api/info").then((info) => {
+    $("workdir").textContent = `workdir ${info.workdir}` + (info.allowed.length ? ` · reads ${info.allowed.join(", ")}` : "");
+  }).catch(() => {});
+}
+
 window.addEventListener("hashchange", route);
-api("GET", "api/info").then((info) => {
-  $("workdir").textContent = `workdir ${info.workdir}` + (info.allowed.length ? ` · reads ${info.allowed.join(", ")}` : "");
-}).catch(() => {});
+loadInfo();
 route();
