@@ -31,7 +31,7 @@ setup(
     packages=[*find_packages(include=["paddle_ocrvl_sft", "paddle_ocrvl_sft.*"]), "paddle_ocrvl_sft._configs", "paddle_ocrvl_sft._patches"],
     package_dir={"paddle_ocrvl_sft._configs": "configs", "paddle_ocrvl_sft._patches": "patches"},
     package_data={
-        "paddle_ocrvl_sft": ["resources/*/*", "backends/requirements/*", "serve/static/*"],
+        "paddle_ocrvl_sft": ["resources/*/*", "backends/requirements/*", "serve/static/*", "ui/static/*"],
         "paddle_ocrvl_sft._configs": ["*.yaml"],
         "paddle_ocrvl_sft._patches": ["*.json"],
     },

@@ -15,7 +15,7 @@ from paddle_ocrvl_sft import __version__
 from paddle_ocrvl_sft.errors import UserError
 
 COMMAND_MODULES = ("data", "plan", "backend", "patch", "train", "export", "predict", "eval", "serve", "demo",
-                   "doctor")
+                   "doctor", "ui")
 
 
 def build_parser() -> argparse.ArgumentParser:

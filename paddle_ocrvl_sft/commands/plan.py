@@ -72,6 +72,16 @@ def register(subparsers) -> None:
 
 
 def run_plan(args) -> int:
+    from paddle_ocrvl_sft import plan
+
+    result = compute(args)
+    out = plan.write_plan(result, args.out, force=args.force, report=lambda line: print(f"prepared {line}"))
+    print(summary(result.record, out))
+    return 0
+
+
+def compute(args):
+    """Every check and number of `plan` from its parsed arguments, nothing written (the ui's live form uses it)."""
     from pathlib import Path
 
     from paddle_ocrvl_sft import backends, plan
@@ -92,9 +102,7 @@ def run_plan(args) -> int:
         output_dir=args.output_dir, plan_dir=args.out, master_addr=args.master_addr, master_port=args.master_port,
         cuda_visible_devices=args.cuda_visible_devices, overrides=overrides,
     )
-    out = plan.write_plan(result, args.out, force=args.force, report=lambda line: print(f"prepared {line}"))
-    print(summary(result.record, out))
-    return 0
+    return result
 
 
 def summary(record: dict, out) -> str:

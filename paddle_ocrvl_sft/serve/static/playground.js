@@ -25,9 +25,9 @@ async function run(event) {
   if (!file) return show("error", { error: "Choose an image first." });
   const form = new FormData();
   form.append("image", file);
-  let route = "/ocr";
+  let route = "ocr";  // relative: the page also runs under a prefix (the ui's Try page)
   if (task() === "kie") {
-    route = "/extract";
+    route = "extract";
     const query = $("query").value.trim();
     if (query) form.append("query", query);
     else form.append("fields", $("fields").value);
@@ -49,7 +49,7 @@ async function run(event) {
       const message = (body.error && body.error.message) || response.statusText;
       return show("error", { error: `${response.status}: ${message}`, latency: `${roundTrip} ms` });
     }
-    const result = route === "/extract"
+    const result = route === "extract"
       ? (body.fields === null ? "(the answer is not a JSON object: see the raw output)" : JSON.stringify(body.fields, null, 2))
       : body.text;
     show("done", {
@@ -74,6 +74,6 @@ document.querySelectorAll('input[name="task"]').forEach((radio) =>
   radio.addEventListener("change", () => { $("kie").hidden = task() !== "kie"; }));
 $("request").addEventListener("submit", run);
 
-fetch("/health").then((r) => r.json()).then((h) => {
+fetch("health").then((r) => r.json()).then((h) => {
   $("model").textContent = `${h.model} · ${h.backend} backend`;
 }).catch(() => { $("model").textContent = "server not reachable"; });
