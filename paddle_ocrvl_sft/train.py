@@ -538,7 +538,8 @@ def export_and_evaluate(plan: PlanRun, result: Result, options: Options, echo) -
         echo("note: plan.json names no base model (an older plan): export with `export OUTPUT --base BASE`")
         return
     bundle = plan.plan_dir / "bundle"
-    report = export(plan.output_dir, base, bundle, force=True, log=lambda line: echo(f"  {line}"))
+    release = (plan.record.get("release") or {}).get("name")  # the plan's release names the bundle's model
+    report = export(plan.output_dir, base, bundle, release=release, force=True, log=lambda line: echo(f"  {line}"))
     result.bundle = report.out
     echo(f"inference bundle: {report.out}")
     evals = [item["path"] for item in plan.record.get("datasets", {}).get("eval", [])]
