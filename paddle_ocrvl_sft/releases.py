@@ -25,6 +25,10 @@ from paddle_ocrvl_sft.errors import UserError
 RESOURCES = Path(__file__).parent / "resources"
 
 
+class AmbiguousRelease(UserError):
+    """The files fit more than one release (1.5 and 1.6 without an inference.yml): --release decides."""
+
+
 @dataclass(frozen=True)
 class Release:
     name: str  # what --release takes
@@ -202,7 +206,7 @@ def detect(model_dir: str | os.PathLike, override: str | None = None) -> Detecti
                         f"fix the dir or pass --release {'|'.join(NAMES)}")
     if len(candidates) > 1:
         options = "|".join(n for n in NAMES if n in candidates)
-        raise UserError(f"{model_dir}: could be any of {options.replace('|', ', ')} ({seen}); pass --release {options}")
+        raise AmbiguousRelease(f"{model_dir}: could be any of {options.replace('|', ', ')} ({seen}); pass --release {options}")
     return Detection(RELEASES[candidates.pop()], [finding for finding, _ in found], notes)
 
 
