@@ -179,6 +179,7 @@ class ReleaseFacts:
     model_dir: str
     name: str | None = None  # detected from the files; None: refused
     said: str = ""  # releases.Detection.describe(), or the refusal
+    evidence: str = ""  # what the files say, without the release's name
     ambiguous: bool = False  # 1.5 or 1.6 (a trainer's output has no inference.yml)
     planned: str | None = None  # plan.json's release; "" a plan that records none; None: no plan
     files_changed: bool = False  # the base's files say something else than when the plan was made
@@ -390,7 +391,7 @@ def probe_release(model_dir: str | os.PathLike, plan_dir: str | os.PathLike | No
 
     try:
         detection = releases.detect(model_dir)
-        found = {"name": detection.release.name, "said": detection.describe()}
+        found = {"name": detection.release.name, "said": detection.describe(), "evidence": "; ".join(detection.evidence)}
     except UserError as exc:
         found = {"said": str(exc), "ambiguous": isinstance(exc, releases.AmbiguousRelease)}
     planned = None
@@ -604,7 +605,7 @@ def check_model(m: ModelFacts, purpose: str) -> Check:
             return Check("model", WARN, f"{m.path}: {kind} ({size}), not an inference bundle (missing {', '.join(bundle_missing)})",
                          f"`{CLI} export RUN_DIR --base BASE_DIR` writes a bundle predict and doc_parser load")
         return Check("model", FAIL, f"{m.path}: neither an inference bundle nor a training base: {'; '.join(problems)}",
-                     "copy the complete released model (PaddleOCR-VL-0.9B) or `export` a run")
+                     "copy the complete released model (PaddleOCR-VL-0.9B, -1.5 or -1.6) or `export` a run")
     if problems:
         return Check("model", FAIL, f"training base {m.path}: {'; '.join(problems)}",
                      "restore the base model's files (config.json, weights, preprocessor_config.json, tokenizer) and re-run `plan`")
@@ -629,7 +630,7 @@ def check_release(r: ReleaseFacts) -> Check:
     text = r.said
     if r.planned:
         chosen = "" if r.name == r.planned else f" (--release at plan time; the files say {r.name or 'no single release'})"
-        text = f"{name} ({release.title}) recorded in plan.json{chosen}; base {r.model_dir}: {r.said}"
+        text = f"{name} ({release.title}) recorded in plan.json{chosen}; base {r.model_dir}: {r.evidence or r.said}"
     if r.planned and r.files_changed:
         return Check("release", WARN, text, f"the base's files changed since the plan ({r.planned}): re-run `{CLI} plan`")
     if r.paddlex_releases is not None and name not in r.paddlex_releases:

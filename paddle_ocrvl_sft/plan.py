@@ -279,7 +279,7 @@ def simulate_packing(lengths: Sequence[int], packing_size: int, max_seq_len: int
 
 # --- estimates (clearly labelled; ERNIEKit cannot run here) -----------------------------------
 
-PARAMS = 0.96e9  # PaddleOCR-VL-0.9B: ~0.47B ERNIE-4.5-0.3B LM (untied 103424-word head) + ~0.43B SigLIP + projector
+PARAMS = 0.96e9  # PaddleOCR-VL 0.9B (all releases): ~0.47B ERNIE-4.5-0.3B LM (untied 103424-word head) + ~0.43B SigLIP + projector
 BYTES_PER_PARAM_REPLICATED = 4  # bf16 weights + bf16 grads
 BYTES_PER_PARAM_SHARDABLE = 12  # fp32 master weights + Adam m and v (split by sharding_parallel_degree)
 OVERHEAD_GB = 4.0  # CUDA context, kernel workspaces, allocator slack

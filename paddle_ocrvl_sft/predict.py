@@ -2,8 +2,9 @@
 
 Three backends:
 
-* ``paddle``: PaddleX's VL-rec predictor called directly,
-  ``create_predictor("PaddleOCR-VL-0.9B", model_dir=...).predict([{"image": ..., "query": ...}])``.
+* ``paddle``: PaddleX's VL-rec predictor called directly, under the bundle's release name
+  (``create_predictor("PaddleOCR-VL-1.5-0.9B", model_dir=...).predict([{"image": ..., "query": ...}])``
+  for a 1.5 bundle; ``releases.bundle_model_name``).
   The query reaches the chat template unchanged, so custom KIE prompts need no patch (the
   ``doc_parser`` pipeline is what rewrites them; shared/reference/FACTS.md, PaddleX inference).
 * ``transformers``: PyTorch on an ``hf`` export (``export --format hf``): batched greedy decoding,

@@ -543,7 +543,8 @@ def test_doctor_cpu_plan_with_an_installed_trainer(home, tmp_path, capsys):
                             "paddlex", "model", "release", "disk"]
     assert checks["plan"] == Check("plan", OK, f"{plan_dir}: ERNIEKit on one CPU process, max_steps 12")
     assert checks["release"].status == OK and checks["release"].detail.startswith(
-        f"v1 (PaddleOCR-VL (0.9B, first release)) recorded in plan.json; base {(tmp_path / 'tiny').resolve()}: v1 ")
+        f"v1 (PaddleOCR-VL (0.9B, first release)) recorded in plan.json; base {(tmp_path / 'tiny').resolve()}: "
+        "chat_template.jinja: ends the user turn with '\\nAssistant: '; preprocessor_config.json: min/max pixels")
     assert checks["release"].detail.endswith("runs it (doc_parser --pipeline_version v1, model PaddleOCR-VL-0.9B)")
     assert checks["cuda"] == Check("cuda", OK, f"no CUDA build of paddle in the ERNIEKit environment ({python}): fine for this "
                                                "--device cpu plan (tiny models)")  # an OK line prints no fix

@@ -119,7 +119,8 @@ def run_validate(args) -> int:
         report = validate_paths(args.files, options, on_problem=on_problem)
     if args.json:
         summary = {**report.to_dict(), "release": release.name if release else None}
-        print(("\n]" if opened else '{"problems": [') + ', "summary": ' + json.dumps(summary, ensure_ascii=False) + "}")
+        # no problem streamed: the list opens and closes here (it used to stay open: invalid JSON)
+        print(("\n]" if opened else '{"problems": []') + ', "summary": ' + json.dumps(summary, ensure_ascii=False) + "}")
     else:
         print(report.summary())
         print(release_line)

@@ -16,7 +16,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("export", help="make a run dir loadable by paddleocr/PaddleX or transformers", description=DESCRIPTION)
     p.add_argument("run_dir", metavar="RUN_DIR", help="ERNIEKit output_dir (or a dir with model-*.safetensors)")
     p.add_argument("--base", required=True, metavar="BASE_DIR",
-                   help="the base model dir the run was fine-tuned from (e.g. PaddleOCR-VL-0.9B); only read")
+                   help="the base model dir the run was fine-tuned from (e.g. PaddleOCR-VL-1.5); only read")
     p.add_argument("--checkpoint", metavar="N|last|all",
                    help="export checkpoint-N, the last checkpoint, or all of them (into OUT/checkpoint-N/); "
                         "default: the run's final weights")
