@@ -56,13 +56,15 @@ def patched_paddlex_copy(dest: Path, log: Callable[[str], None]) -> Path:
     return dest
 
 
-def doc_parser(image: Path, model_dir: Path, prompt: str, save: Path, pythonpath: Path, log, release: str = DEFAULT_RELEASE) -> dict:
+def doc_parser(image: Path, model_dir: Path, prompt: str, save: Path, pythonpath: Path, log,
+               release: str = DEFAULT_RELEASE) -> dict:
     """Run the real ``paddleocr doc_parser`` CLI with a custom prompt (the release's pipeline version
     and model name); return its block contents."""
     from paddle_ocrvl_sft import releases
 
     argv = [sys.executable, "-m", "paddleocr", "doc_parser", "-i", str(image), "--vl_rec_model_dir", str(model_dir),
-            *releases.doc_parser_args(releases.get(release)), "--use_layout_detection", "False", "--prompt_label", prompt,
+            *releases.doc_parser_args(releases.get(release)), "--use_layout_detection", "False",
+            "--prompt_label", prompt,
             "--device", "cpu", "--max_new_tokens", str(MAX_NEW_TOKENS), "--save_path", str(save)]
     log("$ PYTHONPATH=" + str(pythonpath) + " paddleocr " + " ".join(shlex.quote(a) for a in argv[4:]))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(pythonpath), os.environ.get("PYTHONPATH")])),

@@ -16,8 +16,8 @@ transformers needs the base model's HF files with only the weights replaced.
 
 The bundle is for BASE's release (``releases.detect``, or ``release``): inference.yml names the
 release's PaddleX model (``PaddleOCR-VL-1.5-0.9B`` for 1.5), the name ``doc_parser --pipeline_version``
-and PaddleX's loader expect. RUN_DIR and BASE_DIR are only read. The bundle is built under a temporary name, verified by
-loading it, and only then moved to OUT (``io.staged_dir``).
+and PaddleX's loader expect. RUN_DIR and BASE_DIR are only read. The bundle is built under a
+temporary name, verified by loading it, and only then moved to OUT (``io.staged_dir``).
 """
 
 from __future__ import annotations

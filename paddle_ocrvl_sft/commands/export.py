@@ -47,4 +47,4 @@ def run(args) -> int:
 
         flags = " ".join(releases.doc_parser_args(releases.get(report.release)))
         print(f"run it: paddleocr doc_parser -i IMAGE --vl_rec_model_dir {report.out} {flags} --use_layout_detection False")
-
+    return 0
