@@ -24,7 +24,7 @@ SERVE_TEST = ["openai==3.57.0", "playwright==1.65.2"]
 setup(
     name="paddle-ocrvl-sft",
     version="0.1.0",
-    description="From a folder of domain documents to a fine-tuned PaddleOCR-VL-0.9B (ERNIEKit OCR-VL-SFT)",
+    description="From a folder of domain documents to a fine-tuned PaddleOCR-VL (0.9B, 1.5 or 1.6; ERNIEKit OCR-VL-SFT or PaddleFormers)",
     python_requires=">=3.10",
     # configs/ and patches/ live at the top level of the repo and ship inside the package
     # as paddle_ocrvl_sft/_configs and _patches (paddle_ocrvl_sft.data_dir finds either)

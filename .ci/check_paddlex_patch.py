@@ -9,7 +9,13 @@ real CLI, check the file is byte-identical afterwards, and execute the pipeline'
 stubbed and a spy for the VL-rec predictor) before and after the patch:
 
 * stock: a custom prompt is rejected by the assert; patched: it reaches the spy verbatim;
-* every built-in label gives the same query (or the same rejection) before and after.
+* every built-in label gives the same query (or the same rejection) before and after;
+* for each PaddleOCR-VL release whose doc_parser pipeline the wheel ships (``configs/pipelines/
+  PaddleOCR-VL-1.5.yaml``, ...): the config names the release's VL model (``releases.py``), the
+  release's pipeline class runs the patched ``predict``, and with the VL predictor named as that
+  release ``spotting``/``seal`` still give ``Spotting:``/``Seal Recognition:`` and custom prompts
+  arrive verbatim. (The pipeline code does not branch on the VL model name; a wheel whose
+  pipeline.py names one fails the check, so that a future branch is looked at.)
 
 The versions -> result table is regenerated in docs/patch.md between the markers; exit status
 is non-zero on any failure. Usage: ``python .ci/check_paddlex_patch.py [--versions 3.7.2 ...]``.
@@ -34,6 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from paddle_ocrvl_sft import patch as px  # noqa: E402
+from paddle_ocrvl_sft import releases  # noqa: E402
 from paddle_ocrvl_sft.io import atomic_write_text, write_json  # noqa: E402
 
 # Upper case, non-ASCII, and "formula" in another case (a lowercased prompt would hit the
@@ -64,10 +71,13 @@ def fetch_wheel(version: str, wheel_dir: Path) -> Path:
 
 
 def unpack(wheel: Path, dest: Path, target: str) -> Path:
-    """Only the pipeline package and the dist-info METADATA (the version): all the patch needs."""
+    """Only the pipeline package, the PaddleOCR-VL pipeline configs (which releases it runs) and the
+    dist-info METADATA (the version): all the patch and this check need."""
     package = target.rsplit("/", 1)[0] + "/"
+    configs = f"paddlex/{px.PIPELINE_CONFIGS.as_posix()}/PaddleOCR-VL"
     with zipfile.ZipFile(wheel) as zf:
-        names = [n for n in zf.namelist() if n.startswith(package) or n.endswith(".dist-info/METADATA")]
+        names = [n for n in zf.namelist()
+                 if n.startswith((package, configs)) or n.endswith(".dist-info/METADATA")]
         zf.extractall(dest, members=names)
     return dest
 
@@ -110,8 +120,24 @@ def _is_prompt_predict(node: ast.AST) -> bool:
 def load_pipeline_class(source: str, filename: str) -> type:
     """Execute the module with relative imports stubbed; return the class whose ``predict``
     holds the prompt-label assert. Decorators (benchmark timers, extras checks) are dropped."""
+    return load_pipeline(source, filename)[0]
+
+
+def _is_entity_class(node: ast.AST) -> bool:
+    """A registered pipeline class (``entities = "PaddleOCR-VL-1.5"``) or a base that says which
+    class does its work (``_pipeline_cls``)."""
+    if not isinstance(node, ast.ClassDef):
+        return False
+    names = {t.id for n in node.body if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Name)}
+    return "entities" in names or any(isinstance(n, ast.FunctionDef) and n.name == "_pipeline_cls" for n in node.body)
+
+
+def load_pipeline(source: str, filename: str) -> tuple[type, dict[str, type]]:
+    """:func:`load_pipeline_class`, and for each registered pipeline (``entities``) the class that
+    runs its ``predict`` (itself, or what its ``_pipeline_cls`` returns), from the same execution."""
     tree = ast.parse(source, filename)
     body = []
+    local_classes = {n.name for n in tree.body if isinstance(n, ast.ClassDef)}
     for node in tree.body:
         if isinstance(node, ast.ImportFrom) and node.level:
             for alias in node.names:
@@ -125,6 +151,10 @@ def load_pipeline_class(source: str, filename: str) -> type:
                     if isinstance(f, ast.FunctionDef):
                         f.decorator_list = [d for d in f.decorator_list if ast.unparse(d) in _KEEP_DECORATORS]
                 body.append(node)
+            elif _is_entity_class(node):  # kept for which class it delegates to; stubbed bases dropped
+                node.decorator_list = []
+                node.bases = [b for b in node.bases if isinstance(b, ast.Name) and b.id in local_classes]
+                body.append(node)
         else:
             body.append(node)
     tree.body = body
@@ -133,13 +163,29 @@ def load_pipeline_class(source: str, filename: str) -> type:
     classes = [v for k, v in namespace.items() if isinstance(v, type) and k not in ("_Stub",) and "predict" in vars(v)]
     if len(classes) != 1:
         raise RuntimeError(f"expected one pipeline class with predict(), found {len(classes)}")
-    return classes[0]
+    entities = {}
+    for value in namespace.values():
+        if isinstance(value, type) and isinstance(vars(value).get("entities"), str):
+            entities[value.entities] = _runner(value)
+    return classes[0], entities
+
+
+def _runner(cls: type) -> type | None:
+    """The class whose ``predict`` a registered pipeline class runs."""
+    if "predict" in vars(cls):
+        return cls
+    for klass in cls.__mro__:
+        prop = vars(klass).get("_pipeline_cls")
+        if isinstance(prop, property):
+            return prop.fget(None)  # the property returns a module-level class, whatever the instance
+    return None
 
 
 class _SpyPredictor:
     batch_sampler = types.SimpleNamespace(batch_size=1)
 
-    def __init__(self):
+    def __init__(self, model_name: str = "PaddleOCR-VL-0.9B"):
+        self.model_name = model_name  # what a real VL-rec predictor carries; the pipeline may look
         self.queries = []
 
     def predict(self, inputs, *args, **kwargs):
@@ -161,9 +207,9 @@ def _crop_by_boxes(image, boxes, *args):
     return [{"img": image, "box": b["coordinate"], "label": b["label"]} for b in boxes]
 
 
-def queries_for(cls: type, prompt_label: str) -> list[str] | str:
-    """Run the class's own predict with layout detection off; the queries the VL-rec predictor
-    received, or the exception name it raised (e.g. the stock assert)."""
+def queries_for(cls: type, prompt_label: str, model_name: str = "PaddleOCR-VL-0.9B") -> list[str] | str:
+    """Run the class's own predict with layout detection off, the VL-rec predictor named
+    ``model_name``; the queries it received, or the exception name raised (e.g. the stock assert)."""
     import numpy as np
 
     pipe = cls.__new__(cls)
@@ -172,7 +218,7 @@ def queries_for(cls: type, prompt_label: str) -> list[str] | str:
         use_doc_preprocessor=False, use_layout_detection=True, use_chart_recognition=False,
         use_seal_recognition=False, use_ocr_for_image_block=False, format_block_content=False,
         merge_layout_blocks=True, markdown_ignore_labels=[], use_queues=False, layout_prep_cpu_workers=0,
-        vl_rec_model=_SpyPredictor(), batch_sampler=lambda _input: iter([_Batch(image)]),
+        vl_rec_model=_SpyPredictor(model_name), batch_sampler=lambda _input: iter([_Batch(image)]),
         img_reader=lambda instances: list(instances), crop_by_boxes=_crop_by_boxes,
     )  # fmt: skip
     for key, value in settings.items():
@@ -186,6 +232,14 @@ def queries_for(cls: type, prompt_label: str) -> list[str] | str:
     if len(results) != 1:
         raise RuntimeError(f"{len(results)} results for one page")
     return pipe.vl_rec_model.queries
+
+
+def fresh_queries(source: str, filename: str, label: str, model_name: str = "PaddleOCR-VL-0.9B") -> list[str] | str:
+    """:func:`queries_for` on a freshly executed module, as one ``doc_parser`` run sees it: paddlex
+    3.4.0 appends to its module-level IMAGE_LABELS on every call (``image_labels += [...]``, 3.4.1
+    copies it first), so in one long-lived process a ``seal`` page after any other page is never
+    sent to the model."""
+    return queries_for(load_pipeline(source, filename)[0], label, model_name)
 
 
 # --- one version ------------------------------------------------------------------------------
@@ -236,6 +290,7 @@ def check_version(version: str, wheel_dir: Path, patch: dict) -> dict:
             problems.append(f"revert did not restore the original bytes (leftovers: {leftovers})")
         if patched:
             _check_behaviour(row, original, patched, str(target))
+            _check_releases(row, patched, str(target), px.release_pipelines(root / "paddlex"))
     row["ok"] = not problems
     return row
 
@@ -263,12 +318,54 @@ def _check_behaviour(row: dict, original: bytes, patched: bytes, filename: str) 
     row["custom_ok"] = not wrong
 
 
+RELEASE_LABELS = ("ocr", "spotting", "seal")  # the 1.5 tasks, and OCR: which custom KIE prompts extend
+NEW_TASKS = {"spotting": "Spotting:", "seal": "Seal Recognition:"}
+
+
+def _check_releases(row: dict, patched: bytes, filename: str, pipelines: dict[str, str | None]) -> None:
+    """Per release whose pipeline the wheel ships: its config names the release's VL model, its
+    pipeline class runs the patched predict, and with the predictor named as the release the
+    1.5 tasks and custom prompts arrive as they should."""
+    problems = row["problems"]
+    row["releases"] = sorted(pipelines, key=releases.NAMES.index)
+    source = patched.decode("utf-8")
+    named = [r.paddlex_model_name for r in releases.RELEASES.values() if r.paddlex_model_name in source]
+    if named:
+        problems.append(f"pipeline.py names {', '.join(named)}: it may branch on the VL model; extend this check")
+    try:
+        fixed, entities = load_pipeline(source, filename)
+    except Exception as exc:
+        problems.append(f"source-level run failed: {type(exc).__name__}: {exc}")
+        return
+    builtins = {label: fresh_queries(source, filename, label) for label in RELEASE_LABELS}
+    for name in row["releases"]:
+        release = releases.get(name)
+        if pipelines[name] != release.paddlex_model_name:
+            problems.append(f"{release.paddlex_pipeline}.yaml names VL model {pipelines[name]}, "
+                            f"not {release.paddlex_model_name} (releases.py)")
+        if entities.get(release.paddlex_pipeline) is not fixed:
+            problems.append(f"pipeline {release.paddlex_pipeline}: its class does not run the patched predict")
+            continue
+        try:
+            seen = {label: fresh_queries(source, filename, label, release.paddlex_model_name)
+                    for label in (*RELEASE_LABELS, *CUSTOM_PROMPTS)}
+        except Exception as exc:  # noqa: BLE001 - reported as this version's row
+            problems.append(f"{name}: source-level run failed: {type(exc).__name__}: {exc}")
+            continue
+        wrong = {k: v for k, v in seen.items()
+                 if v != (builtins.get(k) if k in RELEASE_LABELS else [k])}
+        if release.name != "v1":  # the 1.5 tasks must reach a 1.5/1.6 model as their queries
+            wrong.update({k: seen[k] for k, query in NEW_TASKS.items() if seen[k] != [query]})
+        if wrong:
+            problems.append(f"{name} ({release.paddlex_model_name}): {wrong}")
+
+
 # --- report -----------------------------------------------------------------------------------
 
 
 def table(rows: list[dict]) -> str:
     columns = ["paddlex", "pipeline.py sha256", "stock: custom prompt", "apply/apply/revert byte-exact",
-               "built-ins as before", "custom prompt verbatim", "result"]  # fmt: skip
+               "built-ins as before", "custom prompt verbatim", "releases", "result"]  # fmt: skip
     head = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines = []
     for r in rows:
@@ -278,7 +375,8 @@ def table(rows: list[dict]) -> str:
         lines.append(
             f"| {r['version']} | `{r.get('sha256', '')[:12]}` | {'rejected (assert)' if stock == 'AssertionError' else stock} "
             f"| {_yes(r.get('cli_ok') and r.get('byte_identical'))} | {_yes(r.get('builtins_ok'))} ({accepted}) "
-            f"| {_yes(r.get('custom_ok'))} | {'PASS' if r['ok'] else 'FAIL: ' + '; '.join(r['problems'])[:300]} |"
+            f"| {_yes(r.get('custom_ok'))} | {', '.join(r.get('releases', [])) or '-'} "
+            f"| {'PASS' if r['ok'] else 'FAIL: ' + '; '.join(r['problems'])[:300]} |"
         )
     return "\n".join(head + lines)
 
@@ -322,7 +420,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"paddlex {r['version']}: {'PASS' if r['ok'] else 'FAIL: ' + '; '.join(r['problems'])}")
     if args.record:
         patch["checked"] = {
-            r["version"]: {"original_sha256": r["sha256"], "patched_sha256": r["patched_sha256"]} for r in rows if r["ok"]
+            r["version"]: {"original_sha256": r["sha256"], "patched_sha256": r["patched_sha256"], "releases": r["releases"]}
+            for r in rows if r["ok"]
         }
         write_json(px.PATCH_FILE, patch)
     if not args.no_docs:

@@ -1,4 +1,4 @@
-"""paddle-ocrvl-sft: from a folder of domain documents to a fine-tuned PaddleOCR-VL-0.9B.
+"""paddle-ocrvl-sft: from a folder of domain documents to a fine-tuned PaddleOCR-VL (0.9B, 1.5 or 1.6).
 
 Every CLI command is a thin shell over functions in the stage modules
 (``paddle_ocrvl_sft.data``, ``paddle_ocrvl_sft.plan``, ...), so everything is usable from Python.

@@ -21,7 +21,8 @@ COMMAND_MODULES = ("data", "plan", "backend", "patch", "train", "export", "predi
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="paddle-ocrvl-sft",
-        description="Fine-tune PaddleOCR-VL-0.9B with ERNIEKit: data -> plan -> patch -> train -> export -> predict / serve.",
+        description="Fine-tune PaddleOCR-VL (0.9B, 1.5 or 1.6: the release is read off the base model) with ERNIEKit or "
+                    "PaddleFormers: data -> plan -> patch -> train -> export -> predict / serve.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -3,7 +3,9 @@
 Each step is the very CLI command a user would type (printed, then run in-process), so the demo
 doubles as a walkthrough. What it is and is not:
 
-- the base model is a tiny random-weight PaddleOCR-VL in the released layout (no download here);
+- the base model is a tiny random-weight PaddleOCR-VL in the released layout of ``release`` (default
+  1.5: its template, image processor and inference.yml; no download here), and every stage takes the
+  release from it (the bundle is named ``PaddleOCR-VL-1.5-0.9B``, doc_parser runs ``--pipeline_version v1.5``);
 - training is real: PaddleFormers (``--backend paddleformers --device cpu``) fine-tunes the tiny
   model until the loss has clearly fallen; the exact ERNIEKit command for a GPU is printed too;
 - the evaluation compares the base with the trained model on the training split (what it was
@@ -27,7 +29,7 @@ from paddle_ocrvl_sft.errors import UserError
 from paddle_ocrvl_sft.io import atomic_write_text, refuse_existing
 from paddle_ocrvl_sft.prompts import kie_prompt
 
-MODEL_NAME = "PaddleOCR-VL-0.9B"
+DEFAULT_RELEASE = "v1.5"  # of the newer releases, the one whose files are best established (MODEL_VERSIONS.md)
 DEMO_QUERY = {"TOTAL": ""}
 DEMO_FIELDS = ("STORE", "RECEIPT NUMBER", "DATE", "TOTAL")  # short answers: the tiny model learns their format in minutes
 MIN_IMAGES = 4
@@ -54,10 +56,15 @@ def patched_paddlex_copy(dest: Path, log: Callable[[str], None]) -> Path:
     return dest
 
 
-def doc_parser(image: Path, model_dir: Path, prompt: str, save: Path, pythonpath: Path, log) -> dict:
-    """Run the real ``paddleocr doc_parser`` CLI with a custom prompt; return its block contents."""
+def doc_parser(image: Path, model_dir: Path, prompt: str, save: Path, pythonpath: Path, log,
+               release: str = DEFAULT_RELEASE) -> dict:
+    """Run the real ``paddleocr doc_parser`` CLI with a custom prompt (the release's pipeline version
+    and model name); return its block contents."""
+    from paddle_ocrvl_sft import releases
+
     argv = [sys.executable, "-m", "paddleocr", "doc_parser", "-i", str(image), "--vl_rec_model_dir", str(model_dir),
-            "--vl_rec_model_name", MODEL_NAME, "--use_layout_detection", "False", "--prompt_label", prompt,
+            *releases.doc_parser_args(releases.get(release)), "--use_layout_detection", "False",
+            "--prompt_label", prompt,
             "--device", "cpu", "--max_new_tokens", str(MAX_NEW_TOKENS), "--save_path", str(save)]
     log("$ PYTHONPATH=" + str(pythonpath) + " paddleocr " + " ".join(shlex.quote(a) for a in argv[4:]))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(pythonpath), os.environ.get("PYTHONPATH")])),
@@ -93,9 +100,10 @@ def _scalar_annotations(annotations: Path) -> Path:
     return out
 
 
-def run_demo(run_dir: str | os.PathLike, *, force: bool = False, images: int = 16, log: Callable[[str], None] = print) -> Path:
-    """Run every stage into ``run_dir``; returns the summary file."""
-    from paddle_ocrvl_sft import train
+def run_demo(run_dir: str | os.PathLike, *, force: bool = False, images: int = 16, release: str = DEFAULT_RELEASE,
+             log: Callable[[str], None] = print) -> Path:
+    """Run every stage into ``run_dir`` on a tiny model of ``release``; returns the summary file."""
+    from paddle_ocrvl_sft import releases, train
     from paddle_ocrvl_sft.backends import envs
     from paddle_ocrvl_sft.evaluate import evaluate, summary
     from paddle_ocrvl_sft.progress import read_metrics
@@ -103,6 +111,7 @@ def run_demo(run_dir: str | os.PathLike, *, force: bool = False, images: int = 1
     from paddle_ocrvl_sft.testing import build_tiny_model
 
     run = Path(run_dir).resolve()
+    release = releases.get(release).name  # "1.5" -> "v1.5"; an unknown name is refused before anything is written
     if images < MIN_IMAGES:
         raise UserError(f"--images {images}: the demo needs at least {MIN_IMAGES} (train and validation both need images)")
     refuse_existing(run, force=force)
@@ -135,9 +144,11 @@ def run_demo(run_dir: str | os.PathLike, *, force: bool = False, images: int = 1
     _cli(["data", "split", str(kie), "--val", "0.25", "--seed", "0"], log)
     train_split, val_split = data / "kie.train.jsonl", data / "kie.val.jsonl"
 
-    step("base model: a tiny random-weight PaddleOCR-VL in the released layout (stands in for the download)")
-    base = build_tiny_model(run / "base_model", "base")
-    log(f"{base}  (a real run uses the downloaded PaddlePaddle/PaddleOCR-VL dir)")
+    title = releases.get(release).title
+    step(f"base model: a tiny random-weight {title} in the released layout (stands in for the download)")
+    base = build_tiny_model(run / "base_model", "base", release=release)
+    log(f"{base}  (a real run uses the downloaded PaddlePaddle/{title} dir; plan, export, predict and "
+        "doc_parser take the release from its files)")
 
     step("the GPU recipe: an ERNIEKit plan for one GPU, and the exact command `train` would run there")
     _cli(["plan", "--data", str(train_split), "--eval", str(val_split), "--model", str(base), "--epochs", "2",
@@ -175,7 +186,7 @@ def run_demo(run_dir: str | os.PathLike, *, force: bool = False, images: int = 1
     val_images = sorted({str(data / row["image_info"][0]["image_url"]) for row in val_rows})[:2]
     prompt = kie_prompt(DEMO_QUERY)
     step("paddleocr doc_parser with a custom KIE prompt on the trained model")
-    parsed = doc_parser(Path(val_images[0]), bundle, prompt, run / "doc_parser", pythonpath, log)
+    parsed = doc_parser(Path(val_images[0]), bundle, prompt, run / "doc_parser", pythonpath, log, release)
     log(f"block contents: {[b[:120] for b in parsed['blocks']]}")
 
     step("predict: the same KIE prompt through the VL-rec predictor (no patch needed)")
@@ -188,7 +199,9 @@ def run_demo(run_dir: str | os.PathLike, *, force: bool = False, images: int = 1
         "# paddle-ocrvl-sft demo",
         "",
         f"run dir: {run}  ({elapsed:.0f} s)",
-        "training: REAL PaddleFormers fine-tuning on the CPU of a tiny random-weight PaddleOCR-VL "
+        f"release: {release} ({title}): bundle model {releases.get(release).paddlex_model_name}, "
+        f"doc_parser --pipeline_version {releases.get(release).pipeline_version}",
+        f"training: REAL PaddleFormers fine-tuning on the CPU of a tiny random-weight {title} "
         "(tiny models and smoke runs only; a 0.9B fine-tune belongs on a GPU)",
         f"loss: {losses[0]:.2f} -> {losses[-1]:.2f} over {len(losses)} steps  {sparkline(losses)}",
         "",

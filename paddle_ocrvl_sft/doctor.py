@@ -172,6 +172,23 @@ class ModelFacts:
 
 
 @dataclass(frozen=True)
+class ReleaseFacts:
+    """What a model dir's files say about its PaddleOCR-VL release, what a plan recorded, and which
+    releases the installed paddlex ships a pipeline for."""
+
+    model_dir: str
+    name: str | None = None  # detected from the files; None: refused
+    said: str = ""  # releases.Detection.describe(), or the refusal
+    evidence: str = ""  # what the files say, without the release's name
+    ambiguous: bool = False  # 1.5 or 1.6 (a trainer's output has no inference.yml)
+    planned: str | None = None  # plan.json's release; "" a plan that records none; None: no plan
+    files_changed: bool = False  # the base's files say something else than when the plan was made
+    paddlex_version: str | None = None
+    paddlex_releases: tuple[str, ...] | None = None  # None: paddlex not installed or its configs unreadable
+    first_paddlex: str | None = None  # the first checked paddlex release that ships the release's pipeline
+
+
+@dataclass(frozen=True)
 class DiskFacts:
     path: str  # where the outputs go
     measured_at: str  # the nearest existing dir (what disk_usage was asked about)
@@ -368,6 +385,34 @@ def probe_model(model_dir: str | os.PathLike) -> ModelFacts:
     return ModelFacts(str(path), True, files, None, tuple(truncated), total, params)
 
 
+def probe_release(model_dir: str | os.PathLike, plan_dir: str | os.PathLike | None, patch_data: dict) -> ReleaseFacts:
+    """The release of ``model_dir`` (releases.detect), the plan's, and the installed paddlex's pipelines."""
+    from paddle_ocrvl_sft import patch, releases
+
+    try:
+        detection = releases.detect(model_dir)
+        found = {"name": detection.release.name, "said": detection.describe(), "evidence": "; ".join(detection.evidence)}
+    except UserError as exc:
+        found = {"said": str(exc), "ambiguous": isinstance(exc, releases.AmbiguousRelease)}
+    planned = None
+    if plan_dir is not None:
+        record = json.loads((Path(plan_dir) / "plan.json").read_text(encoding="utf-8")).get("release") or {}
+        planned = record.get("name") or ""
+        evidence = [finding for finding, _ in releases.evidence_of(model_dir)[0]]
+        found["files_changed"] = bool(planned) and evidence != record.get("evidence")
+    wanted = planned or found.get("name")
+    first = next((v for v in patch_data.get("supported_versions", [])
+                  if wanted in patch_data.get("checked", {}).get(v, {}).get("releases", [])), None)
+    try:
+        target = patch.find_target()
+        shipped = tuple(patch.release_pipelines(target.package_dir))
+        version = target.version
+    except UserError:
+        shipped, version = None, package_version("paddlex")
+    return ReleaseFacts(str(model_dir), planned=planned, paddlex_version=version, paddlex_releases=shipped,
+                        first_paddlex=first, **found)
+
+
 def probe_disk(path: str | os.PathLike) -> DiskFacts:
     """Free space where ``path`` is or will be (its nearest existing parent)."""
     where = Path(path).resolve()
@@ -560,11 +605,42 @@ def check_model(m: ModelFacts, purpose: str) -> Check:
             return Check("model", WARN, f"{m.path}: {kind} ({size}), not an inference bundle (missing {', '.join(bundle_missing)})",
                          f"`{CLI} export RUN_DIR --base BASE_DIR` writes a bundle predict and doc_parser load")
         return Check("model", FAIL, f"{m.path}: neither an inference bundle nor a training base: {'; '.join(problems)}",
-                     "copy the complete released model (PaddleOCR-VL-0.9B) or `export` a run")
+                     "copy the complete released model (PaddleOCR-VL-0.9B, -1.5 or -1.6) or `export` a run")
     if problems:
         return Check("model", FAIL, f"training base {m.path}: {'; '.join(problems)}",
                      "restore the base model's files (config.json, weights, preprocessor_config.json, tokenizer) and re-run `plan`")
     return Check("model", OK, f"training base {m.path}: complete ({size})")
+
+
+def check_release(r: ReleaseFacts) -> Check:
+    """The release the stages will use: the plan's, else the model dir's (refused dirs FAIL, a
+    1.5/1.6 dir that does not say which WARNs), and whether the installed paddlex runs it."""
+    from paddle_ocrvl_sft import releases
+
+    if r.planned == "":
+        return Check("release", WARN, "plan.json records no release (a plan written before releases were detected): "
+                     "it was made with v1's template and pixel bounds", f"re-run `{CLI} plan` (it detects the base's release)")
+    if r.planned is None and r.name is None:
+        if r.ambiguous:
+            return Check("release", WARN, r.said, "pass --release to plan/export (a released dir's inference.yml tells them apart)")
+        return Check("release", FAIL, r.said, "a bundle: re-export it (`export ... --release R`); a base: restore the "
+                     "released files (chat_template.jinja, preprocessor_config.json, inference.yml)")
+    name = r.planned or r.name
+    release = releases.get(name)
+    text = r.said
+    if r.planned:
+        chosen = "" if r.name == r.planned else f" (--release at plan time; the files say {r.name or 'no single release'})"
+        text = f"{name} ({release.title}) recorded in plan.json{chosen}; base {r.model_dir}: {r.evidence or r.said}"
+    if r.planned and r.files_changed:
+        return Check("release", WARN, text, f"the base's files changed since the plan ({r.planned}): re-run `{CLI} plan`")
+    if r.paddlex_releases is not None and name not in r.paddlex_releases:
+        fix = f"pip install 'paddlex>={r.first_paddlex}'" if r.first_paddlex else "pip install -U paddlex"
+        return Check("release", WARN, f"{text}; paddlex {r.paddlex_version} ships no {release.paddlex_pipeline} pipeline: "
+                     f"doc_parser --pipeline_version {release.pipeline_version} and its {release.paddlex_model_name} "
+                     "predictor are not there", fix)
+    where = (f"; paddlex {r.paddlex_version} runs it (doc_parser --pipeline_version {release.pipeline_version}, "
+             f"model {release.paddlex_model_name})") if r.paddlex_releases is not None else ""
+    return Check("release", OK, text + where)
 
 
 def checkpoint_estimate(p: PlanFacts, weights_bytes: int, params: int) -> tuple[int, str]:
@@ -657,15 +733,20 @@ def run_checks(plan_dir: str | os.PathLike | None = None, model: str | os.PathLi
     facts = probe_model(model_dir) if model_dir is not None else None
     if facts:
         checks.append(check_model(facts, "train" if plan else "any"))
+    release = probe_release(model_dir, plan_dir, patch.load_patch()) if facts and facts.is_dir else None
+    if release:
+        checks.append(check_release(release))
     if plan and facts and facts.is_dir and not facts.weights_error:
         needed, how = checkpoint_estimate(plan, facts.weights_bytes, facts.params)
         checks.append(check_disk(probe_disk(plan.output_dir), needed, how))
     if data:
-        checks.append(_data_check(data, model_dir, plan))
+        checks.append(_data_check(data, model_dir, plan, release and (release.planned or release.name)))
     return checks
 
 
-def _data_check(files: list[str], model_dir, plan: PlanFacts | None) -> Check:
+def _data_check(files: list[str], model_dir, plan: PlanFacts | None, release: str | None = None) -> Check:
+    """``release``: the plan's or the model's (its template marker in the token counts; tasks it never learnt)."""
+    from paddle_ocrvl_sft import releases
     from paddle_ocrvl_sft.data.validate import ValidateOptions, validate_paths
     from paddle_ocrvl_sft.tokens import PixelBounds
 
@@ -673,7 +754,8 @@ def _data_check(files: list[str], model_dir, plan: PlanFacts | None) -> Check:
     try:
         has_processor = model_dir is not None and (Path(model_dir) / "preprocessor_config.json").is_file()
         bounds = PixelBounds.from_model_dir(model_dir) if has_processor else PixelBounds()
-        report = validate_paths(files, ValidateOptions(max_seq_len=max_seq_len, bounds=bounds))
+        options = ValidateOptions(max_seq_len=max_seq_len, bounds=bounds, release=releases.get(release) if release else None)
+        report = validate_paths(files, options)
     except UserError as exc:
         return check_data(files, error=str(exc))
     return check_data(files, report, max_seq_len=max_seq_len)

@@ -14,8 +14,10 @@ transformers needs the base model's HF files with only the weights replaced.
   config and silently drops the fine-tuned ``lm_head``) and ``tokenizer_config.json`` gets the
   ``image_token`` its processor needs.
 
-RUN_DIR and BASE_DIR are only read. The bundle is built under a temporary name, verified by
-loading it, and only then moved to OUT (``io.staged_dir``).
+The bundle is for BASE's release (``releases.detect``, or ``release``): inference.yml names the
+release's PaddleX model (``PaddleOCR-VL-1.5-0.9B`` for 1.5), the name ``doc_parser --pipeline_version``
+and PaddleX's loader expect. RUN_DIR and BASE_DIR are only read. The bundle is built under a
+temporary name, verified by loading it, and only then moved to OUT (``io.staged_dir``).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from paddle_ocrvl_sft import releases
 from paddle_ocrvl_sft.bundle import DEFAULT_MODEL_NAME, INDEX, VL_REC_REQUIRED, WEIGHTS, yml_model_name
 from paddle_ocrvl_sft.errors import UserError
 from paddle_ocrvl_sft.io import staged_dir, write_json
@@ -177,12 +180,19 @@ class ExportReport:
     fmt: str
     changes: list[str] = field(default_factory=list)  # one line per file added/derived
     verified: list[str] = field(default_factory=list)
+    release: str = "v1"  # releases.py name of BASE's release
+    model_name: str = DEFAULT_MODEL_NAME  # inference.yml Global.model_name = --vl_rec_model_name
 
 
 def export(run_dir: str | os.PathLike, base_dir: str | os.PathLike, out: str | os.PathLike | None = None, *,
-           checkpoint: str | None = None, fmt: str = "paddle", model_name: str = DEFAULT_MODEL_NAME,
-           force: bool = False, verify: bool = True, log: Callable[[str], None] = lambda line: None) -> ExportReport:
-    """Build the ``fmt`` bundle of RUN_DIR (or its checkpoint(s)) in OUT; return what was done."""
+           checkpoint: str | None = None, fmt: str = "paddle", model_name: str | None = None,
+           release: str | None = None, force: bool = False, verify: bool = True,
+           log: Callable[[str], None] = lambda line: None) -> ExportReport:
+    """Build the ``fmt`` bundle of RUN_DIR (or its checkpoint(s)) in OUT; return what was done.
+
+    ``release`` (``--release``) overrides what BASE's files say; ``model_name`` defaults to the
+    release's PaddleX name and may not name another release.
+    """
     run_dir, base_dir = Path(run_dir).resolve(), Path(base_dir).resolve()
     if fmt not in FORMATS:
         raise UserError(f"--format {fmt}: must be one of {', '.join(FORMATS)}")
@@ -191,9 +201,14 @@ def export(run_dir: str | os.PathLike, base_dir: str | os.PathLike, out: str | o
             raise UserError(f"{label} {d}: not a directory")
     out = Path(out).resolve() if out else default_out(run_dir, checkpoint, fmt)
     _refuse_overlap(out, {"RUN_DIR": run_dir, "--base": base_dir})
+    detection = releases.detect(base_dir, release)
+    model_name = release_model_name(model_name, detection)
+    log(f"release {detection.describe()}")
+    for note in detection.notes:
+        log(f"note: {note}")
     base_weights = find_weights(base_dir)
     sources = select_sources(run_dir, checkpoint)
-    report = ExportReport(out, fmt)
+    report = ExportReport(out, fmt, release=detection.release.name, model_name=model_name)
     with tempfile.TemporaryDirectory(prefix="paddle-ocrvl-sft-export-") as work, staged_dir(out, force=force) as stage:
         plans = []
         for i, (src, sub) in enumerate(sources):
@@ -214,6 +229,19 @@ def export(run_dir: str | os.PathLike, base_dir: str | os.PathLike, out: str | o
                 report.verified.append(prefix + result)
                 log(f"{prefix}verified: {result}")
     return report
+
+
+def release_model_name(model_name: str | None, detection: releases.Detection) -> str:
+    """The inference.yml model name: the release's PaddleX name; ``--model-name`` may only repeat it."""
+    expected = detection.release.paddlex_model_name
+    if model_name is None or model_name == expected:
+        return expected
+    named = releases.by_model_name(model_name)
+    if named is None:
+        known = ", ".join(r.paddlex_model_name for r in releases.RELEASES.values())
+        raise UserError(f"--model-name {model_name}: not a PaddleOCR-VL model name PaddleX knows ({known})")
+    raise UserError(f"--model-name {model_name} is release {named.name}'s name, but BASE is release "
+                    f"{detection.describe()}; drop --model-name (the release names the model) or pass --release {named.name}")
 
 
 def _refuse_overlap(out: Path, inputs: dict[str, Path]) -> None:

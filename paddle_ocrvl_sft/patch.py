@@ -105,6 +105,41 @@ def _dist_version(package_dir: Path) -> str:
     return names[-1][len("paddlex-") : -len(".dist-info")] if names else "unknown"
 
 
+PIPELINE_CONFIGS = Path("configs") / "pipelines"  # inside the paddlex package
+
+
+def release_pipelines(package_dir: Path) -> dict[str, str | None]:
+    """{release: the VL recognition model its pipeline config names} for each PaddleOCR-VL release
+    whose ``doc_parser`` pipeline this paddlex ships (``configs/pipelines/PaddleOCR-VL-1.5.yaml``,
+    ...; read as files, paddlex is not imported). A paddlex without the 1.5 pipeline (< 3.4) cannot
+    run ``--pipeline_version v1.5`` nor load a bundle named ``PaddleOCR-VL-1.5-0.9B``."""
+    import yaml
+
+    from paddle_ocrvl_sft import releases
+
+    found: dict[str, str | None] = {}
+    for release in releases.RELEASES.values():
+        path = package_dir / PIPELINE_CONFIGS / f"{release.paddlex_pipeline}.yaml"
+        try:
+            config = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            continue
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            raise UserError(f"{path}: unreadable ({exc})") from None
+        rec = ((config or {}).get("SubModules") or {}).get("VLRecognition") or {} if isinstance(config, dict) else {}
+        found[release.name] = rec.get("model_name") if isinstance(rec, dict) else None
+    return found
+
+
+def releases_line(target: Target) -> str | None:
+    """Which releases this paddlex runs (None when its pipeline configs are not there to read)."""
+    if not (target.package_dir / PIPELINE_CONFIGS).is_dir():
+        return None
+    found = release_pipelines(target.package_dir)
+    shown = ", ".join(f"{name} ({model})" for name, model in found.items()) or "none"
+    return f"PaddleOCR-VL releases with a doc_parser pipeline in paddlex {target.version}: {shown}"
+
+
 # --- the transformation (pure: text in, text out) ------------------------------------------
 
 

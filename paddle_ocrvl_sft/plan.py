@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from paddle_ocrvl_sft import backends, data_dir
+from paddle_ocrvl_sft import backends, data_dir, releases
 from paddle_ocrvl_sft.backends.base import CPU_NOTE, Backend, PlanValues
 from paddle_ocrvl_sft.backends.schema import apply_overrides, load_yaml_config
 from paddle_ocrvl_sft.errors import UserError
@@ -78,20 +78,29 @@ class FileSummary:
     token_lengths: tuple[int, ...] = ()  # one per valid sample: image + text tokens
     tokens_exact: bool = False
     problems: tuple[str, ...] = ()  # the first few, "FILE:LINE: message"
+    untrained_tasks: tuple[str, ...] = ()  # "N sample(s): prompt ...": tasks the model's release was never trained on
 
     @property
     def max_tokens(self) -> int:
         return max(self.token_lengths, default=0)
 
 
-def summarize_files(paths: Sequence[str | os.PathLike], bounds: PixelBounds, tokenizer_dir=None) -> list[FileSummary]:
-    """Validate each file with the data stage (no ``max_seq_len`` cut: plan decides that)."""
+def summarize_files(paths: Sequence[str | os.PathLike], bounds: PixelBounds, tokenizer_dir=None,
+                    release: releases.Release | None = None) -> list[FileSummary]:
+    """Validate each file with the data stage (no ``max_seq_len`` cut: plan decides that), counting
+    tokens with ``release``'s template markers and noting task prompts it was never trained on."""
     from paddle_ocrvl_sft.data.validate import ValidateOptions, validate_paths
 
-    options = ValidateOptions(max_seq_len=None, bounds=bounds, tokenizer_dir=tokenizer_dir, decode=False)
+    options = ValidateOptions(max_seq_len=None, bounds=bounds, tokenizer_dir=tokenizer_dir, decode=False, release=release)
     stats = []
     for path in paths:
-        report = validate_paths([path], options)
+        untrained: dict[str, int] = {}
+
+        def on_problem(problem, untrained=untrained) -> None:
+            if problem.rule == "untrained-task":
+                untrained[problem.message] = untrained.get(problem.message, 0) + 1
+
+        report = validate_paths([path], options, on_problem=on_problem)
         stats.append(
             FileSummary(
                 path=str(Path(path).resolve()),
@@ -101,6 +110,7 @@ def summarize_files(paths: Sequence[str | os.PathLike], bounds: PixelBounds, tok
                 token_lengths=tuple(report.token_lengths),
                 tokens_exact=report.tokens_exact,
                 problems=tuple(f"{p.path}:{p.line}: {p.message}" for p in report.problems if p.severity == "error")[:5],
+                untrained_tasks=tuple(f"{n} sample(s): {message}" for message, n in untrained.items()),
             )
         )
     return stats
@@ -269,7 +279,7 @@ def simulate_packing(lengths: Sequence[int], packing_size: int, max_seq_len: int
 
 # --- estimates (clearly labelled; ERNIEKit cannot run here) -----------------------------------
 
-PARAMS = 0.96e9  # PaddleOCR-VL-0.9B: ~0.47B ERNIE-4.5-0.3B LM (untied 103424-word head) + ~0.43B SigLIP + projector
+PARAMS = 0.96e9  # PaddleOCR-VL 0.9B (all releases): ~0.47B ERNIE-4.5-0.3B LM (untied 103424-word head) + ~0.43B SigLIP + projector
 BYTES_PER_PARAM_REPLICATED = 4  # bf16 weights + bf16 grads
 BYTES_PER_PARAM_SHARDABLE = 12  # fp32 master weights + Adam m and v (split by sharding_parallel_degree)
 OVERHEAD_GB = 4.0  # CUDA context, kernel workspaces, allocator slack
@@ -433,8 +443,15 @@ def make_plan(
     master_port: int | None = None,
     cuda_visible_devices: str | None = None,
     overrides: dict | None = None,
+    release: releases.Detection | str | None = None,
 ) -> Plan:
-    """The config dict and the plan record; raises :class:`UserError` on any bad input."""
+    """The config dict and the plan record; raises :class:`UserError` on any bad input.
+
+    ``release``: the base model's release as detected (``releases.detect``), or ``--release``
+    (a name, or None: detected here from ``model_dir``'s files). It is recorded in plan.json as
+    ``"release": {"name", "evidence", "notes"}``; ``train``'s token lengths should be counted for the
+    same release (``summarize_files(..., release=...)``).
+    """
     trainer = backends.get(backend)
     overrides = dict(overrides or {})
     check_overrides(overrides)
@@ -445,6 +462,7 @@ def make_plan(
         raise UserError(f"--lora-rank must be >= 1, got {lora_rank}")
     plan_dir = Path(plan_dir).resolve()
     bounds = model_bounds(model_dir, min_pixels, max_pixels)
+    detection = release if isinstance(release, releases.Detection) else releases.detect(model_dir, release)
     config_path = plan_dir / "config.yaml"
     launch = trainer.launch(plan_dir, config_path, device, gpus_per_node=gpus, nodes=nodes, master_addr=master_addr,
                             master_port=master_port, cuda_visible_devices=cuda_visible_devices)
@@ -453,7 +471,8 @@ def make_plan(
     if device == "cpu":
         base = apply_overrides(base, trainer.cpu_keys)
     g_base = base_gpus or preset_base_gpus(preset_file, trainer)
-    warnings: list[str] = []
+    warnings: list[str] = [f"release {detection.release.name}: {note}" for note in detection.notes]
+    warnings += [f"{s.path}: {note}" for s in train for note in s.untrained_tasks]
 
     g = gpus * nodes
     base_batch, batch_set, scaling = choose_batch(base, trainer, device, g, g_base, scale, batch, grad_accum, learning_rate)
@@ -525,6 +544,7 @@ def make_plan(
         "backend": backend,
         "device": device,
         "model": values.model_dir,  # the base model as given (export fills from it; eval's baseline)
+        "release": detection.to_record(),  # what the base model is (releases.py): other stages read ["release"]["name"]
         "preset": {"name": preset, "path": str(preset_file), "base_gpus": g_base},
         "scaling": scaling,
         "datasets": datasets_record(train, eval_sets, kept, weights, epochs),

@@ -2,8 +2,9 @@
 
 Three backends:
 
-* ``paddle``: PaddleX's VL-rec predictor called directly,
-  ``create_predictor("PaddleOCR-VL-0.9B", model_dir=...).predict([{"image": ..., "query": ...}])``.
+* ``paddle``: PaddleX's VL-rec predictor called directly, under the bundle's release name
+  (``create_predictor("PaddleOCR-VL-1.5-0.9B", model_dir=...).predict([{"image": ..., "query": ...}])``
+  for a 1.5 bundle; ``releases.bundle_model_name``).
   The query reaches the chat template unchanged, so custom KIE prompts need no patch (the
   ``doc_parser`` pipeline is what rewrites them; shared/reference/FACTS.md, PaddleX inference).
 * ``transformers``: PyTorch on an ``hf`` export (``export --format hf``): batched greedy decoding,
@@ -185,8 +186,15 @@ def paddle_predictor(model_dir: str | os.PathLike, model_name: str | None = None
 
 
 class PaddleBackend:
-    def __init__(self, model_dir, *, model_name=None, device=None, max_new_tokens=None):
+    def __init__(self, model_dir, *, model_name=None, device=None, max_new_tokens=None, release=None):
         check_model_dir(model_dir)
+        self.release = None  # unknown when --model-name is given
+        if model_name is None:  # the bundle's release names it; files at odds with each other are refused
+            from paddle_ocrvl_sft.releases import bundle_model_name
+
+            model_name, detection = bundle_model_name(model_dir, release)
+            self.release = detection.release.name
+        self.model_name = model_name
         self.predictor = paddle_predictor(model_dir, model_name, device)
         self.max_new_tokens = max_new_tokens
 
@@ -398,11 +406,17 @@ SORT_WINDOW_BATCHES = 8
 
 
 def make_backend(backend: str, *, model_dir=None, server_url=None, server_model=None, model_name=None,
-                 device=None, max_new_tokens=None, timeout=600.0, batch_size=16, dtype=None, kv_cache="dynamic"):
+                 device=None, max_new_tokens=None, timeout=600.0, batch_size=16, dtype=None, kv_cache="dynamic",
+                 release=None):
     if backend in ("paddle", "transformers") and model_dir is None:
         raise UsageError(f"--backend {backend} needs --model DIR")
+    if model_name is not None and release is not None:
+        raise UsageError("--model-name and --release: give one (the release names the model)")
+    if release is not None and backend != "paddle":
+        raise UsageError(f"--release names the PaddleX model of the paddle backend; --backend {backend} has none")
     if backend == "paddle":
-        return PaddleBackend(model_dir, model_name=model_name, device=device, max_new_tokens=max_new_tokens)
+        return PaddleBackend(model_dir, model_name=model_name, device=device, max_new_tokens=max_new_tokens,
+                             release=release)
     if backend == "transformers":
         return TransformersBackend(model_dir, device=device, dtype=dtype, batch_size=batch_size,
                                    max_new_tokens=max_new_tokens, kv_cache=kv_cache)

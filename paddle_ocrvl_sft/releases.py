@@ -25,6 +25,10 @@ from paddle_ocrvl_sft.errors import UserError
 RESOURCES = Path(__file__).parent / "resources"
 
 
+class AmbiguousRelease(UserError):
+    """The files fit more than one release (1.5 and 1.6 without an inference.yml): --release decides."""
+
+
 @dataclass(frozen=True)
 class Release:
     name: str  # what --release takes
@@ -47,6 +51,11 @@ class Release:
     def pixel_bounds(self) -> tuple[int, int]:
         return self.min_pixels, self.max_pixels
 
+    @property
+    def paddlex_pipeline(self) -> str:
+        """The PaddleX pipeline ``paddleocr doc_parser --pipeline_version`` picks for this release."""
+        return PADDLEX_PIPELINES[self.name]
+
 
 _V1_TASKS = ("ocr", "table", "formula", "chart")
 RELEASES: dict[str, Release] = {r.name: r for r in (
@@ -58,6 +67,8 @@ RELEASES: dict[str, Release] = {r.name: r for r in (
             "PaddleOCRVLImageProcessor", 112896, 1003520, (*_V1_TASKS, "spotting", "seal"), "paddleocr_vl_1.6"),
 )}
 NAMES = tuple(RELEASES)
+# paddleocr's PaddleOCRVL maps --pipeline_version to these PaddleX pipelines (paddleocr/_pipelines/paddleocr_vl.py)
+PADDLEX_PIPELINES = {"v1": "PaddleOCR-VL", "v1.5": "PaddleOCR-VL-1.5", "v1.6": "PaddleOCR-VL-1.6"}
 
 
 def get(name: str) -> Release:
@@ -77,6 +88,23 @@ class Detection:
     release: Release
     evidence: list[str] = field(default_factory=list)  # "file: what it says -> candidates"
     notes: list[str] = field(default_factory=list)  # what does not decide the release but is worth saying
+    given: bool = False  # named by --release rather than read off the files
+
+    def to_record(self) -> dict:
+        """What plan.json keeps under "release" (other stages read ``["release"]["name"]``)."""
+        return {"name": self.release.name, "evidence": list(self.evidence), "notes": list(self.notes), "given": self.given}
+
+    @classmethod
+    def from_record(cls, record: dict) -> "Detection":
+        return cls(get(record["name"]), list(record.get("evidence", [])), list(record.get("notes", [])),
+                   bool(record.get("given")))
+
+    def describe(self) -> str:
+        """One line: the release and what said so."""
+        said = "; ".join(self.evidence) or "no file names it"
+        if self.given:
+            return f"{self.release.name} ({self.release.title}): --release (the files: {said})"
+        return f"{self.release.name} ({self.release.title}): {said}"
 
 
 def render_generation_prompt(template: str, text: str = "OCR:") -> str:
@@ -172,7 +200,9 @@ def detect(model_dir: str | os.PathLike, override: str | None = None) -> Detecti
         release = get(override)
         if release.name not in candidates:
             notes.append(f"--release {release.name} overrides what {model_dir} says ({seen})")
-        return Detection(release, [finding for finding, _ in found], notes)
+        elif not found:
+            notes.append(f"--release {release.name}: {model_dir} has no file that names a release")
+        return Detection(release, [finding for finding, _ in found], notes, given=True)
     if not found:
         raise UserError(f"{model_dir}: cannot tell which PaddleOCR-VL release this is ({seen}); "
                         f"pass --release {'|'.join(NAMES)}")
@@ -181,7 +211,7 @@ def detect(model_dir: str | os.PathLike, override: str | None = None) -> Detecti
                         f"fix the dir or pass --release {'|'.join(NAMES)}")
     if len(candidates) > 1:
         options = "|".join(n for n in NAMES if n in candidates)
-        raise UserError(f"{model_dir}: could be any of {options.replace('|', ', ')} ({seen}); pass --release {options}")
+        raise AmbiguousRelease(f"{model_dir}: could be any of {options.replace('|', ', ')} ({seen}); pass --release {options}")
     return Detection(RELEASES[candidates.pop()], [finding for finding, _ in found], notes)
 
 
@@ -200,3 +230,43 @@ def task_prompt_release_note(prompt: str, release: Release) -> str | None:
 def shown(text: str) -> str:
     """A marker as docs and messages show it ("\\nAssistant:\\n")."""
     return text.replace("\n", "\\n")
+
+
+# --- what the stages after plan take from here ----------------------------------------------------
+
+
+def of_plan(record: dict) -> Release | None:
+    """The release a plan.json record was made for; None for a plan written before releases were recorded."""
+    name = (record.get("release") or {}).get("name") if isinstance(record, dict) else None
+    return get(name) if name else None
+
+
+def bundle_model_name(model_dir: str | os.PathLike, override: str | None = None) -> tuple[str, Detection]:
+    """The name PaddleX must load an inference bundle under, and the bundle's release.
+
+    PaddleX loads a local dir only under the ``Global.model_name`` of its inference.yml ("Model
+    name mismatch" otherwise), so that is the name. The release comes from the bundle's files
+    (refused when they contradict each other, as :func:`detect`); with ``override`` its name
+    must be the one inference.yml gives, or PaddleX would refuse the bundle later, less clearly.
+    """
+    from paddle_ocrvl_sft.bundle import yml_model_name
+
+    model_dir = Path(model_dir)
+    detection = detect(model_dir, override)
+    expected = detection.release.paddlex_model_name
+    yml = model_dir / "inference.yml"
+    name = yml_model_name(yml.read_text(encoding="utf-8")) if yml.is_file() else None
+    if name is None:
+        return expected, detection
+    if name != expected:
+        # only with an override: without one, detect() already refused an inference.yml at odds with the rest
+        raise UserError(f"{yml}: model_name {name}, not {expected} (--release {detection.release.name}); PaddleX loads "
+                        "a bundle only under the name its inference.yml gives: re-export it with "
+                        f"`export RUN_DIR --base BASE --release {detection.release.name}`")
+    return name, detection
+
+
+def doc_parser_args(release: Release) -> list[str]:
+    """The ``paddleocr doc_parser`` options that run a bundle of ``release``: its pipeline version
+    (paddleocr 3.6+ defaults to v1.6) and its VL model name (the bundle's inference.yml names it)."""
+    return ["--pipeline_version", release.pipeline_version, "--vl_rec_model_name", release.paddlex_model_name]

@@ -1,7 +1,8 @@
 """How many tokens a sample costs: image tokens (exact) and text tokens (exact or estimated).
 
 The image formula is the ``smart_resize`` of ERNIEKit's ``SiglipImageProcessor`` and of
-transformers' PaddleOCR-VL image processor (identical; shared/reference/FACTS.md, "Image tokens").
+transformers' PaddleOCR-VL image processor (identical; shared/reference/FACTS.md, "Image tokens");
+what differs between releases (pixel bounds, the assistant marker) is passed in by the caller.
 """
 
 from __future__ import annotations
@@ -21,17 +22,19 @@ PATCH_SIZE = 14
 MERGE_SIZE = 2
 FACTOR = PATCH_SIZE * MERGE_SIZE  # 28 pixels per image token side
 MAX_ASPECT_RATIO = 200
-# Released PaddleOCR-VL-0.9B preprocessor_config.json: 188 .. 3600 image tokens.
+# Released PaddleOCR-VL-0.9B (v1) preprocessor_config.json: 188 .. 3600 image tokens (1.5/1.6: releases.py).
 DEFAULT_MIN_PIXELS = 147384
 DEFAULT_MAX_PIXELS = 2822400
 
 # What the chat template (shared/reference chat_template.jinja) adds around the texts:
-# <|begin_of_sentence|> once, <|IMAGE_START|>/<|IMAGE_END|> per image, "User: " + "\nAssistant: "
-# and </s> per turn.
+# <|begin_of_sentence|> once, <|IMAGE_START|>/<|IMAGE_END|> per image, "User: " + the assistant
+# marker and </s> per turn. The marker is the release's: v1 "\nAssistant: ", 1.5/1.6 "\nAssistant:\n"
+# (releases.py; the caller passes it in, so this module stays free of the release table).
 SAMPLE_SPECIAL_TOKENS = 1
 IMAGE_SPECIAL_TOKENS = 2
 TURN_SPECIAL_TOKENS = 1
-ROLE_MARKERS = ("User: ", "\nAssistant: ")
+USER_MARKER = "User: "
+V1_ASSISTANT_MARKER = "\nAssistant: "
 
 
 class AspectRatioError(ValueError):
@@ -124,8 +127,9 @@ class TextTokenCounter:
     which is how the released tokenizer treats them.
     """
 
-    def __init__(self, tokenizer_dir: str | os.PathLike | None = None):
+    def __init__(self, tokenizer_dir: str | os.PathLike | None = None, assistant_marker: str = V1_ASSISTANT_MARKER):
         self.exact = tokenizer_dir is not None
+        self.assistant_marker = assistant_marker  # what the release's template puts between prompt and answer
         self._sp = None
         self._added = None
         if tokenizer_dir is not None:
@@ -151,7 +155,7 @@ class TextTokenCounter:
     @functools.cached_property
     def turn_overhead(self) -> int:
         """Tokens a (prompt, answer) turn adds besides its texts: role markers and </s>."""
-        return sum(self(m) for m in ROLE_MARKERS) + TURN_SPECIAL_TOKENS
+        return self(USER_MARKER) + self(self.assistant_marker) + TURN_SPECIAL_TOKENS
 
 
 def _added_tokens_pattern(path: Path) -> re.Pattern | None:

@@ -538,7 +538,11 @@ def export_and_evaluate(plan: PlanRun, result: Result, options: Options, echo) -
         echo("note: plan.json names no base model (an older plan): export with `export OUTPUT --base BASE`")
         return
     bundle = plan.plan_dir / "bundle"
-    report = export(plan.output_dir, base, bundle, force=True, log=lambda line: echo(f"  {line}"))
+    from paddle_ocrvl_sft.releases import of_plan
+
+    release = of_plan(plan.record)  # the plan's release names the bundle's model (None: an older plan, BASE says)
+    report = export(plan.output_dir, base, bundle, release=release and release.name, force=True,
+                    log=lambda line: echo(f"  {line}"))
     result.bundle = report.out
     echo(f"inference bundle: {report.out}")
     evals = [item["path"] for item in plan.record.get("datasets", {}).get("eval", [])]

@@ -540,8 +540,12 @@ def test_doctor_cpu_plan_with_an_installed_trainer(home, tmp_path, capsys):
     plan_dir = make_plan(tmp_path, "--device", "cpu")
     code, checks, lines = run_doctor(capsys, "--plan", plan_dir)
     assert list(checks) == ["plan", "python", "paddle", "cuda", "gpus", "backend erniekit", "backend paddleformers", "paddleocr",
-                            "paddlex", "model", "disk"]
+                            "paddlex", "model", "release", "disk"]
     assert checks["plan"] == Check("plan", OK, f"{plan_dir}: ERNIEKit on one CPU process, max_steps 12")
+    assert checks["release"].status == OK and checks["release"].detail.startswith(
+        f"v1 (PaddleOCR-VL (0.9B, first release)) recorded in plan.json; base {(tmp_path / 'tiny').resolve()}: "
+        "chat_template.jinja: ends the user turn with '\\nAssistant: '; preprocessor_config.json: min/max pixels")
+    assert checks["release"].detail.endswith("runs it (doc_parser --pipeline_version v1, model PaddleOCR-VL-0.9B)")
     assert checks["cuda"] == Check("cuda", OK, f"no CUDA build of paddle in the ERNIEKit environment ({python}): fine for this "
                                                "--device cpu plan (tiny models)")  # an OK line prints no fix
     assert checks["gpus"] == Check("gpus", OK, "no NVIDIA GPU found (no nvidia-smi, and paddle sees none); none needed: the plan trains on the CPU")
@@ -557,7 +561,7 @@ def test_doctor_cpu_plan_with_an_installed_trainer(home, tmp_path, capsys):
     # max_steps 12 < save_steps 200: no checkpoint, only the final weights
     assert checks["disk"].status == OK and f"the plan writes ≈ {doctor.size_text(model.weights_bytes)} to {plan_dir.resolve() / 'output'}" \
         in checks["disk"].detail and "(ESTIMATE: 0 checkpoint(s)" in checks["disk"].detail
-    assert lines[-1] == "doctor: 11 OK, 0 WARN, 0 FAIL" and code == 0
+    assert lines[-1] == "doctor: 12 OK, 0 WARN, 0 FAIL" and code == 0
 
 
 @pytest.mark.slow
@@ -566,7 +570,7 @@ def test_doctor_gpu_plan_fails_here(home, tmp_path, capsys, monkeypatch):
     (tmp_path / "tiny" / "tokenizer.model").unlink()
     code, checks, lines = run_doctor(capsys, "--plan", plan_dir, "--data", tmp_path / "train.jsonl")
     assert list(checks) == ["plan", "python", "paddle", "cuda", "gpus", "backend erniekit", "backend paddleformers", "paddleocr",
-                            "paddlex", "model", "disk", "data"]
+                            "paddlex", "model", "release", "disk", "data"]
     assert checks["plan"].detail == f"{plan_dir}: ERNIEKit on 1 node(s) x 2 GPU(s), max_steps 1"
     assert checks["cuda"] == Check("cuda", FAIL, f"no CUDA build of paddle in this Python ({sys.executable}): this plan trains on GPUs",
                                    doctor.no_cuda_fix(sys.executable))
@@ -580,7 +584,7 @@ def test_doctor_gpu_plan_fails_here(home, tmp_path, capsys, monkeypatch):
     # the plan's max_seq_len applies; samples repeat one image and prompt: duplicate warnings
     assert checks["data"].status == WARN and checks["data"].detail.startswith("6 samples: 6 valid, 0 rejected (0 errors, 5 warnings)")
     assert checks["data"].detail.endswith("(max_seq_len 16384)")
-    assert lines[-1] == "doctor: 7 OK, 1 WARN, 4 FAIL" and code == 1
+    assert lines[-1] == "doctor: 8 OK, 1 WARN, 4 FAIL" and code == 1
 
     # the same plan where nvidia-smi lists two A100s, one of them busy: GPUs OK, free memory short of the estimate
     smi = ["0, NVIDIA A100-SXM4-80GB, 8.0, 80000, 81920", "1, NVIDIA A100-SXM4-80GB, 8.0, 2000, 81920"]
@@ -612,6 +616,38 @@ def test_doctor_model_and_data(home, tmp_path, capsys):
     assert f"data validate {bad}" in checks["data"].fix and code == 1
     code, checks, _ = run_doctor(capsys, "--model", tmp_path / "nope", "--data", tmp_path / "nope.jsonl")
     assert checks["model"].status == FAIL and checks["data"].status == FAIL and "no such file" in checks["data"].detail
+    assert "release" not in checks  # no dir to read it from
+
+
+@pytest.mark.slow
+def test_doctor_shows_the_release_of_a_model_dir(home, tmp_path, capsys):
+    bundle = build_tiny_model(tmp_path / "bundle15", release="v1.5")
+    code, checks, _ = run_doctor(capsys, "--model", bundle)
+    assert checks["release"].status == OK and checks["release"].detail.startswith("v1.5 (PaddleOCR-VL-1.5): chat_template.jinja")
+    assert "runs it (doc_parser --pipeline_version v1.5, model PaddleOCR-VL-1.5-0.9B)" in checks["release"].detail
+    run = build_tiny_model(tmp_path / "run16", "erniekit_output", release="v1.6", checkpoints=())
+    code, checks, _ = run_doctor(capsys, "--model", run)
+    assert checks["release"].status == WARN and "could be any of v1.5, v1.6" in checks["release"].detail
+    (bundle / "inference.yml").write_text("Global:\n  model_name: PaddleOCR-VL-0.9B\n")  # a pre-release export
+    code, checks, _ = run_doctor(capsys, "--model", bundle)
+    assert checks["release"].status == FAIL and "name no single PaddleOCR-VL release" in checks["release"].detail
+    assert "re-export" in checks["release"].fix and code == 1
+
+
+def test_check_release_judges_plans_and_paddlex():
+    base = doctor.ReleaseFacts("/m", name="v1.5", said="v1.5 (PaddleOCR-VL-1.5): files", paddlex_version="3.7.2",
+                               paddlex_releases=("v1", "v1.5", "v1.6"))
+    assert doctor.check_release(base).status == OK
+    old = doctor.check_release(doctor.ReleaseFacts("/m", name="v1.5", planned=""))
+    assert old.status == WARN and "records no release" in old.detail and "re-run" in old.fix
+    changed = doctor.check_release(doctor.ReleaseFacts("/m", name="v1", planned="v1.5", files_changed=True))
+    assert changed.status == WARN and "changed since the plan (v1.5)" in changed.fix
+    overridden = doctor.check_release(doctor.ReleaseFacts("/m", name="v1.5", said="files", planned="v1"))
+    assert overridden.status == OK and "(--release at plan time; the files say v1.5)" in overridden.detail
+    old_paddlex = doctor.check_release(doctor.ReleaseFacts("/m", name="v1.6", said="s", paddlex_version="3.4.0",
+                                                           paddlex_releases=("v1", "v1.5"), first_paddlex="3.6.0"))
+    assert old_paddlex.status == WARN and "paddlex 3.4.0 ships no PaddleOCR-VL-1.6 pipeline" in old_paddlex.detail
+    assert old_paddlex.fix == "pip install 'paddlex>=3.6.0'"
 
 
 @pytest.mark.slow

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from paddle_ocrvl_sft import cli
+from paddle_ocrvl_sft import cli, releases
 from paddle_ocrvl_sft.bundle import INDEX, WEIGHTS
 from paddle_ocrvl_sft.errors import UserError
 from paddle_ocrvl_sft.export import export
@@ -58,11 +58,11 @@ def tensor_bytes(path: Path) -> dict[str, bytes]:
             for k, v in header.items() if k != "__metadata__"}
 
 
-def doc_parser(image: Path, model_dir: Path, save: Path) -> subprocess.CompletedProcess:
+def doc_parser(image: Path, model_dir: Path, save: Path, release_args=("--vl_rec_model_name", MODEL_NAME)) -> subprocess.CompletedProcess:
     """The real CLI, offline, layout detection off (FACTS: paddleocr 3.7 needs --vl_rec_model_name)."""
     exe = Path(sys.executable).with_name("paddleocr")
     cmd = [str(exe)] if exe.is_file() else [sys.executable, "-m", "paddleocr"]
-    cmd += ["doc_parser", "-i", str(image), "--vl_rec_model_dir", str(model_dir), "--vl_rec_model_name", MODEL_NAME,
+    cmd += ["doc_parser", "-i", str(image), "--vl_rec_model_dir", str(model_dir), *release_args,
             "--use_layout_detection", "False", "--device", "cpu", "--max_new_tokens", "8", "--save_path", str(save)]
     env = {**os.environ, "PADDLE_PDX_DISABLE_MODEL_SOURCE_CHECK": "True"}
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
@@ -139,10 +139,63 @@ def test_export_adds_inference_files_links_the_shard_and_touches_no_input(tiny, 
     assert f"left out {INDEX}" in text
 
 
-def test_custom_model_name_goes_into_inference_yml(tiny, tmp_path):
+@pytest.fixture(scope="module")
+def tiny_releases(tmp_path_factory):
+    """(base, run) of a tiny 1.5 and 1.6 model (the 1.5/1.6 files on the v1 config and tokenizer)."""
+    root = tmp_path_factory.mktemp("tiny_releases")
+    return {name: (build_tiny_model(root / name / "base", release=name),
+                   build_tiny_model(root / name / "run", "erniekit_output", release=name, checkpoints=(1,)))
+            for name in ("v1.5", "v1.6")}
+
+
+@pytest.mark.parametrize("name", ["v1.5", "v1.6"])
+def test_inference_yml_names_the_model_of_the_base_release(tiny_releases, tmp_path, name):
+    """A 1.5/1.6 base gives a bundle PaddleX and doc_parser --pipeline_version v1.5/v1.6 load under the
+    release's name (the export wrote PaddleOCR-VL-0.9B for every base before)."""
+    base, run = tiny_releases[name]
+    report = export(run, base, tmp_path / "b", verify=False)
+    expected = releases.get(name).paddlex_model_name
+    assert (tmp_path / "b" / "inference.yml").read_text() == f"Global:\n  model_name: {expected}\n"
+    assert (report.release, report.model_name) == (name, expected)
+    assert releases.detect(tmp_path / "b").release.name == name  # the bundle's files agree with each other
+
+
+def test_model_name_must_be_the_release_name(tiny, tiny_releases, tmp_path, capsys):
     base, run = tiny
-    export(run, base, tmp_path / "b", verify=False, model_name="PaddleOCR-VL-1.5-0.9B")
-    assert (tmp_path / "b" / "inference.yml").read_text() == "Global:\n  model_name: PaddleOCR-VL-1.5-0.9B\n"
+    export(run, base, tmp_path / "same", verify=False, model_name=MODEL_NAME)  # repeating the release's name is fine
+    with pytest.raises(UserError, match=r"--model-name PaddleOCR-VL-1\.5-0\.9B is release v1\.5's name, but BASE is "
+                                        r"release v1 .*pass --release v1\.5"):
+        export(run, base, tmp_path / "b", verify=False, model_name="PaddleOCR-VL-1.5-0.9B")
+    with pytest.raises(UserError, match="--model-name PaddleOCR-VL: not a PaddleOCR-VL model name PaddleX knows"):
+        export(run, base, tmp_path / "b", verify=False, model_name="PaddleOCR-VL")
+    assert not (tmp_path / "b").exists()
+    base15, run15 = tiny_releases["v1.5"]
+    out = tmp_path / "cli"
+    assert cli.main(["export", str(run15), "--base", str(base15), "-o", str(out), "--no-verify"]) == 0
+    printed = capsys.readouterr().out
+    assert "release v1.5 (PaddleOCR-VL-1.5): chat_template.jinja" in printed
+    assert (f"run it: paddleocr doc_parser -i IMAGE --vl_rec_model_dir {out} --pipeline_version v1.5 "
+            "--vl_rec_model_name PaddleOCR-VL-1.5-0.9B --use_layout_detection False") in printed
+
+
+def test_release_override_names_the_model_and_says_what_it_overrode(tiny, tmp_path):
+    base, run = tiny
+    lines = []
+    report = export(run, base, tmp_path / "b", verify=False, release="v1.6", log=lines.append)
+    assert report.model_name == "PaddleOCR-VL-1.6-0.9B"
+    assert any(line.startswith("note: --release v1.6 overrides what") for line in lines)
+
+
+@pytest.mark.slow
+def test_doc_parser_runs_a_1_5_bundle_with_its_pipeline_version(tiny_releases, receipt, tmp_path):
+    """The real CLI on a 1.5 bundle, with the options export prints (pipeline v1.5, the 1.5 model name)."""
+    base, run = tiny_releases["v1.5"]
+    report = export(run, base, tmp_path / "bundle")
+    assert "PaddleX PaddleOCR-VL-1.5-0.9B predictor loaded it" in report.verified[0]
+    proc = doc_parser(receipt, report.out, tmp_path / "res", releases.doc_parser_args(releases.get("v1.5")))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (res,) = (tmp_path / "res").glob("*_res.json")
+    assert json.loads(res.read_text())["parsing_res_list"][0]["block_label"] == "ocr"
 
 
 def test_existing_out_is_refused_without_force_and_replaced_with_it(tiny, tmp_path, capsys):

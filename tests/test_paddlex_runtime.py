@@ -20,7 +20,8 @@ KIE = 'OCR:{"发票号码": "", "Items": [], "FORMULA_ID": ""}'
 class SpyPredictor:
     """Records the queries the pipeline hands to the VL recognition model."""
 
-    def __init__(self):
+    def __init__(self, model_name: str = "PaddleOCR-VL-0.9B"):
+        self.model_name = model_name  # what a real VL-rec predictor carries
         self.queries = []
         self.batch_sampler = types.SimpleNamespace(batch_size=1)
 
@@ -30,17 +31,19 @@ class SpyPredictor:
         return [{"result": f"answer to {item['query']}"} for item in inputs]
 
 
-def spy_pipeline(use_queues: bool = False):
-    """paddlex's real ``PaddleOCRVLPipeline`` (the parallel wrapper and its inner pipeline) with
-    the attributes its ``__init__`` would set from the default config, and a spy predictor."""
+def spy_pipeline(use_queues: bool = False, pipeline_class: str = "PaddleOCRVLPipeline",
+                 model_name: str = "PaddleOCR-VL-0.9B"):
+    """paddlex's real ``PaddleOCRVLPipeline`` (the parallel wrapper and its inner pipeline; or the
+    1.5/1.6 pipeline class) with the attributes its ``__init__`` would set from the default config,
+    and a spy predictor named ``model_name``."""
     import numpy as np
     from paddlex.inference.common.batch_sampler import ImageBatchSampler
     from paddlex.inference.common.reader import ReadImage
     from paddlex.inference.pipelines.components import CropByBoxes
-    from paddlex.inference.pipelines.paddleocr_vl.pipeline import PaddleOCRVLPipeline
+    from paddlex.inference.pipelines.paddleocr_vl import pipeline as module
 
-    pipeline = PaddleOCRVLPipeline(config={}, device="cpu", initial_predictor=False)
-    spy = SpyPredictor()
+    pipeline = getattr(module, pipeline_class)(config={}, device="cpu", initial_predictor=False)
+    spy = SpyPredictor(model_name)
     settings = dict(
         use_doc_preprocessor=False, use_layout_detection=True, use_chart_recognition=False,
         use_seal_recognition=False, use_ocr_for_image_block=False, format_block_content=False,

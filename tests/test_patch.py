@@ -215,7 +215,7 @@ sys.path.insert(0, sys.argv[2])
 import paddlex
 assert paddlex.__file__.startswith(sys.argv[1]), paddlex.__file__
 from test_paddlex_runtime import spy_pipeline
-pipeline, spy, page = spy_pipeline()
+pipeline, spy, page = spy_pipeline(pipeline_class=sys.argv[4], model_name=sys.argv[5])
 out = {}
 for label in json.loads(sys.argv[3]):
     del spy.queries[:]
@@ -228,10 +228,16 @@ print(json.dumps(out))
 """
 
 
-def _run_real_pipeline(site: Path, labels: list[str]) -> dict:
+# the pipeline class `paddleocr doc_parser --pipeline_version` picks for each release, and its VL model
+RELEASE_PIPELINES = {"v1": ("PaddleOCRVLPipeline", "PaddleOCR-VL-0.9B"),
+                     "v1.5": ("PaddleOCRVL15Pipeline", "PaddleOCR-VL-1.5-0.9B"),
+                     "v1.6": ("PaddleOCRVL16Pipeline", "PaddleOCR-VL-1.6-0.9B")}
+
+
+def _run_real_pipeline(site: Path, labels: list[str], release: str = "v1") -> dict:
     env = {**os.environ, "PYTHONPATH": str(site), "PADDLE_PDX_DISABLE_MODEL_SOURCE_CHECK": "True"}
     proc = subprocess.run(
-        [sys.executable, "-c", _SPY_RUN, str(site), str(ROOT / "tests"), json.dumps(labels)],
+        [sys.executable, "-c", _SPY_RUN, str(site), str(ROOT / "tests"), json.dumps(labels), *RELEASE_PIPELINES[release]],
         capture_output=True, text=True, env=env, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -239,7 +245,10 @@ def _run_real_pipeline(site: Path, labels: list[str]) -> dict:
 
 
 @pytest.mark.slow
-def test_real_pipeline_sends_a_custom_prompt_verbatim_after_apply(tmp_path):
+@pytest.mark.parametrize("release", ["v1", "v1.5", "v1.6"])
+def test_real_pipeline_sends_a_custom_prompt_verbatim_after_apply(tmp_path, release):
+    """The installed paddlex's own pipeline class of each release (doc_parser --pipeline_version),
+    its VL predictor named as that release: custom prompts verbatim, Spotting:/Seal Recognition: kept."""
     site = tmp_path / "site"
     ignore = shutil.ignore_patterns("__pycache__", "*.orig", "*" + px.RECORD_SUFFIX)
     shutil.copytree(INSTALLED.package_dir, site / "paddlex", ignore=ignore)
@@ -248,16 +257,17 @@ def test_real_pipeline_sends_a_custom_prompt_verbatim_after_apply(tmp_path):
     prompts = [KIE, 'OCR:{"formula": ""}']
     builtins = ["ocr", "Table", "formula", "chart", "spotting", "seal"]
 
-    stock = _run_real_pipeline(site, prompts + builtins)
+    stock = _run_real_pipeline(site, prompts + builtins, release)
     assert [stock[p] for p in prompts] == ["AssertionError"] * 2
     assert {b: stock[b]["queries"] for b in builtins} == {b: [BUILTIN_PROMPTS[b.lower()]] for b in builtins}
 
     px.apply(target)
-    patched = _run_real_pipeline(site, prompts + builtins)
+    patched = _run_real_pipeline(site, prompts + builtins, release)
     for prompt in prompts:
         assert patched[prompt] == {"queries": [prompt], "labels": [prompt]}
     assert {b: patched[b] for b in builtins} == {b: stock[b] for b in builtins}
     assert patched["Table"] == {"queries": ["Table Recognition:"], "labels": ["table"]}
+    assert (patched["spotting"]["queries"], patched["seal"]["queries"]) == (["Spotting:"], ["Seal Recognition:"])
 
 
 # --- the CI job, offline: a wheel built from the installed files ------------------------------
@@ -276,6 +286,8 @@ def _wheel(wheel_dir: Path, version: str, pipeline_source: bytes) -> None:
         for p in INSTALLED.path.parent.glob("*.py"):
             data = pipeline_source if p.name == "pipeline.py" else p.read_bytes()
             zf.writestr(f"{Path(PATCH['target']).parent}/{p.name}", data)
+        for p in (INSTALLED.package_dir / px.PIPELINE_CONFIGS).glob("PaddleOCR-VL*.yaml"):
+            zf.writestr(f"paddlex/{px.PIPELINE_CONFIGS.as_posix()}/{p.name}", p.read_bytes())
         zf.writestr(f"paddlex-{version}.dist-info/METADATA", f"Name: paddlex\nVersion: {version}\n")
 
 
@@ -290,6 +302,7 @@ def test_ci_job_passes_on_the_installed_release(tmp_path):
     text = doc.read_text(encoding="utf-8")
     assert text.startswith("intro\n") and text.endswith("outro\n") and "old table" not in text
     assert f"| {INSTALLED.version} | `{hashlib.sha256(_stock_bytes()).hexdigest()[:12]}` | rejected (assert) | yes | yes" in text
+    assert "| v1, v1.5, v1.6 | PASS |" in text  # each release's pipeline checked with its VL model name
 
 
 @pytest.mark.parametrize(
@@ -314,6 +327,36 @@ def test_ci_harness_catches_a_wrong_patch(broken, problem):
     good = {"problems": []}
     ci._check_behaviour(good, source, px.apply_to_source(source.decode("utf-8"), PATCH).encode("utf-8"), "pipeline.py")
     assert good["problems"] == [] and good["stock_custom"] == "AssertionError"
+
+
+def test_ci_release_check_catches_a_wrong_model_name_and_a_release_branch():
+    """The per-release check: the wheel's pipeline config must name the release's VL model, and a
+    pipeline that treated one release's model differently (here: no spotting for 1.6) must fail."""
+    ci = _ci_module()
+    patched = px.apply_to_source(_stock_bytes().decode("utf-8"), PATCH)
+    shipped = {"v1": "PaddleOCR-VL-0.9B", "v1.5": "PaddleOCR-VL-1.5-0.9B", "v1.6": "PaddleOCR-VL-1.6-0.9B"}
+    good = {"problems": []}
+    ci._check_releases(good, patched.encode("utf-8"), "pipeline.py", shipped)
+    assert good == {"problems": [], "releases": ["v1", "v1.5", "v1.6"]}
+
+    row = {"problems": []}
+    ci._check_releases(row, patched.encode("utf-8"), "pipeline.py", {**shipped, "v1.6": "PaddleOCR-VL-1.5-0.9B"})
+    assert row["problems"] == ["PaddleOCR-VL-1.6.yaml names VL model PaddleOCR-VL-1.5-0.9B, not PaddleOCR-VL-1.6-0.9B (releases.py)"]
+
+    anchor = 'text_prompt = "Spotting:"'
+    assert patched.count(anchor) == 1
+    branch = patched.replace(anchor, 'text_prompt = "OCR:" if self.vl_rec_model.model_name.endswith("1.6-0.9B") else "Spotting:"')
+    row = {"problems": []}
+    ci._check_releases(row, branch.encode("utf-8"), "pipeline.py", shipped)
+    assert row["problems"] == ["v1.6 (PaddleOCR-VL-1.6-0.9B): {'spotting': ['OCR:']}"]
+
+
+def test_patch_status_says_which_releases_paddlex_runs(capsys):
+    assert px.release_pipelines(INSTALLED.package_dir) == {
+        "v1": "PaddleOCR-VL-0.9B", "v1.5": "PaddleOCR-VL-1.5-0.9B", "v1.6": "PaddleOCR-VL-1.6-0.9B"}
+    assert main(["patch", "status"]) == 0
+    assert (f"PaddleOCR-VL releases with a doc_parser pipeline in paddlex {INSTALLED.version}: v1 (PaddleOCR-VL-0.9B), "
+            "v1.5 (PaddleOCR-VL-1.5-0.9B), v1.6 (PaddleOCR-VL-1.6-0.9B)") in capsys.readouterr().out
 
 
 def test_a_reinstalled_paddlex_is_unpatched_and_can_be_patched_again(copy):

@@ -378,3 +378,81 @@ def test_cli_allow_drop_counts_only_kept_samples(cli_env, model_dir):
     assert rec["numbers"]["D"]["inputs"]["n_i"] == [10, 3] and rec["numbers"]["D"]["inputs"]["kept_i"] == [10, 0]
     assert rec["numbers"]["D"]["value"] == round(0.5 * 13 * 10 / 10)  # equal weights; the dropped file's draws train nothing
     assert any("drop 3 sample(s)" in w for w in rec["warnings"])
+
+
+# --- releases: plan takes the base's release, records it, and counts with it -------------------------
+
+
+def test_plan_records_the_release_of_the_base_and_counts_with_it(cli_env, capsys):
+    """A 1.5 base: plan.json["release"] says so with the evidence, and the token counts use 1.5's
+    pixel bounds (a 1400x1000 page: 1.5 caps it at 1280 image tokens, v1 gives it 1800)."""
+    from paddle_ocrvl_sft import releases
+    from paddle_ocrvl_sft.data.validate import ValidateOptions, validate_paths
+    from paddle_ocrvl_sft.testing import build_tiny_model
+    from paddle_ocrvl_sft.tokens import PixelBounds
+
+    base = build_tiny_model(cli_env / "base15", release="v1.5")
+    data = write_dataset(cli_env / "d" / "train.jsonl", 4, size=(1400, 1000))
+    out = cli_env / "plan"
+    assert run("--data", data, "--model", base, "--epochs", 1, "-o", out) == 0
+    printed = capsys.readouterr().out
+    record = json.loads((out / "plan.json").read_text())
+    assert record["release"] == {"name": "v1.5", "notes": [], "evidence": [
+        "chat_template.jinja: ends the user turn with '\\nAssistant:\\n'",
+        "preprocessor_config.json: min/max pixels 112896/1003520", "inference.yml: model_name PaddleOCR-VL-1.5-0.9B"], "given": False}
+    assert printed.startswith("release v1.5 (PaddleOCR-VL-1.5): chat_template.jinja: ends the user turn with")
+    assert ("release v1.5 (PaddleOCR-VL-1.5): template marker '\\nAssistant:\\n', PaddleX model PaddleOCR-VL-1.5-0.9B, "
+            "doc_parser --pipeline_version v1.5") in printed
+    assert record["numbers"]["min_pixels"]["value"] == 112896 and record["numbers"]["max_pixels"]["value"] == 1003520
+    longest = record["numbers"]["max_seq_len"]["inputs"]["longest_sample"]
+    as_15 = validate_paths([data], ValidateOptions(max_seq_len=None, bounds=PixelBounds(112896, 1003520),
+                                                   tokenizer_dir=base, release=releases.get("v1.5"))).max_tokens
+    as_v1 = validate_paths([data], ValidateOptions(max_seq_len=None, tokenizer_dir=base)).max_tokens
+    assert longest == as_15 and as_v1 - as_15 >= 1800 - 1280
+
+
+def test_a_v1_plan_warns_on_tasks_v1_was_never_trained_on(cli_env, model_dir):
+    data = write_dataset(cli_env / "d" / "train.jsonl", 3)
+    rows = [json.loads(line) for line in data.read_text().splitlines()]
+    rows[0]["text_info"][0]["text"], rows[1]["text_info"][0]["text"] = "Spotting:", "Seal Recognition:"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = cli_env / "plan"
+    assert run("--data", data, "--model", model_dir, "--epochs", 1, "-o", out) == 0
+    record = json.loads((out / "plan.json").read_text())
+    assert record["release"]["name"] == "v1"  # the released v1 pixel bounds say so
+    tasks = [w for w in record["warnings"] if "was not trained on this task" in w]
+    assert tasks == [f"{data.resolve()}: 1 sample(s): prompt 'Spotting:': PaddleOCR-VL (0.9B, first release) was not "
+                     "trained on this task (known to v1.5, v1.6); fine-tuning teaches it from your data alone",
+                     f"{data.resolve()}: 1 sample(s): prompt 'Seal Recognition:': PaddleOCR-VL (0.9B, first release) was "
+                     "not trained on this task (known to v1.5, v1.6); fine-tuning teaches it from your data alone"]
+    out15 = cli_env / "plan15"
+    assert run("--data", data, "--model", model_dir, "--release", "v1.5", "--epochs", 1, "-o", out15) == 0
+    record = json.loads((out15 / "plan.json").read_text())
+    assert record["release"]["name"] == "v1.5" and not [w for w in record["warnings"] if "not trained on" in w]
+    assert record["warnings"][0].startswith("release v1.5: --release v1.5 overrides what")  # and says what it overrode
+
+
+def test_a_base_that_does_not_say_its_release_is_refused_until_release_is_given(cli_env, capsys):
+    from paddle_ocrvl_sft.testing import build_tiny_model
+
+    run_dir = build_tiny_model(cli_env / "run16", "erniekit_output", release="v1.6", checkpoints=())
+    data = write_dataset(cli_env / "d" / "train.jsonl", 3)
+    out = cli_env / "plan"
+    assert run("--data", data, "--model", run_dir, "--epochs", 1, "-o", out) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {run_dir}: could be any of v1.5, v1.6 (") and "pass --release v1.5|v1.6" in err
+    assert not out.exists()
+    assert run("--data", data, "--model", run_dir, "--release", "1.6", "-o", out, "--epochs", 1) == 0
+    assert json.loads((out / "plan.json").read_text())["release"]["name"] == "v1.6"
+
+
+def test_make_plan_takes_a_release_name_or_a_detection(model_dir, tmp_path):
+    from paddle_ocrvl_sft import releases
+
+    detected = plan.make_plan(train=[stats(10)], model_dir=model_dir, epochs=1, plan_dir=tmp_path / "p")
+    assert detected.record["release"]["name"] == "v1"
+    named = plan.make_plan(train=[stats(10)], model_dir=model_dir, epochs=1, plan_dir=tmp_path / "p", release="v1.6")
+    assert named.record["release"]["name"] == "v1.6" and "overrides" in named.record["release"]["notes"][0]
+    given = releases.detect(model_dir, "v1.5")
+    assert plan.make_plan(train=[stats(10)], model_dir=model_dir, epochs=1, plan_dir=tmp_path / "p",
+                          release=given).record["release"] == given.to_record()

@@ -26,6 +26,12 @@ def base(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "base", "base")
 
 
+@pytest.fixture(scope="module")
+def base15(tmp_path_factory) -> Path:
+    """The same tiny model with the PaddleOCR-VL-1.5 files (template, image processor, inference.yml)."""
+    return build_tiny_model(tmp_path_factory.mktemp("tiny15") / "base", "base", release="v1.5")
+
+
 @pytest.fixture
 def receipt(tmp_path) -> Path:
     path = tmp_path / "receipt.png"
@@ -108,9 +114,16 @@ def test_kie_answers_are_repaired_and_the_raw_text_kept():
 
 
 @pytest.mark.slow
-def test_custom_kie_prompt_reaches_the_model_verbatim_paddle(base, receipt, tmp_path, monkeypatch, capsys):
-    """Spy on the text PaddleX's processor hands its tokenizer (the real predictor code path)."""
+@pytest.mark.parametrize("release", ["v1", "v1.5"])
+def test_custom_kie_prompt_reaches_the_model_verbatim_paddle(base, base15, receipt, tmp_path, monkeypatch, capsys, release):
+    """Spy on the text PaddleX's processor hands its tokenizer (the real predictor code path), for
+    v1 and for 1.5 (its template's marker, its pixel bounds, loaded as PaddleOCR-VL-1.5-0.9B)."""
     from paddlex.inference.models.common.tokenizer import LlamaTokenizer
+
+    from paddle_ocrvl_sft import releases
+
+    marker = releases.get(release).assistant_marker
+    base = base15 if release == "v1.5" else base
 
     seen = []
     original = LlamaTokenizer.__call__
@@ -132,11 +145,11 @@ def test_custom_kie_prompt_reaches_the_model_verbatim_paddle(base, receipt, tmp_
     n = image_tokens(height, width, PixelBounds.from_model_dir(base))
     (text, ids), = [s for s in seen if isinstance(s[0], list)]
     assert text == [f"<|begin_of_sentence|>User: <|IMAGE_START|>{'<|IMAGE_PLACEHOLDER|>' * n}<|IMAGE_END|>"
-                    f"{prompt}\nAssistant: "]
+                    f"{prompt}{marker}"]
     assert ids.count(100295) == n and ids[0] == 100273  # real ids; image tokens as tokens.py counts them
     # The whole input as tokens.py counts a sample, less the answer's </s> (the input stops after
-    # "\nAssistant: "): tokens.py counts texts one by one, PaddleX tokenizes the joined string.
-    assert len(ids) == sample_tokens([n], [(prompt, "")], TextTokenCounter(base)) - 1
+    # the assistant marker): tokens.py counts texts one by one, PaddleX tokenizes the joined string.
+    assert len(ids) == sample_tokens([n], [(prompt, "")], TextTokenCounter(base, marker)) - 1
 
     (record,) = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert record["prompt"] == prompt and record["image"] == str(receipt)
@@ -205,6 +218,29 @@ def test_run_batches_and_retries_a_failed_batch_one_by_one(capsys):
     backend.calls.clear()
     assert [r["text"] for r in run(jobs[:2], backend, progress=False)] == ["PA", "PB"]
     assert backend.calls == [["a"], ["b"]]  # batch_size 1: one job per call
+
+
+def test_a_bundle_whose_files_disagree_is_refused_before_paddlex_loads_it(base15, receipt, tmp_path, capsys):
+    """A 1.5 bundle that names the v1 model (what export wrote before it knew releases): refused with
+    what each file says; --release cannot make PaddleX load it under another name than inference.yml's."""
+    import shutil
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(base15, bundle)
+    (bundle / "inference.yml").write_text("Global:\n  model_name: PaddleOCR-VL-0.9B\n")
+    argv = ["predict", str(receipt), "--model", str(bundle), "--device", "cpu", "--no-progress"]
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert f"error: {bundle}: its files name no single PaddleOCR-VL release" in err
+    assert "'\\nAssistant:\\n'" in err and "model_name PaddleOCR-VL-0.9B" in err and "Traceback" not in err
+    assert cli.main([*argv, "--release", "v1.5"]) == 1
+    err = capsys.readouterr().err
+    assert "model_name PaddleOCR-VL-0.9B, not PaddleOCR-VL-1.5-0.9B (--release v1.5)" in err
+    assert "export RUN_DIR --base BASE --release v1.5" in err
+    assert cli.main([*argv, "--release", "v1.5", "--model-name", "PaddleOCR-VL-0.9B"]) == 2
+    assert "give one" in capsys.readouterr().err
+    assert cli.main([*argv, "--release", "v1.5", "--backend", "transformers"]) == 2
+    assert "--backend transformers has none" in capsys.readouterr().err
 
 
 def test_unexported_dir_is_explained(tmp_path, capsys):

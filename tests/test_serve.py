@@ -436,3 +436,39 @@ def test_serve_cli_refuses_a_missing_model(capsys):
 
     assert cli.main(["serve", "--backend", "transformers"]) == 2
     assert "--backend transformers needs --model DIR" in capsys.readouterr().err
+
+
+# --- releases: a paddle bundle is served under its release's name ---------------------------------------
+
+
+@pytest.mark.slow
+def test_serve_cli_names_a_1_5_bundle_after_its_release(tmp_path):
+    bundle = build_tiny_model(tmp_path / "b15", release="v1.5")
+    cmd = [sys.executable, "-m", "paddle_ocrvl_sft", "serve", "--model", str(bundle), "--device", "cpu", "--port", "0",
+           "--max-new-tokens", "4"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        port, lines = None, []
+        deadline = time.monotonic() + 180
+        while port is None and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            lines.append(line)
+            if m := re.search(r"Uvicorn running on http://127\.0\.0\.1:(\d+)", line):
+                port = int(m.group(1))
+        assert port, "".join(lines)
+        assert any("serving PaddleOCR-VL-1.5-0.9B (release v1.5, paddle backend)" in line for line in lines)
+        status, models = call(f"http://127.0.0.1:{port}", "/v1/models")
+        assert status == 200 and [m["id"] for m in models["data"]] == ["PaddleOCR-VL-1.5-0.9B"]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(60) == 0
+
+
+def test_serve_cli_refuses_a_bundle_whose_files_disagree(tmp_path, capsys):
+    from paddle_ocrvl_sft import cli
+
+    bundle = build_tiny_model(tmp_path / "b15", release="v1.5")
+    (bundle / "inference.yml").write_text("Global:\n  model_name: PaddleOCR-VL-0.9B\n")
+    assert cli.main(["serve", "--model", str(bundle), "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert f"error: {bundle}: its files name no single PaddleOCR-VL release" in err and "Traceback" not in err

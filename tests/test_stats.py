@@ -42,3 +42,21 @@ def test_cli_json_and_png(tmp_path, capsys, monkeypatch):
     assert doc["plot"] == "d.stats.png" and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main(["data", "stats", str(data), "--no-plot"]) == 0
     assert "recommended: max_seq_len" in capsys.readouterr().out
+
+
+def test_stats_count_with_the_release_pixel_bounds_and_say_which(tmp_path, capsys):
+    """A 2000x1500 scan: 2808 image tokens under v1's bounds, 1280 at most under 1.5's."""
+    from paddle_ocrvl_sft.tokens import PixelBounds, image_tokens
+
+    write_image(tmp_path / "scan.png", (2000, 1500))
+    data = write_jsonl(tmp_path / "d.jsonl", [sample("scan.png")])
+    longest = {}
+    for release in ("v1", "v1.5"):
+        assert main(["data", "stats", str(data), "--no-plot", "--json", "--release", release]) == 0
+        doc = json.loads(capsys.readouterr().out)
+        assert doc["release"] == release
+        longest[release] = doc["percentiles"]["sample_tokens"]["p100"]
+    v1, v15 = PixelBounds(147384, 2822400), PixelBounds(112896, 1003520)
+    assert longest["v1"] - longest["v1.5"] == image_tokens(1500, 2000, v1) - image_tokens(1500, 2000, v15) > 1500
+    assert main(["data", "stats", str(data), "--no-plot"]) == 0
+    assert "release: not given (--release or --model): counted with v1's template marker" in capsys.readouterr().out

@@ -33,14 +33,14 @@ def test_an_option_added_to_the_command_shows_up_without_a_ui_change(monkeypatch
 
     def register(subparsers):
         original(subparsers)
-        subparsers.choices["plan"].add_argument("--release", choices=("v1", "v1.5"), help="the model's release")
+        subparsers.choices["plan"].add_argument("--shiny-new", choices=("v1", "v1.5"), help="an option added later")
 
     monkeypatch.setattr(plan_command, "register", register)
     parser = forms.command_parser("plan")
-    field = next(f for f in forms.fields(parser) if f["dest"] == "release")
-    assert field == {**field, "flag": "--release", "kind": "choice", "choices": ["v1", "v1.5"], "help": "the model's release"}
-    argv = forms.to_argv(parser, {"data": ["a.jsonl"], "model": "M", "epochs": "1", "out": "p", "release": "v1.5"})
-    assert forms.parse(parser, argv).release == "v1.5"
+    field = next(f for f in forms.fields(parser) if f["dest"] == "shiny_new")
+    assert field == {**field, "flag": "--shiny-new", "kind": "choice", "choices": ["v1", "v1.5"], "help": "an option added later"}
+    argv = forms.to_argv(parser, {"data": ["a.jsonl"], "model": "M", "epochs": "1", "out": "p", "shiny_new": "v1.5"})
+    assert forms.parse(parser, argv).shiny_new == "v1.5"
 
 
 def test_values_become_the_command_line_and_its_parser_judges_them():

@@ -553,3 +553,95 @@ def test_warnings_are_summarised_per_rule_and_ignore_silences_them(dataset_dir, 
     doc = json.loads(capsys.readouterr().out)
     assert [p["rule"] for p in doc["problems"]] == ["image-on-answer"]  # the ignored ones are not listed ...
     assert doc["summary"]["by_rule"]["remote-image"] == 5  # ... but still counted
+
+
+# --- releases: the 1.5 tasks, and a release that was never trained on them ----------------------------
+
+
+def test_untrained_task_is_a_warning_only_for_a_release_that_never_learnt_it(dataset_dir):
+    from paddle_ocrvl_sft import releases
+
+    rows = [sample(prompt="Spotting:"), sample(prompt="Seal Recognition:"), sample(prompt='OCR:{"TOTAL": ""}'),
+            sample(prompt="Table Recognition:")]
+    path = write_jsonl(dataset_dir / "d.jsonl", rows)
+    v1 = validate_paths([path], ValidateOptions(release=releases.get("v1")))
+    assert v1.ok and v1.valid == 4  # accepted: a warning, not an error
+    assert [(p.line, p.rule) for p in v1.problems] == [(1, "untrained-task"), (2, "untrained-task")]
+    assert v1.problems[0].message == ("prompt 'Spotting:': PaddleOCR-VL (0.9B, first release) was not trained on this "
+                                      "task (known to v1.5, v1.6); fine-tuning teaches it from your data alone")
+    for name in ("v1.5", "v1.6"):
+        assert validate_paths([path], ValidateOptions(release=releases.get(name))).problems == []
+    assert validate_paths([path], ValidateOptions()).problems == []  # no release given: nothing to compare with
+
+
+def test_token_counts_use_the_release_marker(tmp_path):
+    """The marker is counted with the tokenizer: "\\nAssistant: " (v1) and "\\nAssistant:\\n" (1.5)."""
+    from paddle_ocrvl_sft import releases
+    from paddle_ocrvl_sft.testing import build_tiny_model
+    from paddle_ocrvl_sft.tokens import TextTokenCounter
+
+    model = build_tiny_model(tmp_path / "m", release="v1.5")
+    write_image(tmp_path / "img.png")
+    path = write_jsonl(tmp_path / "d.jsonl", [sample(answer="TOTAL 12.50")])
+    lengths = {}
+    for name in ("v1", "v1.5"):
+        options = ValidateOptions(tokenizer_dir=model, release=releases.get(name))
+        lengths[name] = validate_paths([path], options).max_tokens
+    counter = TextTokenCounter(model)
+    assert lengths["v1.5"] - lengths["v1"] == counter("\nAssistant:\n") - counter("\nAssistant: ")
+
+
+def test_cli_release_from_the_model_or_the_flag(tmp_path, capsys):
+    from paddle_ocrvl_sft.testing import build_tiny_model
+
+    write_image(tmp_path / "img.png", (600, 400))
+    data = write_jsonl(tmp_path / "d.jsonl", [sample(prompt="Spotting:")])
+    assert main(["data", "validate", str(data), "--release", "v1"]) == 0  # warnings do not fail
+    out = capsys.readouterr().out
+    assert "[untrained-task]" in out and "release v1 (PaddleOCR-VL (0.9B, first release)): --release" in out
+    model = build_tiny_model(tmp_path / "m15", release="v1.5")
+    assert main(["data", "validate", str(data), "--model", str(model), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["problems"] == [] and doc["summary"]["release"] == "v1.5"
+    # a trainer output of 1.5/1.6 does not say which: refused with what it saw, --release settles it
+    run = build_tiny_model(tmp_path / "run", "erniekit_output", release="v1.6", checkpoints=())
+    assert main(["data", "validate", str(data), "--model", str(run)]) == 1
+    assert "could be any of v1.5, v1.6" in capsys.readouterr().err
+    assert main(["data", "validate", str(data), "--model", str(run), "--release", "v1.6"]) == 0
+    assert "release v1.6 (PaddleOCR-VL-1.6): --release (the files: " in capsys.readouterr().out
+    assert main(["data", "validate", str(data), "--release", "v2"]) == 1
+    assert "--release v2: unknown release; choose from v1, v1.5, v1.6" in capsys.readouterr().err
+
+
+def test_json_report_of_a_clean_dataset_is_valid_json(dataset_dir, capsys):
+    """No problem streamed: the report used to print '{"problems": [, "summary": ...' (invalid JSON)."""
+    data = write_jsonl(dataset_dir / "d.jsonl", [sample()])
+    assert main(["data", "validate", str(data), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["problems"] == [] and doc["summary"]["valid"] == 1 and doc["summary"]["release"] is None
+
+
+def test_1_5_task_prompts_from_convert_and_kie_through_validate(tmp_path):
+    """convert writes the 1.5 task prompts (a CSV's `spotting`/`seal` kind) and validate accepts them;
+    only a v1 release warns. data kie writes OCR:{...} prompts, which every release knows."""
+    from paddle_ocrvl_sft import releases
+    from paddle_ocrvl_sft.data.convert import convert_file
+    from paddle_ocrvl_sft.data.kie import build_kie_dataset
+
+    write_image(tmp_path / "img.png", (300, 200))
+    csv = tmp_path / "in.csv"
+    csv.write_text("image,prompt,answer\nimg.png,spotting,<|LOC_1|>TOTAL\nimg.png,Seal,公司印章\nimg.png,ocr,TOTAL\n",
+                   encoding="utf-8")
+    out = tmp_path / "converted.jsonl"
+    convert_file("csv", csv, out)
+    prompts = [json.loads(line)["text_info"][0]["text"] for line in out.read_text(encoding="utf-8").splitlines()]
+    assert prompts == ["Spotting:", "Seal Recognition:", "OCR:"]
+    v1 = validate_paths([out], ValidateOptions(release=releases.get("v1")))
+    assert v1.ok and v1.by_rule == {"untrained-task": 2}
+    assert validate_paths([out], ValidateOptions(release=releases.get("v1.5"))).by_rule == {}
+
+    annotations = write_jsonl(tmp_path / "ann.jsonl", [{"image": "img.png", "data": {"TOTAL": "1", "DATE": "2"}}])
+    kie = tmp_path / "kie.jsonl"
+    build_kie_dataset(annotations, kie, per_image=3)
+    report = validate_paths([kie], ValidateOptions(release=releases.get("v1")))
+    assert report.ok and report.valid == 4 and "untrained-task" not in report.by_rule

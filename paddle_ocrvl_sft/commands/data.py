@@ -64,18 +64,38 @@ def _add_measure_args(p: argparse.ArgumentParser, *, default_max_seq_len: int | 
     p.add_argument("--max-seq-len", type=positive_int, default=default_max_seq_len,
                    help=f"ERNIEKit max_seq_len to check against (default {default_max_seq_len})")
     p.add_argument("--tokenizer", metavar="MODEL_DIR", help="count text tokens exactly with MODEL_DIR/tokenizer.model")
-    p.add_argument("--model", metavar="MODEL_DIR", help="take min/max pixels from MODEL_DIR/preprocessor_config.json")
+    p.add_argument("--model", metavar="MODEL_DIR",
+                   help="take min/max pixels from MODEL_DIR/preprocessor_config.json and the release from its files")
+    p.add_argument("--release", metavar="v1|v1.5|v1.6",
+                   help="count with this release's template marker (and, without --model, its pixel bounds); warn on "
+                        "task prompts it was never trained on (default: MODEL_DIR's release, else v1's markers, no warning)")
     p.add_argument("--min-pixels", type=positive_int, help="override min_pixels")
     p.add_argument("--max-pixels", type=positive_int, help="override max_pixels")
 
 
-def _options(args, **extra):
+def _release(args):
+    """The release the counts are for, and where that came from (one line for the output)."""
+    from paddle_ocrvl_sft import releases
+
+    if args.model:
+        detection = releases.detect(args.model, args.release)
+        return detection.release, f"release {detection.describe()}" + "".join(f"; note: {n}" for n in detection.notes)
+    if args.release:
+        release = releases.get(args.release)
+        return release, f"release {release.name} ({release.title}): --release"
+    return None, "release: not given (--release or --model): counted with v1's template marker and pixel bounds"
+
+
+def _options(args, release, **extra):
     from paddle_ocrvl_sft.data.validate import ValidateOptions
     from paddle_ocrvl_sft.tokens import PixelBounds
 
-    bounds = PixelBounds.from_model_dir(args.model) if args.model else PixelBounds()
+    if args.model:
+        bounds = PixelBounds.from_model_dir(args.model)
+    else:
+        bounds = PixelBounds(*release.pixel_bounds) if release else PixelBounds()
     bounds = bounds.with_overrides(args.min_pixels, args.max_pixels)
-    return ValidateOptions(max_seq_len=args.max_seq_len, bounds=bounds, tokenizer_dir=args.tokenizer, **extra)
+    return ValidateOptions(max_seq_len=args.max_seq_len, bounds=bounds, tokenizer_dir=args.tokenizer, release=release, **extra)
 
 
 def run_validate(args) -> int:
@@ -89,7 +109,8 @@ def run_validate(args) -> int:
         if rule not in WARNING_RULES:
             raise UsageError(f"--ignore {rule}: not a warning rule (errors cannot be ignored; the warnings are "
                              f"{', '.join(WARNING_RULES)})")
-    options = _options(args, decode=args.decode)
+    release, release_line = _release(args)
+    options = _options(args, release, decode=args.decode)
     warnings = WarningSummary(hints=WARNING_RULES, ignore=args.ignore)
     if args.json:
         # the problem list is streamed (flat memory on huge datasets); the opening is written with
@@ -113,11 +134,14 @@ def run_validate(args) -> int:
     else:
         report = validate_paths(args.files, options, on_problem=on_problem)
     if args.json:
-        print(("\n]" if opened else '{"problems": [') + ', "summary": ' + json.dumps(report.to_dict(), ensure_ascii=False) + "}")
+        summary = {**report.to_dict(), "release": release.name if release else None}
+        # no problem streamed: the list opens and closes here (it used to stay open: invalid JSON)
+        print(("\n]" if opened else '{"problems": []') + ', "summary": ' + json.dumps(summary, ensure_ascii=False) + "}")
     else:
         for line in warnings.lines():
             print(line)
         print(report.summary())
+        print(release_line)
         if args.write_clean:
             dropped = dropped_on_write(report)
             print(f"wrote {report.valid} good rows to {args.write_clean}, {report.rejected} rejects to "
@@ -133,7 +157,8 @@ def run_stats(args) -> int:
     plot = None if args.no_plot else Path(args.plot or f"{Path(args.files[0]).stem}.stats.png")
     if plot:
         refuse_existing(plot, force=args.force)  # before the pass over the data, not after
-    stats = dataset_stats(args.files, _options(args), top=args.top)
+    release, release_line = _release(args)
+    stats = dataset_stats(args.files, _options(args, release), top=args.top)
     if plot and stats.samples:
         plot_histogram(stats, plot, max_seq_len=args.max_seq_len, force=True)
     elif plot:
@@ -141,9 +166,11 @@ def run_stats(args) -> int:
     if args.json:
         result = stats.to_dict()
         result["plot"] = str(plot) if plot else None
+        result["release"] = release.name if release else None
         print(json.dumps(result, ensure_ascii=False, indent=2))
     else:
         print(format_stats(stats))
+        print(release_line)
         if stats.report.rejected:
             print(f"{stats.report.rejected} sample(s) rejected ({stats.report.errors} errors): run `data validate` for the list")
         if plot:

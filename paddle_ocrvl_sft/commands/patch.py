@@ -27,5 +27,7 @@ def run(args) -> int:
     target = patch.find_target(args.paddlex_path)
     result = getattr(patch, args.action)(target)
     print(result.line())
+    if args.action == "status" and (line := patch.releases_line(target)):
+        print(line)
     # status exits 0 for the states a user acts on (unpatched/patched), 1 when they need a look
     return 0 if result.state in (patch.UNPATCHED, patch.PATCHED) else 1

@@ -45,6 +45,9 @@ def register(subparsers) -> None:
                    help="weight of each --data file, in order (ERNIEKit's train_dataset_prob; default equal)")
     p.add_argument("--eval", action="append", default=[], metavar="VAL.jsonl", help="validation file (recorded; the stage does not evaluate)")
     p.add_argument("--model", required=True, metavar="BASE_DIR", help="local base model dir with preprocessor_config.json")
+    p.add_argument("--release", metavar="v1|v1.5|v1.6",
+                   help="the base model's PaddleOCR-VL release (default: detected from BASE_DIR's chat template, "
+                        "preprocessor_config.json and inference.yml; a dir that does not say is refused)")
     p.add_argument("--epochs", required=True, type=float, metavar="E", help="epochs over D (> 0; may be fractional)")
     p.add_argument("--gpus", type=int, default=1, metavar="G", help="GPUs per node (default 1)")
     p.add_argument("--nodes", type=int, default=1, metavar="N", help="nodes (default 1); G = gpus x nodes")
@@ -75,6 +78,9 @@ def run_plan(args) -> int:
     from paddle_ocrvl_sft import plan
 
     result = compute(args)
+    from paddle_ocrvl_sft.releases import Detection
+
+    print(f"release {Detection.from_record(result.record['release']).describe()}")
     out = plan.write_plan(result, args.out, force=args.force, report=lambda line: print(f"prepared {line}"))
     print(summary(result.record, out))
     return 0
@@ -84,15 +90,16 @@ def compute(args):
     """Every check and number of `plan` from its parsed arguments, nothing written (the ui's live form uses it)."""
     from pathlib import Path
 
-    from paddle_ocrvl_sft import backends, plan
+    from paddle_ocrvl_sft import backends, plan, releases
     from paddle_ocrvl_sft.io import refuse_existing
 
     overrides = backends.get(args.backend).schema.parse_overrides(args.overrides)  # fail fast, before reading data
     refuse_existing(args.out, force=args.force)
     bounds = plan.model_bounds(args.model, args.min_pixels, args.max_pixels)
+    detection = releases.detect(args.model, args.release)
     tokenizer_dir = args.model if (Path(args.model) / "tokenizer.model").is_file() else None
-    train = plan.summarize_files(args.data, bounds, tokenizer_dir)
-    eval_sets = plan.summarize_files(args.eval, bounds, tokenizer_dir) if args.eval else []
+    train = plan.summarize_files(args.data, bounds, tokenizer_dir, detection.release)
+    eval_sets = plan.summarize_files(args.eval, bounds, tokenizer_dir, detection.release) if args.eval else []
     result = plan.make_plan(
         train=train, eval_sets=eval_sets, model_dir=args.model, epochs=args.epochs, gpus=args.gpus, nodes=args.nodes,
         backend=args.backend, device=args.device, lora=args.lora, lora_rank=args.lora_rank,
@@ -100,7 +107,7 @@ def compute(args):
         batch=args.batch, grad_accum=args.grad_accum, learning_rate=args.lr,
         max_seq_len=args.max_seq_len, allow_drop=args.allow_drop, min_pixels=args.min_pixels, max_pixels=args.max_pixels,
         output_dir=args.output_dir, plan_dir=args.out, master_addr=args.master_addr, master_port=args.master_port,
-        cuda_visible_devices=args.cuda_visible_devices, overrides=overrides,
+        cuda_visible_devices=args.cuda_visible_devices, overrides=overrides, release=detection,
     )
     return result
 
@@ -118,7 +125,15 @@ def summary(record: dict, out) -> str:
         ]
     w1 = max(len(r[0]) for r in rows)
     w2 = max(len(r[1]) for r in rows)
-    lines = [f"plan written to {out}/ (config.yaml, plan.json): {record['backend']} on {record['device']}", ""]
+    lines = [f"plan written to {out}/ (config.yaml, plan.json): {record['backend']} on {record['device']}"]
+    release = record.get("release")
+    if release:
+        from paddle_ocrvl_sft import releases
+
+        r = releases.get(release["name"])
+        lines.append(f"  release {r.name} ({r.title}): template marker {r.assistant_marker!r}, "
+                     f"PaddleX model {r.paddlex_model_name}, doc_parser --pipeline_version {r.pipeline_version}")
+    lines.append("")
     lines += [f"  {a:<{w1}}  {b:>{w2}}  {c}" for a, b, c in rows]
     datasets = record["datasets"]["train"]
     lines += ["", "  train data: " + "; ".join(f"{d['path']}: {d['kept']} kept of {d['samples']} (p={d['prob']:g})" for d in datasets)]

@@ -29,6 +29,9 @@ def register(subparsers) -> None:
     p.add_argument("--server-model", metavar="NAME", help="genai-server: model name (default: first of GET /models)")
     p.add_argument("--timeout", type=positive_seconds, default=600.0, help="genai-server: seconds per request (default 600)")
     p.add_argument("--model-name", help="PaddleX model name (default: from DIR/inference.yml)")
+    p.add_argument("--release", metavar="v1|v1.5|v1.6",
+                   help="paddle: the bundle's release (default: detected from its files; a bundle whose files "
+                        "disagree is refused); its PaddleX name must be the one DIR/inference.yml gives")
     p.add_argument("--device", help="e.g. cpu, gpu:0 (transformers also cuda:0; default: the GPU if there is one)")
     p.add_argument("--dtype", choices=("bfloat16", "float16", "float32"),
                    help="transformers: weights and activations (default: bfloat16 on GPU, float32 on CPU)")
@@ -55,7 +58,7 @@ def run(args) -> int:
     backend = P.make_backend(args.backend, model_dir=args.model, server_url=args.server_url,
                              server_model=args.server_model, model_name=args.model_name, device=args.device,
                              max_new_tokens=args.max_new_tokens, timeout=args.timeout, batch_size=batch_size,
-                             dtype=args.dtype, kv_cache=args.kv_cache)
+                             dtype=args.dtype, kv_cache=args.kv_cache, release=args.release)
     # The transformers backend gets several batches per call so that it can sort them by length.
     per_call = batch_size * P.SORT_WINDOW_BATCHES if args.backend == "transformers" else batch_size
     records = P.run(jobs, backend, progress=not args.no_progress, batch_size=per_call)

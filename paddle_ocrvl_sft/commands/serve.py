@@ -32,6 +32,9 @@ def register(subparsers) -> None:
     p.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), help="transformers (default: bfloat16 on GPU)")
     p.add_argument("--kv-cache", choices=("dynamic", "static"), default="dynamic", help="transformers KV cache")
     p.add_argument("--model-name", help="PaddleX model name (default: from DIR/inference.yml)")
+    p.add_argument("--release", metavar="v1|v1.5|v1.6",
+                   help="paddle: the bundle's release (default: detected from its files; a bundle whose files "
+                        "disagree is refused)")
     limits = p.add_argument_group("limits")
     limits.add_argument("--max-batch", type=positive_int, default=16, metavar="N", help="requests per model call (default 16)")
     limits.add_argument("--batch-wait-ms", type=float, default=5.0, metavar="MS",
@@ -66,11 +69,13 @@ def run(args) -> int:
     backend = make_backend(args.backend, model_dir=args.model, server_url=args.server_url,
                            server_model=args.server_model, model_name=args.model_name, device=args.device,
                            max_new_tokens=args.max_new_tokens, batch_size=args.max_batch, dtype=args.dtype,
-                           kv_cache=args.kv_cache)
+                           kv_cache=args.kv_cache, release=args.release)
     if args.served_model_name:
         name = args.served_model_name
     elif args.backend == "genai-server":
         name = backend.model
+    elif args.backend == "paddle":
+        name = backend.model_name  # what PaddleX loaded it as: the release's name
     else:
         from pathlib import Path
 
@@ -85,7 +90,8 @@ def run(args) -> int:
         print(f"warning: --host {args.host} accepts requests from other machines and no --api-key is set",
               file=sys.stderr)
     host = f"[{args.host}]" if ":" in args.host else args.host
-    print(f"serving {name} ({args.backend} backend) on http://{host}:{args.port}  playground: /  docs: /docs",
+    release = f"release {backend.release}, " if getattr(backend, "release", None) else ""
+    print(f"serving {name} ({release}{args.backend} backend) on http://{host}:{args.port}  playground: /  docs: /docs",
           file=sys.stderr)
     import uvicorn
 

@@ -49,6 +49,7 @@ corrupt-image       error     ``--decode``: the full decode fails
 aspect-ratio        error     longer side > 200 × shorter side
 too-long            error     sample tokens > ``max_seq_len``: ERNIEKit drops it (or cuts turns)
 duplicate           warning   same images and same prompt as an earlier sample
+untrained-task      warning   with a release: a built-in task prompt that release was never trained on
 ==================  ========  =============================================================
 
 Warnings are printed summarised per rule (:mod:`paddle_ocrvl_sft.data.warning_summary`): a rule
@@ -80,7 +81,10 @@ from paddle_ocrvl_sft.io import (
     write_json_line,
 )
 from paddle_ocrvl_sft.prompts import prompt_kind
-from paddle_ocrvl_sft.tokens import FACTOR, AspectRatioError, PixelBounds, TextTokenCounter, image_tokens, sample_tokens
+from paddle_ocrvl_sft.releases import Release, task_prompt_release_note
+from paddle_ocrvl_sft.tokens import (
+    FACTOR, V1_ASSISTANT_MARKER, AspectRatioError, PixelBounds, TextTokenCounter, image_tokens, sample_tokens,
+)
 
 ERROR, WARNING = "error", "warning"
 DATASET_SUFFIXES = (".jsonl", ".json")
@@ -96,6 +100,7 @@ WARNING_RULES = {
     "absolute-path": "name the images relative to the dataset's directory",
     "path-escapes": "keep the dataset file in a directory above its images if it is to be moved with them",
     "duplicate": "drop the repeated samples or give each its own prompt",
+    "untrained-task": "keep the task (fine-tuning teaches it) or use a release trained on it (v1.5, v1.6)",
 }
 
 # What iter_records reads leniently and ERNIEKit's reader stops on: (rule, message) by what it says.
@@ -145,6 +150,9 @@ class ValidateOptions:
     tokenizer_dir: str | os.PathLike | None = None
     decode: bool = False
     problems_kept: int = 1000  # the report keeps the first N; callbacks see all
+    # the model's release: its template's assistant marker in the token counts, and the
+    # untrained-task rule; None counts with v1's marker and checks no task
+    release: Release | None = None
 
 
 @dataclass(frozen=True)
@@ -218,7 +226,8 @@ class _Checker:
 
     def __init__(self, options: ValidateOptions):
         self.options = options
-        self.count_text = TextTokenCounter(options.tokenizer_dir)
+        marker = options.release.assistant_marker if options.release else V1_ASSISTANT_MARKER
+        self.count_text = TextTokenCounter(options.tokenizer_dir, marker)
 
     def check(self, sample: Any, dataset: Path, line: int) -> tuple[list[tuple[str, str, str]], SampleInfo | None, tuple | None]:
         found: list[tuple[str, str, str]] = []
@@ -244,6 +253,10 @@ class _Checker:
             return found, None, None
 
         turns = sample_turns(sample)
+        if self.options.release is not None:
+            for prompt in dict.fromkeys(prompt for prompt, _ in turns):
+                if note := task_prompt_release_note(prompt, self.options.release):
+                    add(WARNING, "untrained-task", note)
         try:
             counts = [image_tokens(h, w, self.options.bounds) for w, h in sizes]
         except AspectRatioError:  # already reported per image
