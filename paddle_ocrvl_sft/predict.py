@@ -310,30 +310,86 @@ def _png_bytes(image) -> bytes:
 
 
 class TransformersBackend:
-    """transformers (PyTorch) on an ``hf`` export: ``batch_size`` images per ``generate`` call.
+    """transformers (PyTorch) on an ``hf`` export: ``batch_size`` images per model call.
 
     ``batch(jobs)`` takes any number of jobs: it sorts them by prompt length (image tokens + text
-    tokens) so that a batch pads little, generates ``batch_size`` at a time with greedy decoding and
-    left padding, prepares the next batch's images on CPU threads while the current one generates,
-    and returns the texts in the jobs' order. ``kv_cache="static"`` preallocates the KV cache
-    (transformers then compiles the decoding step on GPU).
+    tokens) so that a batch pads little, runs ``batch_size`` at a time with greedy decoding and
+    left padding, prepares the next batch's images on CPU threads while the current one decodes,
+    and returns the texts in the jobs' order.
+
+    ``kv_cache="static"`` (the default) decodes with :class:`paddle_ocrvl_sft.decoding.StaticDecoder`:
+    a static KV cache in bucketed shapes, one CUDA graph per decoding step on GPU, rows that end on
+    their own. ``kv_cache="dynamic"`` calls transformers' ``generate`` with its dynamic cache
+    (``generate_kwargs`` go to it). ``serve`` uses :meth:`prepare` (one job, on a request's thread)
+    and :meth:`run_prepared` (a batch, answers as rows end).
     """
 
     def __init__(self, model_dir, *, device=None, dtype=None, batch_size: int = 16,
-                 max_new_tokens: int | None = None, kv_cache: str = "dynamic", generate_kwargs: dict | None = None):
+                 max_new_tokens: int | None = None, kv_cache: str = "static", generate_kwargs: dict | None = None,
+                 batch_buckets=None):
         if kv_cache not in KV_CACHES:
             raise UsageError(f"--kv-cache {kv_cache}: must be one of {', '.join(KV_CACHES)}")
         self.model, self.processor = load_hf(model_dir, device=device or default_torch_device(), dtype=dtype)
         self.bounds = PixelBounds.from_model_dir(model_dir)
         self.batch_size = batch_size
         self.max_new_tokens = max_new_tokens or DEFAULT_MAX_NEW_TOKENS
-        self.generate_kwargs = {"cache_implementation": "static"} if kv_cache == "static" else {}
-        self.generate_kwargs.update(generate_kwargs or {})
+        self.kv_cache = kv_cache
+        options = dict(generate_kwargs or {})
+        self.min_new_tokens = int(options.get("min_new_tokens") or 0)
+        # A hook that may end a row early (called with the row's new token ids so far, at checks).
+        self.row_stop = None
+        self.decoder = None
+        if kv_cache == "static":
+            options.pop("min_new_tokens", None)
+            if options:
+                raise UsageError(f"--kv-cache static takes no generate options ({', '.join(sorted(options))}); "
+                                 "use --kv-cache dynamic for those")
+            self.decoder = static_decoder(self.model, self.processor, batch_size if batch_buckets is None else None,
+                                          batch_buckets)
+        self.generate_kwargs = options
         self.cpu_threads = min(8, os.cpu_count() or 1)
         self._cpu = ThreadPoolExecutor(max_workers=self.cpu_threads, thread_name_prefix="hf-inputs")
 
     def __call__(self, job: Job) -> str:
         return self.batch([job])[0]
+
+    # --- serve: one job prepared on its request's thread, then batches that answer as rows end ---------
+
+    def prepare(self, job: Job, image=None):
+        """A job's model inputs (CPU; thread-safe): a decoding row, or the job itself (dynamic cache)."""
+        if self.decoder is None:
+            return job
+        from paddle_ocrvl_sft.decoding import row_from_inputs
+
+        opened = open_image(job.image) if image is None else image
+        try:
+            inputs = hf_inputs(self.processor, [opened], [job.prompt], job.pixels)
+        finally:
+            if image is None and opened is not job.image:
+                opened.close()
+        return row_from_inputs(self.model, inputs, job.max_new_tokens or self.max_new_tokens)
+
+    def run_prepared(self, items: list, on_done) -> None:
+        """Decode prepared items together; ``on_done(i, text)`` as each one ends."""
+        if self.decoder is None:
+            for i, text in enumerate(self.batch(items)):
+                on_done(i, text)
+            return
+        decode = self.processor.decode
+        self.decoder.run(items, lambda i, ids: on_done(i, decode(ids, skip_special_tokens=True)),
+                         min_new_tokens=self.min_new_tokens, row_stop=self.row_stop)
+
+    def warmup(self) -> None:
+        """The first model call and the decoding graphs of every batch bucket, before any request."""
+        if self.decoder is None:
+            return
+        from PIL import Image
+
+        row = self.prepare(Job(Image.new("RGB", (448, 448), "white"), DEFAULT_PROMPT, max_new_tokens=2))
+        self.decoder.run([row], lambda i, ids: None)
+        self.decoder.warmup(row.length)
+
+    # --- predict/eval: many jobs -------------------------------------------------------------------------
 
     def batch(self, jobs: list[Job]) -> list[str]:
         images = [open_image(job.image) for job in jobs]
@@ -341,22 +397,30 @@ class TransformersBackend:
             batches = self._plan(jobs, images)
             texts: list[str] = [""] * len(jobs)
             with ThreadPoolExecutor(max_workers=1) as ahead:
-                prepare = lambda rows: ahead.submit(
-                    hf_inputs, self.processor, [images[i] for i in rows], [jobs[i].prompt for i in rows],
-                    jobs[rows[0]].pixels, pool=self._cpu, chunks=self.cpu_threads)
-                pending = prepare(batches[0])
+                pending = ahead.submit(self._inputs, jobs, images, batches[0])
                 for k, rows in enumerate(batches):
                     inputs = pending.result()
                     if k + 1 < len(batches):
-                        pending = prepare(batches[k + 1])
-                    caps = [jobs[i].max_new_tokens or self.max_new_tokens for i in rows]
-                    for i, text in zip(rows, hf_decode(self.model, self.processor, inputs, caps, **self.generate_kwargs)):
-                        texts[i] = text
+                        pending = ahead.submit(self._inputs, jobs, images, batches[k + 1])
+                    if self.decoder is None:
+                        caps = [jobs[i].max_new_tokens or self.max_new_tokens for i in rows]
+                        answers = hf_decode(self.model, self.processor, inputs, caps, **self.generate_kwargs)
+                        for i, text in zip(rows, answers):
+                            texts[i] = text
+                    else:
+                        self.run_prepared(inputs, lambda j, text, rows=rows: texts.__setitem__(rows[j], text))
             return texts
         finally:
             for job, image in zip(jobs, images):
                 if image is not job.image:
                     image.close()
+
+    def _inputs(self, jobs: list[Job], images: list, rows: list[int]):
+        """One batch's model inputs, made on the CPU threads: decoding rows, or one processor call."""
+        if self.decoder is not None:
+            return list(self._cpu.map(lambda i: self.prepare(jobs[i], images[i]), rows))
+        return hf_inputs(self.processor, [images[i] for i in rows], [jobs[i].prompt for i in rows],
+                         jobs[rows[0]].pixels, pool=self._cpu, chunks=self.cpu_threads)
 
     def _plan(self, jobs: list[Job], images: list) -> list[list[int]]:
         """Job indices in batches: same pixel bounds, at most ``batch_size``, shortest prompts first."""
@@ -380,6 +444,24 @@ class TransformersBackend:
         return batches
 
 
+def static_decoder(model, processor, batch_size: int | None = None, batch_buckets=None):
+    """A :class:`~paddle_ocrvl_sft.decoding.StaticDecoder` for this model: its end-of-sequence and
+    padding tokens (generation_config.json), its image normalization, and batch buckets up to
+    ``batch_size`` (powers of two below it, and ``batch_size`` itself) unless ``batch_buckets``."""
+    from paddle_ocrvl_sft.decoding import DEFAULT_BATCH_BUCKETS, StaticDecoder
+
+    config = model.generation_config
+    stops = config.eos_token_id if config.eos_token_id is not None else processor.tokenizer.eos_token_id
+    stops = list(stops) if isinstance(stops, (list, tuple)) else [stops]
+    pad = config.pad_token_id if config.pad_token_id is not None else processor.tokenizer.pad_token_id
+    if batch_buckets is None:
+        batch_buckets = sorted({b for b in DEFAULT_BATCH_BUCKETS if b < batch_size} | {batch_size})
+    image_processor = processor.image_processor
+    return StaticDecoder(model, pad_token_id=pad, stop_token_ids=stops, pixel_mean=image_processor.image_mean,
+                         pixel_std=image_processor.image_std, rescale=image_processor.rescale_factor,
+                         batch_buckets=batch_buckets)
+
+
 def open_image(image):
     """A PIL image for a job's image: files are opened lazily (header only until used)."""
     if not isinstance(image, str):
@@ -391,14 +473,14 @@ def open_image(image):
     return Image.open(image)
 
 
-KV_CACHES = ("dynamic", "static")
+KV_CACHES = ("static", "dynamic")
 # How many batches predict hands the transformers backend at once: enough for sorting by prompt
 # length to group similar images, few enough that results keep streaming out.
 SORT_WINDOW_BATCHES = 8
 
 
 def make_backend(backend: str, *, model_dir=None, server_url=None, server_model=None, model_name=None,
-                 device=None, max_new_tokens=None, timeout=600.0, batch_size=16, dtype=None, kv_cache="dynamic"):
+                 device=None, max_new_tokens=None, timeout=600.0, batch_size=16, dtype=None, kv_cache="static"):
     if backend in ("paddle", "transformers") and model_dir is None:
         raise UsageError(f"--backend {backend} needs --model DIR")
     if backend == "paddle":
