@@ -83,18 +83,6 @@ def row_from_inputs(model, inputs, cap: int) -> Row:
                positions=positions[:, 0], rope_delta=int(delta.reshape(-1)[0]), cap=int(cap))
 
 
-class _PrefillCache:
-    """The KV cache as the model sees it during prefill: rows [:B] of the store, positions [0, L)."""
-
-    def __init__(self, keys, values):
-        self.keys, self.values = keys, values
-
-    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
-        self.keys[layer_idx].copy_(key_states)
-        self.values[layer_idx].copy_(value_states)
-        return key_states, value_states
-
-
 class _StepCache:
     """The KV cache during one decoding step: writes at ``position``, attention reads [0, bucket)."""
 
@@ -172,7 +160,7 @@ class StaticDecoder:
         self._graphs: dict[tuple[int, int], Any] = {}
         self._pool = None
         self._warm = False
-        self.stats = {"graphs_captured": 0, "store_allocations": 0}
+        self.stats = {"graphs_captured": 0, "store_allocations": 0, "batches": 0, "new_tokens": 0}
 
     # --- public ------------------------------------------------------------------------------------
 
@@ -213,6 +201,7 @@ class StaticDecoder:
 
         count = len(rows)
         bucket = batch_bucket(count, self.batch_buckets)
+        self.stats["batches"] += 1
         longest = max(r.length for r in rows)
         caps = [max(1, r.cap) for r in rows]
         most = max(caps)
@@ -285,16 +274,14 @@ class StaticDecoder:
         ids, types, positions, pads, pixels, grid = map(move, (ids, types, positions, pads, pixels, grid))
         pixels = ((pixels.float() * self.rescale - self.mean) / self.std).to(self.dtype)
 
-        query = torch.arange(longest, device=self.device)
-        visible = (query[None, None, :] <= query[None, :, None]) & (query[None, None, :] >= pads[:, None, None])
-        visible |= torch.eye(longest, dtype=torch.bool, device=self.device)[None]  # padding rows see themselves
-        mask = torch.zeros(visible.shape, dtype=self.dtype, device=self.device).masked_fill_(~visible, self.min_value)
-
-        cache = _PrefillCache([k[:count, :, :longest] for k in self._keys],
-                              [v[:count, :, :longest] for v in self._values])
-        out = self.model(input_ids=ids, attention_mask=mask[:, None], position_ids=positions, past_key_values=cache,
-                         pixel_values=pixels, image_grid_thw=grid, mm_token_type_ids=types, use_cache=True,
-                         logits_to_keep=1)
+        # The model's own forward as generate's first step calls it (its own causal + padding mask,
+        # flash attention when no row is padded), into a DynamicCache copied to the store after.
+        mask = (torch.arange(longest, device=self.device)[None, :] >= pads[:, None]).long()
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, pixel_values=pixels,
+                         image_grid_thw=grid, mm_token_type_ids=types, use_cache=True, logits_to_keep=1)
+        for layer, keys, values in zip(out.past_key_values.layers, self._keys, self._values):
+            keys[:count, :, :longest].copy_(layer.keys)
+            values[:count, :, :longest].copy_(layer.values)
         return out.logits[:, -1, :]
 
     def _choose(self, logits, rows: int) -> None:
@@ -357,6 +344,7 @@ class StaticDecoder:
                     end = j + 1
                     break
             done[i] = True
+            self.stats["new_tokens"] += end
             on_done(i, row[:end])
 
     # --- memory and graphs ---------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import http.client
 import json
 import os
 import sys
@@ -223,30 +224,73 @@ def paddle_image(image):
     return np.asarray(image.convert("RGB"))[:, :, ::-1].copy()
 
 
+# Answers worth asking again: the server is busy or restarting (429, 502, 503, 504), or the
+# connection broke. Anything else (a 4xx for this request, a 500 from the model) is its answer.
+RETRY_STATUSES = (408, 429, 502, 503, 504)
+
+
 class GenAIServerBackend:
-    """OpenAI ``chat.completions`` over HTTP with the stdlib (timeout on every request)."""
+    """OpenAI ``chat.completions`` over HTTP with the stdlib (timeout on every request).
+
+    ``imap(jobs)`` keeps ``concurrency`` requests in flight (the server batches them: vLLM,
+    FastDeploy, SGLang, ``serve``) and yields each job's text or exception in the jobs' order.
+    A transient failure (a dropped connection, a timeout, HTTP 408/429/502/503/504) is asked again
+    up to ``retries`` times, after ``Retry-After`` when the server sends one, else after an
+    exponential back-off from ``backoff`` seconds (with jitter), at most ``max_backoff``.
+    """
 
     def __init__(self, server_url: str, *, model: str | None = None, max_new_tokens: int | None = None,
-                 timeout: float = 600.0):
+                 timeout: float = 600.0, concurrency: int = 16, retries: int = 5, backoff: float = 0.5,
+                 max_backoff: float = 30.0):
+        if concurrency < 1 or retries < 0:
+            raise UsageError(f"--concurrency {concurrency} / --retries {retries}: need >= 1 / >= 0")
         self.base = server_url.rstrip("/")
         self.timeout = timeout
         self.max_new_tokens = max_new_tokens
+        self.concurrency = concurrency
+        self.retries = retries
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self.retried = 0  # requests asked again (all jobs): what a run reports
         self.model = model or self._first_model()
 
     def _request(self, path: str, body: dict | None = None) -> dict:
         url = self.base + path
         data = None if body is None else json.dumps(body, ensure_ascii=False).encode("utf-8")
-        request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+        for attempt in range(self.retries + 1):
+            request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(request, timeout=self.timeout) as resp:
+                    raw = resp.read()
+                try:
+                    return json.loads(raw.decode("utf-8"))
+                except ValueError as exc:
+                    raise UserError(f"--server-url {url}: answer is not JSON ({exc})") from None
+            except urllib.error.HTTPError as exc:
+                detail = exc.read().decode("utf-8", "replace")[:500]
+                if exc.code not in RETRY_STATUSES or attempt == self.retries:
+                    raise UserError(f"--server-url {url}: HTTP {exc.code}: {detail}") from None
+                self._wait(attempt, exc.headers.get("Retry-After"))
+            except (urllib.error.URLError, TimeoutError, OSError, http.client.HTTPException) as exc:
+                if attempt == self.retries:
+                    tries = f" (after {attempt + 1} tries)" if attempt else ""
+                    raise UserError(f"--server-url {url}: {getattr(exc, 'reason', None) or exc}{tries}") from None
+                self._wait(attempt, None)
+        raise AssertionError("unreachable")
+
+    def _wait(self, attempt: int, retry_after: str | None) -> None:
+        """Sleep before asking again: the server's ``Retry-After`` (seconds), else exponential back-off."""
+        import random
+        import time
+
+        self.retried += 1
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as resp:
-                return json.loads(resp.read().decode("utf-8"))
-        except urllib.error.HTTPError as exc:
-            detail = exc.read().decode("utf-8", "replace")[:500]
-            raise UserError(f"--server-url {url}: HTTP {exc.code}: {detail}") from None
-        except (urllib.error.URLError, TimeoutError, OSError) as exc:
-            raise UserError(f"--server-url {url}: {getattr(exc, 'reason', exc)}") from None
-        except ValueError as exc:
-            raise UserError(f"--server-url {url}: answer is not JSON ({exc})") from None
+            delay = float(retry_after) if retry_after is not None else None
+        except ValueError:  # an HTTP date: not worth parsing, back off instead
+            delay = None
+        if delay is None:
+            delay = self.backoff * 2 ** attempt * random.uniform(0.5, 1.0)
+        time.sleep(max(0.0, min(delay, self.max_backoff)))
 
     def _first_model(self) -> str:
         """The served model's name, as PaddleX's client finds it (first id of ``GET /models``)."""
@@ -275,10 +319,34 @@ class GenAIServerBackend:
         except (KeyError, IndexError, TypeError):
             raise UserError(f"--server-url {self.base}/chat/completions: unexpected answer {str(answer)[:200]}") from None
 
+    def _outcome(self, job: Job):
+        try:
+            return self(job)
+        except Exception as exc:  # one failed request is that job's error line, not the run's end
+            return exc
+
+    def imap(self, jobs: Iterable[Job]) -> Iterator:
+        """Each job's text (or the exception it ended with), in order, ``concurrency`` in flight."""
+        from collections import deque
+
+        jobs = iter(jobs)
+        with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="genai") as pool:
+            window: deque = deque()
+            for job in jobs:
+                window.append(pool.submit(self._outcome, job))
+                if len(window) >= 2 * self.concurrency:  # bounded: results stream out in order
+                    yield window.popleft().result()
+            while window:
+                yield window.popleft().result()
+
     def batch(self, jobs: list[Job]) -> list[str]:
-        """All requests in flight at once: the server batches them (vLLM, FastDeploy, ``serve``)."""
-        with ThreadPoolExecutor(max_workers=min(len(jobs), 64)) as pool:
-            return list(pool.map(self, jobs))
+        """All requests in flight (up to ``concurrency``); the first failure is raised."""
+        texts = []
+        for outcome in self.imap(jobs):
+            if isinstance(outcome, Exception):
+                raise outcome
+            texts.append(outcome)
+        return texts
 
 
 def image_url(image) -> str:
@@ -480,7 +548,8 @@ SORT_WINDOW_BATCHES = 8
 
 
 def make_backend(backend: str, *, model_dir=None, server_url=None, server_model=None, model_name=None,
-                 device=None, max_new_tokens=None, timeout=600.0, batch_size=16, dtype=None, kv_cache="static"):
+                 device=None, max_new_tokens=None, timeout=600.0, batch_size=16, dtype=None, kv_cache="static",
+                 concurrency: int = 16, retries: int = 5):
     if backend in ("paddle", "transformers") and model_dir is None:
         raise UsageError(f"--backend {backend} needs --model DIR")
     if backend == "paddle":
@@ -491,7 +560,8 @@ def make_backend(backend: str, *, model_dir=None, server_url=None, server_model=
     if backend == "genai-server":
         if not server_url:
             raise UsageError("--backend genai-server needs --server-url http://HOST:PORT/v1")
-        return GenAIServerBackend(server_url, model=server_model, max_new_tokens=max_new_tokens, timeout=timeout)
+        return GenAIServerBackend(server_url, model=server_model, max_new_tokens=max_new_tokens, timeout=timeout,
+                                  concurrency=concurrency, retries=retries)
     raise UsageError(f"--backend {backend}: must be one of {', '.join(BACKENDS)}")
 
 
@@ -501,30 +571,109 @@ def make_backend(backend: str, *, model_dir=None, server_url=None, server_model=
 def run(jobs: list[Job], backend, *, progress: bool = True, batch_size: int = 1) -> Iterator[dict]:
     """Yield one output record per job, in order, with a progress bar on stderr.
 
-    A backend is called on one :class:`Job` and returns its text; one with a ``batch(jobs)`` method
-    gets ``batch_size`` jobs at a time. A job that fails (an unreadable image, a server error for
-    that request) does not stop the run: it yields an :func:`error_record` and prints one ``error:``
-    line on stderr. A batch that fails is split in halves and retried until the error lands on the
-    job that caused it (a lone job is called directly).
+    A backend is called on one :class:`Job` and returns its text; one with ``imap(jobs)`` (the
+    genai-server backend: its requests in flight) streams every job's outcome itself; one with a
+    ``batch(jobs)`` method gets ``batch_size`` jobs at a time. A job that fails (an unreadable
+    image, a server error for that request) does not stop the run: it yields an
+    :func:`error_record` and prints one ``error:`` line on stderr. A batch that fails is split in
+    halves and retried until the error lands on the job that caused it (a lone job is called directly).
     """
     from tqdm import tqdm
 
     if batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {batch_size}")
-    batched = batch_size > 1 and hasattr(backend, "batch")
-    step = batch_size if batched else 1
     with tqdm(total=len(jobs), desc="predict", unit="img", file=sys.stderr, disable=not progress) as bar:
+        if hasattr(backend, "imap"):
+            for job, outcome in zip(jobs, backend.imap(jobs)):
+                yield _record(job, outcome, tqdm)
+                bar.update(1)
+            return
+        batched = batch_size > 1 and hasattr(backend, "batch")
+        step = batch_size if batched else 1
         for start in range(0, len(jobs), step):
             chunk = jobs[start:start + step]
             for job, outcome in zip(chunk, _outcomes(chunk, backend)):
-                if isinstance(outcome, str):
-                    yield to_record(job, outcome)
-                    continue
-                record = error_record(job, outcome)
-                where = f"{job.where}: {job.image}" if job.where else job.image
-                tqdm.write(f"error: {where}: {record['error']}", file=sys.stderr)
-                yield record
+                yield _record(job, outcome, tqdm)
             bar.update(len(chunk))
+
+
+def _record(job: Job, outcome, tqdm) -> dict:
+    """The output record of a job's text, or its error record (and one ``error:`` line on stderr)."""
+    if isinstance(outcome, str):
+        return to_record(job, outcome)
+    record = error_record(job, outcome)
+    where = f"{job.where}: {job.image}" if job.where else job.image
+    tqdm.write(f"error: {where}: {record['error']}", file=sys.stderr)
+    return record
+
+
+def jobs_per_call(backend_name: str, batch_size: int) -> int:
+    """How many jobs :func:`run` hands a backend at once: the transformers backend gets several
+    batches per call, so that it sorts them by length and prepares the next batch while one decodes."""
+    return batch_size * SORT_WINDOW_BATCHES if backend_name == "transformers" else batch_size
+
+
+# --- resuming ----------------------------------------------------------------------------------------
+
+
+def job_key(job: Job) -> tuple:
+    """What identifies a job's record in an output file: its dataset line, image and prompt."""
+    return job.where, job.image, job.prompt
+
+
+def load_done(path: Path, wanted: set[tuple], *, other: str) -> dict[tuple, dict]:
+    """The finished records of an appended predictions file, by :func:`job_key`.
+
+    Complete lines are kept; a torn last line (an interrupted write) and ``error`` lines (to be
+    retried) are dropped and the file is rewritten without them. A line for a job not in
+    ``wanted`` means the file belongs to other inputs: a UserError that ends with ``other``.
+    """
+    if not path.exists():
+        return {}
+    raw = path.read_bytes()
+    complete = raw[: raw.rfind(b"\n") + 1]  # bytes after the last newline: a torn line, redone
+    done, kept = {}, []
+    for lineno, line in enumerate(complete.split(b"\n")[:-1], 1):
+        try:
+            record = json.loads(line)
+            key = (record.get("source"), record["image"], record["prompt"])
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise UserError(f"{path}:{lineno}: not a predict output line; delete it or rerun with --force") from None
+        if key not in wanted:
+            raise UserError(f"{path}:{lineno}: a prediction for {key[0] or key[1]} that the data does not have; {other}")
+        if "error" in record:
+            continue
+        done[key] = record
+        kept.append(line.decode("utf-8") + "\n")
+    if len(kept) != complete.count(b"\n") or len(complete) != len(raw):
+        from paddle_ocrvl_sft.io import atomic_write_text
+
+        atomic_write_text(path, "".join(kept))
+    return done
+
+
+def run_resumable(jobs: list[Job], path: Path, make_backend_fn, *, batch_size: int = 1, progress: bool = True,
+                  other: str = "use another output or --force") -> list[dict]:
+    """Each job's record, in job order: from ``path`` (an appended JSONL of earlier runs) or made now.
+
+    New records are appended to ``path`` and flushed one by one, so an interrupted run keeps what it
+    finished and the next run asks the model only for the rest (failed ones included). The backend
+    is made (the model loaded, the server asked) only when something is left to do.
+    """
+    done = load_done(path, {job_key(j) for j in jobs}, other=other)
+    todo = [j for j in jobs if job_key(j) not in done]
+    if todo:
+        if done:
+            print(f"resuming {path}: {len(jobs) - len(todo)} of {len(jobs)} predictions already made",
+                  file=sys.stderr)
+        backend = make_backend_fn()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8") as fh:
+            for job, record in zip(todo, run(todo, backend, progress=progress, batch_size=batch_size)):
+                fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+                fh.flush()
+                done[job_key(job)] = record
+    return [done[job_key(j)] for j in jobs]
 
 
 def _outcomes(jobs: list[Job], backend) -> list:
