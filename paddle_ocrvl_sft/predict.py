@@ -329,15 +329,18 @@ class GenAIServerBackend:
         """Each job's text (or the exception it ended with), in order, ``concurrency`` in flight."""
         from collections import deque
 
-        jobs = iter(jobs)
-        with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="genai") as pool:
-            window: deque = deque()
+        pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="genai")
+        window: deque = deque()
+        try:
             for job in jobs:
                 window.append(pool.submit(self._outcome, job))
                 if len(window) >= 2 * self.concurrency:  # bounded: results stream out in order
                     yield window.popleft().result()
             while window:
                 yield window.popleft().result()
+        finally:  # Ctrl-C or a consumer that stops: what has not started is not sent; the
+            # requests already out are waited for (the interpreter would wait for them at exit anyway)
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def batch(self, jobs: list[Job]) -> list[str]:
         """All requests in flight (up to ``concurrency``); the first failure is raised."""
