@@ -7,10 +7,13 @@ with :meth:`MicroBatcher.submit` and comes back as a :class:`concurrent.futures.
   image processor, tokenizer, rotary positions) gets each job prepared on a small thread pool as
   soon as it arrives, so a batch is ready to go when the model is free;
 * **gathered while requests are on their way**: the app counts requests whose bodies are still
-  being read, decoded or prepared (:meth:`arriving`). The worker takes the first ready job and keeps
-  gathering while any are on their way (a burst's bodies are read before its batch starts; at most
-  ``gather_limit`` seconds) or while the next one comes within ``max_wait``; it stops at
-  ``max_batch``. Requests that arrive while a batch decodes wait and form the next batch;
+  being read or decoded (:meth:`arriving`), and the batcher those being prepared. The worker takes
+  the first ready job and keeps gathering while requests that were already on their way when it
+  started are being prepared (CPU work that will end) or having their bodies read (at most
+  ``gather_limit`` seconds: a slow upload must not hold the batch), or while the next one comes
+  within ``max_wait``; it stops at ``max_batch``. So a burst becomes one batch once its bodies are
+  read, and a steady stream of later requests cannot hold a batch back. Requests that arrive while
+  a batch decodes wait and form the next batch;
 * **answered as rows end**: a backend with ``run_prepared(items, on_done)`` answers each job when
   its row ends (its own end of sequence or token cap), while the rest of the batch goes on, so a
   short request is not held back by a long one in the same batch. Other backends get
@@ -38,10 +41,11 @@ from paddle_ocrvl_sft.predict import Job
 log = logging.getLogger("paddle_ocrvl_sft.serve")
 
 
-@dataclass
+@dataclass(eq=False)
 class _Pending:
     job: Job
     item: Any = None  # what the backend runs: the prepared row, or the job itself
+    since: float = field(default_factory=time.monotonic)  # when its request began to arrive
     future: Future = field(default_factory=Future)
 
 
@@ -50,14 +54,11 @@ class Arrival:
 
     def __init__(self, batcher: "MicroBatcher"):
         self._batcher = batcher
-        self._open = True
+        self.since = time.monotonic()
 
     def done(self) -> None:
-        with self._batcher._lock:  # the event loop and a prepare thread may both call it
-            if not self._open:
-                return
-            self._open = False
-            self._batcher._arriving -= 1
+        with self._batcher._lock:
+            self._batcher._reading.discard(self)
 
 
 class MicroBatcher:
@@ -71,7 +72,8 @@ class MicroBatcher:
         self.rows = callable(getattr(backend, "prepare", None)) and callable(getattr(backend, "run_prepared", None))
         self.status = "warming"
         self.error: str | None = None
-        self._arriving = 0
+        self._reading: set[Arrival] = set()  # requests whose bodies are being read (the app's count)
+        self._preparing: set[_Pending] = set()  # jobs on the prepare threads
         self._lock = threading.Lock()
         self._queue: queue.Queue[_Pending | None] = queue.Queue()
         self._prepare = ThreadPoolExecutor(max_workers=prepare_threads or min(8, os.cpu_count() or 1),
@@ -87,14 +89,16 @@ class MicroBatcher:
 
     def arriving(self) -> Arrival:
         """Count a request on its way (its body being read); the worker waits for it when it gathers."""
+        arrival = Arrival(self)
         with self._lock:
-            self._arriving += 1
-        return Arrival(self)
+            self._reading.add(arrival)
+        return arrival
 
-    @property
-    def on_the_way(self) -> int:
+    def on_the_way(self, since: float) -> tuple[bool, bool]:
+        """(a request that began before ``since`` has its body read, one is being prepared)."""
         with self._lock:
-            return self._arriving
+            return (any(a.since <= since for a in self._reading),
+                    any(p.since <= since for p in self._preparing))
 
     def submit(self, job: Job, arrival: Arrival | None = None) -> Future:
         """Queue ``job`` (prepared on a CPU thread first where the backend prepares); its Future."""
@@ -102,17 +106,18 @@ class MicroBatcher:
             if arrival is not None:
                 arrival.done()
             raise RuntimeError(self.error or "the model worker has stopped")
-        pending = _Pending(job, job)
+        pending = _Pending(job, job) if arrival is None else _Pending(job, job, since=arrival.since)
         if self._prepare is None:
             self._queue.put(pending)
-            if arrival is not None:
-                arrival.done()
-            return pending.future
-        arrival = arrival or self.arriving()
-        self._prepare.submit(self._prepare_one, pending, arrival)
+        else:
+            with self._lock:  # counted before the arrival ends: the worker never sees a gap
+                self._preparing.add(pending)
+            self._prepare.submit(self._prepare_one, pending)
+        if arrival is not None:
+            arrival.done()
         return pending.future
 
-    def _prepare_one(self, pending: _Pending, arrival: Arrival) -> None:
+    def _prepare_one(self, pending: _Pending) -> None:
         try:
             if not pending.future.cancelled():
                 pending.item = self.backend.prepare(pending.job)
@@ -121,7 +126,8 @@ class MicroBatcher:
             if pending.future.set_running_or_notify_cancel():
                 pending.future.set_exception(exc)
         finally:
-            arrival.done()
+            with self._lock:
+                self._preparing.discard(pending)
 
     def close(self, timeout: float | None = None) -> None:
         """Finish the batch in progress, fail what still waits, stop the worker."""
@@ -170,17 +176,16 @@ class MicroBatcher:
 
     def _gather(self, first: _Pending) -> tuple[list[_Pending], bool]:
         batch = [first]
-        deadline = time.monotonic() + self.gather_limit
+        start = time.monotonic()
+        deadline = start + self.gather_limit
         while len(batch) < self.max_batch:
             try:
                 pending = self._queue.get_nowait()
             except queue.Empty:
-                waiting = self.on_the_way > 0
-                left = deadline - time.monotonic()
-                if waiting and left <= 0:
-                    break
+                reading, preparing = self.on_the_way(start)
+                waiting = preparing or (reading and time.monotonic() < deadline)
                 try:  # requests on their way: wait for them; none: a short wait for a straggler
-                    pending = self._queue.get(timeout=min(left, 0.05) if waiting else self.max_wait)
+                    pending = self._queue.get(timeout=0.05 if waiting else self.max_wait)
                 except queue.Empty:
                     if waiting:
                         continue
