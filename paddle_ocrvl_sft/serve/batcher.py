@@ -9,11 +9,12 @@ with :meth:`MicroBatcher.submit` and comes back as a :class:`concurrent.futures.
 * **gathered while requests are on their way**: the app counts requests whose bodies are still
   being read or decoded (:meth:`arriving`), and the batcher those being prepared. The worker takes
   the first ready job and keeps gathering while requests that were already on their way when it
-  started are being prepared (CPU work that will end) or having their bodies read (at most
-  ``gather_limit`` seconds: a slow upload must not hold the batch), or while the next one comes
-  within ``max_wait``; it stops at ``max_batch``. So a burst becomes one batch once its bodies are
-  read, and a steady stream of later requests cannot hold a batch back. Requests that arrive while
-  a batch decodes wait and form the next batch;
+  started are being prepared (CPU work that will end), while any others are on their way (bodies
+  being read, jobs being prepared: for at most ``gather_limit`` seconds, so neither a slow upload
+  nor a steady stream holds a batch back for long), or while the next one comes within
+  ``max_wait``; it stops at ``max_batch``. So a burst, or clients sending their next request as
+  their answers come, become one batch. Requests that arrive while a batch decodes wait and form
+  the next batch;
 * **answered as rows end**: a backend with ``run_prepared(items, on_done)`` answers each job when
   its row ends (its own end of sequence or token cap), while the rest of the batch goes on, so a
   short request is not held back by a long one in the same batch. Other backends get
@@ -95,10 +96,10 @@ class MicroBatcher:
         return arrival
 
     def on_the_way(self, since: float) -> tuple[bool, bool]:
-        """(a request that began before ``since`` has its body read, one is being prepared)."""
+        """(a job that began to arrive before ``since`` is being prepared, any request is on its way)."""
         with self._lock:
-            return (any(a.since <= since for a in self._reading),
-                    any(p.since <= since for p in self._preparing))
+            return (any(p.since <= since for p in self._preparing),
+                    bool(self._reading or self._preparing))
 
     def submit(self, job: Job, arrival: Arrival | None = None) -> Future:
         """Queue ``job`` (prepared on a CPU thread first where the backend prepares); its Future."""
@@ -182,8 +183,8 @@ class MicroBatcher:
             try:
                 pending = self._queue.get_nowait()
             except queue.Empty:
-                reading, preparing = self.on_the_way(start)
-                waiting = preparing or (reading and time.monotonic() < deadline)
+                preparing, coming = self.on_the_way(start)
+                waiting = preparing or (coming and time.monotonic() < deadline)
                 try:  # requests on their way: wait for them; none: a short wait for a straggler
                     pending = self._queue.get(timeout=0.05 if waiting else self.max_wait)
                 except queue.Empty:
