@@ -37,9 +37,9 @@ def register(subparsers) -> None:
     limits = p.add_argument_group("limits")
     limits.add_argument("--max-batch", type=positive_int, default=64, metavar="N",
                         help="requests per model call (default 64; the static cache's largest batch shape)")
-    limits.add_argument("--batch-wait-ms", type=float, default=5.0, metavar="MS",
+    limits.add_argument("--batch-wait-ms", type=float, default=20.0, metavar="MS",
                         help="how long a batch being gathered waits for one more request when none is on its way "
-                             "(default 5; requests whose bodies are still being read are waited for, up to 500 ms)")
+                             "(default 20; requests already on their way are waited for, up to 500 ms)")
     limits.add_argument("--max-new-tokens", type=positive_int, default=4096, metavar="N",
                         help="default and upper bound of a request's new tokens (default 4096)")
     limits.add_argument("--max-body-mb", type=float, default=20.0, metavar="MB", help="request body size (default 20)")

@@ -63,7 +63,7 @@ class Arrival:
 
 
 class MicroBatcher:
-    def __init__(self, backend, *, max_batch: int = 64, max_wait: float = 0.005, gather_limit: float = 0.5,
+    def __init__(self, backend, *, max_batch: int = 64, max_wait: float = 0.02, gather_limit: float = 0.5,
                  on_batch: Callable[[int, float], None] = lambda size, seconds: None, prepare_threads: int | None = None):
         self.backend = backend
         self.max_batch = max_batch

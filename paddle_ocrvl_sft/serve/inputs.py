@@ -43,7 +43,7 @@ class Limits:
     timeout: float = 300.0
     max_concurrency: int = 256  # requests admitted (queued or decoding); more get 503 + Retry-After
     max_batch: int = 64
-    batch_wait: float = 0.005  # the gathering batcher waits this long for a straggler
+    batch_wait: float = 0.02  # the gathering batcher waits this long for a straggler
     gather_limit: float = 0.5  # ... and at most this long for requests whose bodies are being read
 
 
