@@ -678,7 +678,10 @@ def test_serve_cli_binds_loopback_and_stops_cleanly(bundles, tmp_path):
             if m := re.search(r"Uvicorn running on http://127\.0\.0\.1:(\d+)", line):
                 port = int(m.group(1))
         assert port, "".join(lines)
-        status, health = call(f"http://127.0.0.1:{port}", "/health")
+        url = f"http://127.0.0.1:{port}"
+        assert call(url, "/health")[1]["status"] in ("warming", "ok")  # the static cache's graphs first
+        wait_until(lambda: call(url, "/health")[1]["status"] != "warming", "the warm-up")
+        status, health = call(url, "/health")
         assert status == 200 and health == {"status": "ok", "model": MODEL, "backend": "transformers", "in_flight": 0}
         assert any("serving PaddleOCR-VL-0.9B (transformers backend)" in line for line in lines)
     finally:
