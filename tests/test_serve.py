@@ -377,7 +377,8 @@ def test_requests_that_arrive_together_share_a_model_call():
 def test_requests_that_arrive_during_a_batch_form_the_next_one():
     """While batch 1 runs, 20 requests arrive: they become ONE next batch (up to --max-batch), not 20."""
     backend = GatedBackend()
-    app = create_app(backend, model_name="m", backend_name="test", limits=Limits(max_batch=32))
+    # A long gather limit: requests admitted but still decoding their image are waited for whatever the load.
+    app = create_app(backend, model_name="m", backend_name="test", limits=Limits(max_batch=32, gather_limit=60))
     with ServerThread(app) as server, ThreadPoolExecutor(21) as pool:
         first = pool.submit(call, server.url, "/ocr", {"image": tiny_png_b64(), "prompt": "first"})
         assert backend.entered[0].wait(30)
@@ -571,7 +572,8 @@ def test_a_client_that_disconnects_mid_batch_does_not_break_the_others(bundles, 
     requests = [{"image": base64.b64encode(page).decode()} for page in pages]
     expected = alone(bundles, [Job(Image.open(io.BytesIO(p)).convert("RGB"), "OCR:") for p in pages])
     held = HeldRows(row_backend, held=2)
-    app = create_app(held, model_name=MODEL, backend_name="transformers", limits=Limits(max_new_tokens=MAX_NEW))
+    app = create_app(held, model_name=MODEL, backend_name="transformers",
+                     limits=Limits(max_new_tokens=MAX_NEW, gather_limit=60))
     with ServerThread(app) as server, ThreadPoolExecutor(6) as pool:
         blocker = pool.submit(call, server.url, "/ocr", {"image": b64(receipt_png)})
         assert held.entered[0].wait(60)
@@ -606,7 +608,8 @@ def test_a_short_request_is_answered_while_a_longer_one_in_its_batch_still_decod
             answered.set()
             assert release.wait(60)  # the batch stays open until the short answer has been received
 
-    app = create_app(held, model_name=MODEL, backend_name="transformers", limits=Limits(max_new_tokens=MAX_NEW))
+    app = create_app(held, model_name=MODEL, backend_name="transformers",
+                     limits=Limits(max_new_tokens=MAX_NEW, gather_limit=60))
     with ServerThread(app) as server, ThreadPoolExecutor(3) as pool:
         blocker = pool.submit(call, server.url, "/ocr", {"image": b64(receipt_png)})
         assert held.entered[0].wait(60)
