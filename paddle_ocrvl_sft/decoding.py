@@ -16,7 +16,7 @@ called as it is (vision tower, projector, language model, ``lm_head``: nothing r
 * **each decoding step is one CUDA graph** per (batch bucket, length bucket): the token choice
   (argmax, end-of-sequence handling, per-row caps) happens inside the graph, so the host only
   replays graphs and looks at the rows every ``check_every`` steps. Capturing a graph takes
-  milliseconds (no compiler), so buckets are cheap; :meth:`StaticDecoder.warmup` captures them up
+  about 0.1 s on an H200 (no compiler), so buckets are cheap; :meth:`StaticDecoder.warmup` captures them up
   front (``serve`` reports ``warming`` meanwhile). On CPU the same step runs eagerly.
 * **a row ends on its own**: at its end-of-sequence token, at its own cap, or when ``row_stop``
   says so; ``on_done`` is called for it at the next check, while the others go on.
