@@ -1,4 +1,4 @@
-"""Benchmark: batched transformers predict and ``serve`` on one GPU, against seed 001's generate loop.
+"""Benchmark: transformers predict, eval and ``serve`` under load on one GPU, against seed 001's loop.
 
     python bench/bench_serve.py --out results.json            # on a GPU machine (writes as it goes)
     python bench/bench_serve.py --tiny --out tiny.json        # CPU smoke run with the tiny test model
@@ -8,19 +8,23 @@ paddle_ocrvl_sft/resources/paddleocr_vl_0.9b from shared/reference/PaddleOCR-VL-
 RANDOM bf16 weights and testing.py's small SentencePiece tokenizer (real token ids), made into an
 ``hf`` bundle by ``export --format hf``. Random weights say nothing useful, so every answer is forced
 to NEW_TOKENS new tokens (min_new_tokens = max_new_tokens): each page costs the same decoding work.
-New tokens are counted from what ``generate`` returned, not assumed. Pages: synthetic 1344x448 text
+New tokens are counted from what the decoder returned (``generate``'s output for the loop and the
+dynamic cache; the static decoder's answers otherwise), not assumed. Pages: synthetic 1344x448 text
 images (768 image tokens each), read from PNG files, so "end to end" includes decoding the file,
 the image processor and the detokenizer.
 
-Contenders (one process, one GPU, measured side by side):
+Contenders (one process and one GPU, measured side by side; serve's clients in a second process):
 - ``loop``: seed 001's inference, one image at a time: processor.apply_chat_template(tokenize=True)
-  then model.generate, with the KV cache on; ``loop_as_released`` is the same loop with the
-  released generation_config.json (use_cache false), as the seed's code runs it.
-- ``predict bs=N``: TransformersBackend.batch (what ``predict --backend transformers`` and ``serve``
-  call): sorted by prompt length, N pages per generate call, next batch prepared on a CPU thread;
-  dynamic or static KV cache.
-- ``serve``: the FastAPI app on 127.0.0.1 with that backend: 64 concurrent clients vs sequential
-  requests (JSON + base64 PNG to /ocr).
+  then model.generate, with the KV cache on.
+- ``predict bs=N``: TransformersBackend.batch (what ``predict --backend transformers`` runs): sorted
+  by prompt length, N pages per model call, the next batch prepared on CPU threads while one
+  decodes; the static decoder (default) or ``generate`` with the dynamic cache.
+- ``eval``: ``evaluate()`` over an ERNIEKit dataset of the same pages (predictions appended as they
+  come, scored, report written) with the same backend and batch size.
+- ``serve``: the FastAPI app on 127.0.0.1 with that backend; C clients (threads of another process)
+  each send R requests one after another (JSON + base64 PNG to /ocr); and single requests one at a
+  time (latency).
+- ``genai-server client``: ``predict --backend genai-server --concurrency C`` against that server.
 """
 
 from __future__ import annotations
@@ -30,9 +34,9 @@ import base64
 import json
 import platform
 import shutil
+import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,6 +104,16 @@ def make_pages(folder: Path, count: int) -> list[Path]:
     return paths
 
 
+def make_dataset(path: Path, pages: list[Path]) -> Path:
+    """An ERNIEKit JSONL over ``pages``: prompt ``OCR:``, a made-up reference answer per page."""
+    with open(path, "w", encoding="utf-8") as fh:
+        for i, page in enumerate(pages):
+            fh.write(json.dumps({"image_info": [{"matched_text_index": 0, "image_url": str(page)}],
+                                 "text_info": [{"text": "OCR:", "tag": "mask"},
+                                               {"text": f"{i:04d} ITEM QTY PRICE TOTAL DATE", "tag": "no_mask"}]}) + "\n")
+    return path
+
+
 class TokenCounter:
     """Wraps ``model.generate``: counts the new tokens it really returned (rows x new columns)."""
 
@@ -114,15 +128,23 @@ class TokenCounter:
         return out
 
 
-def timed(fn, counter: TokenCounter, pages: int, sync) -> dict:
-    counter.tokens = 0
+def new_tokens(backend) -> int:
+    """New tokens made so far by a backend: its static decoder's count, or generate's (TokenCounter)."""
+    if backend.decoder is not None:
+        return backend.decoder.stats["new_tokens"]
+    return backend.model.generate.tokens
+
+
+def timed(fn, backend, pages: int, sync) -> dict:
+    before = new_tokens(backend)
     sync()
     start = time.perf_counter()
     fn()
     sync()
     seconds = time.perf_counter() - start
+    tokens = new_tokens(backend) - before
     return {"pages": pages, "seconds": round(seconds, 3), "pages_per_s": round(pages / seconds, 3),
-            "new_tokens": counter.tokens, "new_tokens_per_s": round(counter.tokens / seconds, 1)}
+            "new_tokens": tokens, "new_tokens_per_s": round(tokens / seconds, 1)}
 
 
 def seed_loop(model, processor, paths, new_tokens: int, use_cache: bool | None):
@@ -143,6 +165,44 @@ def seed_loop(model, processor, paths, new_tokens: int, use_cache: bool | None):
         processor.decode(out[0][inputs["input_ids"].shape[-1]:], skip_special_tokens=True)
 
 
+# --- serve's clients: another process, so that they do not share the server's interpreter lock ----------
+
+
+def clients(url: str, pages: list[str], count: int, rounds: int) -> dict:
+    """``count`` client threads, each sending ``rounds`` requests one after another; timings."""
+    import urllib.request
+    from concurrent.futures import ThreadPoolExecutor
+
+    bodies = [json.dumps({"image": base64.b64encode(Path(p).read_bytes()).decode()}).encode() for p in pages]
+
+    def post(body: bytes) -> float:
+        start = time.perf_counter()
+        request = urllib.request.Request(url + "/ocr", data=body, headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=600) as resp:
+            json.loads(resp.read())["text"]
+        return time.perf_counter() - start
+
+    def client(k: int) -> list[float]:
+        return [post(bodies[(k * rounds + r) % len(bodies)]) for r in range(rounds)]
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(count) as pool:
+        latencies = [t for ts in pool.map(client, range(count)) for t in ts]
+    seconds = time.perf_counter() - start
+    latencies.sort()
+    return {"seconds": seconds, "requests": len(latencies), "latency_p50_s": round(latencies[len(latencies) // 2], 3),
+            "latency_max_s": round(latencies[-1], 3)}
+
+
+def run_clients(url: str, pages: list[Path], count: int, rounds: int) -> dict:
+    cmd = [sys.executable, __file__, "--clients", json.dumps({"url": url, "pages": [str(p) for p in pages],
+                                                               "count": count, "rounds": rounds}), "--out", "-"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    if proc.returncode:
+        raise RuntimeError(f"clients failed: {proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
@@ -151,10 +211,16 @@ def main() -> int:
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--budget-s", type=float, default=480, help="start no measurement after this many seconds")
     parser.add_argument("--only", help="comma-separated measurement names (default: all)")
+    parser.add_argument("--clients", help=argparse.SUPPRESS)  # internal: run as serve's client process
     args = parser.parse_args()
+    if args.clients:
+        spec = json.loads(args.clients)
+        print(json.dumps(clients(spec["url"], spec["pages"], spec["count"], spec["rounds"])))
+        return 0
 
     import torch
 
+    from paddle_ocrvl_sft.decoding import DEFAULT_BATCH_BUCKETS
     from paddle_ocrvl_sft.predict import Job, TransformersBackend
 
     t0 = time.perf_counter()
@@ -163,17 +229,20 @@ def main() -> int:
     results = {"conditions": {
         "device": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
         "torch": torch.__version__, "transformers": __import__("transformers").__version__,
-        "python": platform.python_version(), "model": "tiny test model" if args.tiny else
-        "PaddleOCR-VL-0.9B architecture, RANDOM bf16 weights", "page": f"{PAGE_SIZE[0]}x{PAGE_SIZE[1]} PNG",
-        "new_tokens_per_page": args.new_tokens, "prompt": "OCR:"}, "runs": {}, "skipped": {}}
+        "python": platform.python_version(), "cpu_count": __import__("os").cpu_count(),
+        "model": "tiny test model" if args.tiny else "PaddleOCR-VL-0.9B architecture, RANDOM bf16 weights",
+        "page": f"{PAGE_SIZE[0]}x{PAGE_SIZE[1]} PNG", "new_tokens_per_page": args.new_tokens, "prompt": "OCR:"},
+        "runs": {}, "skipped": {}}
 
     def save():
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=2))
+        if str(args.out) != "-":
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(results, indent=2))
 
     hf = build_model(args.work / ("tiny" if args.tiny else "full"), args.tiny, device)
     results["conditions"]["build_s"] = round(time.perf_counter() - t0, 1)
-    pages = make_pages(args.work / "pages", 512)
+    scale = 16 if args.tiny else 1  # the smoke run: few pages
+    pages = make_pages(args.work / "pages", max(64, 1024 // scale))
     n = args.new_tokens
     forced = {"min_new_tokens": n}
 
@@ -181,92 +250,115 @@ def main() -> int:
 
     def backend(kv_cache: str, batch_size: int) -> TransformersBackend:
         if kv_cache not in backends:  # one model per cache kind; the batch size is a plain attribute
-            backends[kv_cache] = TransformersBackend(hf, device=device, max_new_tokens=n, kv_cache=kv_cache,
-                                                     generate_kwargs=forced)
-            TokenCounter(backends[kv_cache].model)
-            if kv_cache == "dynamic":  # CUDA context and kernels, once
-                backends[kv_cache].batch([Job(str(pages[0]), "OCR:")])
+            start = time.perf_counter()
+            b = backends[kv_cache] = TransformersBackend(hf, device=device, max_new_tokens=n, kv_cache=kv_cache,
+                                                         generate_kwargs=forced, batch_buckets=DEFAULT_BATCH_BUCKETS)
+            if kv_cache == "dynamic":
+                TokenCounter(b.model)
+                b.batch([Job(str(pages[0]), "OCR:", max_new_tokens=2)])  # CUDA context and kernels, once
+            else:
+                b.warmup()  # what serve does at start-up: every batch bucket's decoding graph
+            sync()
+            results["conditions"][f"load_and_warmup_{kv_cache}_s"] = round(time.perf_counter() - start, 2)
         backends[kv_cache].batch_size = batch_size
         return backends[kv_cache]
 
     def predict(kv_cache: str, batch_size: int, count: int):
         b = backend(kv_cache, batch_size)
         jobs = [Job(str(p), "OCR:") for p in pages[:count]]
-        run = {}
-        if kv_cache == "static":  # the first call of a batch shape compiles the decoding step
-            run["first_call_s"] = timed(lambda: b.batch(jobs[:batch_size]), b.model.generate, 1, sync)["seconds"]
-        run.update(timed(lambda: b.batch(jobs), b.model.generate, count, sync))
+        run = timed(lambda: b.batch(jobs), b, count, sync)
         run.update(batch_size=batch_size, kv_cache=kv_cache)
+        if b.decoder is not None:
+            run["decoder"] = {k: v for k, v in b.decoder.stats.items() if k != "new_tokens"}
         return run
 
-    def preprocess(count: int):
-        """The CPU share: PNG decode + image processor + tokenizer for one batch, no GPU."""
-        from PIL import Image
+    def evaluate_pages(batch_size: int, count: int):
+        """evaluate() on the same backend (forced answers): predictions, scores, report."""
+        from paddle_ocrvl_sft.evaluate import runner
 
-        from paddle_ocrvl_sft.predict import hf_inputs
+        b = backend("static", batch_size)
+        data = make_dataset(args.work / f"val{count}.jsonl", pages[:count])
+        out = args.work / f"eval{count}"
+        shutil.rmtree(out, ignore_errors=True)
+        made = runner.make_backend
+        runner.make_backend = lambda name, **options: b  # the forced-answer backend, batch size as given
+        try:
+            run = timed(lambda: runner.evaluate(hf, data, out_dir=out, backend="transformers",
+                                                batch_size=batch_size, progress=False), b, count, sync)
+        finally:
+            runner.make_backend = made
+        run.update(batch_size=batch_size, metrics=json.loads((out / "metrics.json").read_text())["ocr"]["n"])
+        return run
 
-        b = backend("dynamic", count)
-        out = {"pages": count, "threads": b.cpu_threads}
-        for label, kwargs in (("one_thread", {}), ("threads", {"pool": b._cpu, "chunks": b.cpu_threads})):
-            start = time.perf_counter()
-            inputs = hf_inputs(b.processor, [Image.open(p) for p in pages[:count]], ["OCR:"] * count, **kwargs)
-            out[f"ms_per_page_{label}"] = round((time.perf_counter() - start) / count * 1000, 1)
-        out["prompt_tokens_per_page"] = int(inputs["input_ids"].shape[1])
-        return out
-
-    def loop(use_cache, count):
+    def loop(count):
         b = backend("dynamic", 1)
-        seed_loop(b.model, b.processor, pages[:1], 4, use_cache)  # warm-up
-        run = timed(lambda: seed_loop(b.model, b.processor, pages[:count], n, use_cache), b.model.generate, count, sync)
-        run.update(use_cache="from generation_config.json (false)" if use_cache is None else use_cache)
+        seed_loop(b.model, b.processor, pages[:1], 4, True)  # warm-up
+        run = timed(lambda: seed_loop(b.model, b.processor, pages[:count], n, True), b, count, sync)
+        run["seconds_per_page"] = round(run["seconds"] / count, 3)
         return run
 
-    def serve(concurrent: int, sequential: int):
+    def serve(concurrent: int, rounds: int, single: int):
         import urllib.request
 
         from paddle_ocrvl_sft.serve.app import ServerThread, create_app
         from paddle_ocrvl_sft.serve.inputs import Limits
 
-        b = backend("dynamic", concurrent)
+        b = backend("static", concurrent)
         app = create_app(b, model_name="bench", backend_name="transformers",
-                         limits=Limits(max_batch=concurrent, max_concurrency=concurrent, max_new_tokens=n, timeout=600))
-        bodies = [json.dumps({"image": base64.b64encode(p.read_bytes()).decode()}).encode() for p in pages[:concurrent]]
-
-        def post(url, body):
-            req = urllib.request.Request(url + "/ocr", data=body, headers={"Content-Type": "application/json"})
-            with urllib.request.urlopen(req, timeout=600) as resp:
-                return json.loads(resp.read())["text"]
-
-        out = {}
+                         limits=Limits(max_batch=concurrent, max_concurrency=max(256, concurrent), max_new_tokens=n,
+                                       timeout=600))
+        out = {"clients": concurrent, "rounds": rounds}
         with ServerThread(app) as server:
-            post(server.url, bodies[0])  # warm-up
-            with ThreadPoolExecutor(concurrent) as pool:
-                out["concurrent"] = timed(lambda: list(pool.map(lambda body: post(server.url, body), bodies)),
-                                          b.model.generate, concurrent, sync)
-            out["sequential"] = timed(lambda: [post(server.url, body) for body in bodies[:sequential]],
-                                      b.model.generate, sequential, sync)
+            before, batches = new_tokens(b), b.decoder.stats["batches"]
+            sync()
+            measured = run_clients(server.url, pages, concurrent, rounds)
+            sync()
+            tokens = new_tokens(b) - before
+            out["concurrent"] = {"pages": measured["requests"], "seconds": round(measured["seconds"], 3),
+                                 "pages_per_s": round(measured["requests"] / measured["seconds"], 3),
+                                 "new_tokens": tokens, "new_tokens_per_s": round(tokens / measured["seconds"], 1),
+                                 "latency_p50_s": measured["latency_p50_s"], "latency_max_s": measured["latency_max_s"],
+                                 "model_calls": b.decoder.stats["batches"] - batches}
+            if single:
+                measured = run_clients(server.url, pages[:single], 1, single)
+                out["single"] = {"requests": single, "seconds_per_request": round(measured["seconds"] / single, 3),
+                                 "latency_p50_s": measured["latency_p50_s"]}
             with urllib.request.urlopen(server.url + "/metrics", timeout=60) as resp:
                 metrics = resp.read().decode()
-        out["concurrent"]["clients"] = concurrent
-        out["model_calls"] = {line.split()[0]: float(line.split()[1]) for line in metrics.splitlines()
-                              if line.startswith(("ocrvl_batch_size_count", "ocrvl_batch_size_sum"))}
+        out["batch_metrics"] = {line.split()[0]: float(line.split()[1]) for line in metrics.splitlines()
+                                if line.startswith(("ocrvl_batch_size_count", "ocrvl_batch_size_sum"))}
         return out
 
-    def pages_for(count: int) -> int:
-        return max(1, count // 16) if args.tiny else count  # the smoke run: few pages
+    def genai_client(concurrency: int, count: int):
+        """predict's genai-server backend (``--concurrency``) against serve over loopback."""
+        from paddle_ocrvl_sft.predict import GenAIServerBackend, run
+        from paddle_ocrvl_sft.serve.app import ServerThread, create_app
+        from paddle_ocrvl_sft.serve.inputs import Limits
+
+        b = backend("static", concurrency)
+        app = create_app(b, model_name="bench", backend_name="transformers",
+                         limits=Limits(max_batch=concurrency, max_concurrency=256, max_new_tokens=n, timeout=600))
+        with ServerThread(app) as server:
+            client = GenAIServerBackend(server.url + "/v1", concurrency=concurrency, timeout=600)
+            jobs = [Job(str(p), "OCR:") for p in pages[:count]]
+            outcome = timed(lambda: list(run(jobs, client, progress=False)), b, count, sync)
+        outcome.update(concurrency=concurrency, retried=client.retried)
+        return outcome
+
+    def sized(count: int) -> int:
+        return max(1, count // scale)
 
     plan = [  # most important first: the budget may stop the tail
-        ("loop", lambda: loop(True, pages_for(4))),
-        ("predict_bs1_dynamic", lambda: predict("dynamic", 1, pages_for(4))),
-        ("predict_bs16_dynamic", lambda: predict("dynamic", 16, pages_for(32))),
-        ("predict_bs64_dynamic", lambda: predict("dynamic", 64, pages_for(128))),
-        ("predict_bs64_static", lambda: predict("static", 64, pages_for(128))),
-        ("predict_bs128_static", lambda: predict("static", 128, pages_for(512))),
-        ("serve_64_clients", lambda: serve(pages_for(64), pages_for(4))),
-        ("preprocess_64", lambda: preprocess(pages_for(64))),
-        ("predict_bs256_static", lambda: predict("static", 256, pages_for(512))),
-        ("predict_bs256_dynamic", lambda: predict("dynamic", 256, pages_for(256))),
-        ("loop_as_released", lambda: loop(None, 1)),
+        ("loop", lambda: loop(sized(4) if not args.tiny else 1)),
+        ("predict_bs64_static", lambda: predict("static", 64, sized(128))),
+        ("serve_64_clients", lambda: serve(sized(64), 2, 0)),
+        ("predict_bs256_static", lambda: predict("static", 256, sized(1024))),
+        ("serve_256_clients", lambda: serve(sized(256), 2, 4)),
+        ("eval_bs256_1024_pages", lambda: evaluate_pages(sized(256), sized(1024))),
+        ("predict_bs1_static", lambda: predict("static", 1, 4)),
+        ("predict_bs128_static", lambda: predict("static", 128, sized(256))),
+        ("genai_client_c64", lambda: genai_client(sized(64), sized(256))),
+        ("predict_bs64_dynamic", lambda: predict("dynamic", 64, sized(64))),
     ]
     only = set(args.only.split(",")) if args.only else None
     for name, measure in plan:
@@ -281,7 +373,9 @@ def main() -> int:
         try:
             results["runs"][name] = measure()
         except Exception as exc:  # record and go on: one failing configuration must not lose the rest
-            results["skipped"][name] = f"{type(exc).__name__}: {str(exc)[:500]}"
+            import traceback
+
+            results["skipped"][name] = f"{type(exc).__name__}: {str(exc)[:300]} | {traceback.format_exc()[-1200:]}"
             if device == "cuda":
                 torch.cuda.empty_cache()
         print(f"          {json.dumps(results['runs'].get(name) or results['skipped'][name])}", flush=True)

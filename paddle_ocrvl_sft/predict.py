@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import http.client
 import json
 import os
 import sys
@@ -231,30 +232,73 @@ def paddle_image(image):
     return np.asarray(image.convert("RGB"))[:, :, ::-1].copy()
 
 
+# Answers worth asking again: the server is busy or restarting (429, 502, 503, 504), or the
+# connection broke. Anything else (a 4xx for this request, a 500 from the model) is its answer.
+RETRY_STATUSES = (408, 429, 502, 503, 504)
+
+
 class GenAIServerBackend:
-    """OpenAI ``chat.completions`` over HTTP with the stdlib (timeout on every request)."""
+    """OpenAI ``chat.completions`` over HTTP with the stdlib (timeout on every request).
+
+    ``imap(jobs)`` keeps ``concurrency`` requests in flight (the server batches them: vLLM,
+    FastDeploy, SGLang, ``serve``) and yields each job's text or exception in the jobs' order.
+    A transient failure (a dropped connection, a timeout, HTTP 408/429/502/503/504) is asked again
+    up to ``retries`` times, after ``Retry-After`` when the server sends one, else after an
+    exponential back-off from ``backoff`` seconds (with jitter), at most ``max_backoff``.
+    """
 
     def __init__(self, server_url: str, *, model: str | None = None, max_new_tokens: int | None = None,
-                 timeout: float = 600.0):
+                 timeout: float = 600.0, concurrency: int = 16, retries: int = 5, backoff: float = 0.5,
+                 max_backoff: float = 30.0):
+        if concurrency < 1 or retries < 0:
+            raise UsageError(f"--concurrency {concurrency} / --retries {retries}: need >= 1 / >= 0")
         self.base = server_url.rstrip("/")
         self.timeout = timeout
         self.max_new_tokens = max_new_tokens
+        self.concurrency = concurrency
+        self.retries = retries
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self.retried = 0  # requests asked again (all jobs): what a run reports
         self.model = model or self._first_model()
 
     def _request(self, path: str, body: dict | None = None) -> dict:
         url = self.base + path
         data = None if body is None else json.dumps(body, ensure_ascii=False).encode("utf-8")
-        request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+        for attempt in range(self.retries + 1):
+            request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(request, timeout=self.timeout) as resp:
+                    raw = resp.read()
+                try:
+                    return json.loads(raw.decode("utf-8"))
+                except ValueError as exc:
+                    raise UserError(f"--server-url {url}: answer is not JSON ({exc})") from None
+            except urllib.error.HTTPError as exc:
+                detail = exc.read().decode("utf-8", "replace")[:500]
+                if exc.code not in RETRY_STATUSES or attempt == self.retries:
+                    raise UserError(f"--server-url {url}: HTTP {exc.code}: {detail}") from None
+                self._wait(attempt, exc.headers.get("Retry-After"))
+            except (urllib.error.URLError, TimeoutError, OSError, http.client.HTTPException) as exc:
+                if attempt == self.retries:
+                    tries = f" (after {attempt + 1} tries)" if attempt else ""
+                    raise UserError(f"--server-url {url}: {getattr(exc, 'reason', None) or exc}{tries}") from None
+                self._wait(attempt, None)
+        raise AssertionError("unreachable")
+
+    def _wait(self, attempt: int, retry_after: str | None) -> None:
+        """Sleep before asking again: the server's ``Retry-After`` (seconds), else exponential back-off."""
+        import random
+        import time
+
+        self.retried += 1
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as resp:
-                return json.loads(resp.read().decode("utf-8"))
-        except urllib.error.HTTPError as exc:
-            detail = exc.read().decode("utf-8", "replace")[:500]
-            raise UserError(f"--server-url {url}: HTTP {exc.code}: {detail}") from None
-        except (urllib.error.URLError, TimeoutError, OSError) as exc:
-            raise UserError(f"--server-url {url}: {getattr(exc, 'reason', exc)}") from None
-        except ValueError as exc:
-            raise UserError(f"--server-url {url}: answer is not JSON ({exc})") from None
+            delay = float(retry_after) if retry_after is not None else None
+        except ValueError:  # an HTTP date: not worth parsing, back off instead
+            delay = None
+        if delay is None:
+            delay = self.backoff * 2 ** attempt * random.uniform(0.5, 1.0)
+        time.sleep(max(0.0, min(delay, self.max_backoff)))
 
     def _first_model(self) -> str:
         """The served model's name, as PaddleX's client finds it (first id of ``GET /models``)."""
@@ -283,10 +327,37 @@ class GenAIServerBackend:
         except (KeyError, IndexError, TypeError):
             raise UserError(f"--server-url {self.base}/chat/completions: unexpected answer {str(answer)[:200]}") from None
 
+    def _outcome(self, job: Job):
+        try:
+            return self(job)
+        except Exception as exc:  # one failed request is that job's error line, not the run's end
+            return exc
+
+    def imap(self, jobs: Iterable[Job]) -> Iterator:
+        """Each job's text (or the exception it ended with), in order, ``concurrency`` in flight."""
+        from collections import deque
+
+        pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="genai")
+        window: deque = deque()
+        try:
+            for job in jobs:
+                window.append(pool.submit(self._outcome, job))
+                if len(window) >= 2 * self.concurrency:  # bounded: results stream out in order
+                    yield window.popleft().result()
+            while window:
+                yield window.popleft().result()
+        finally:  # Ctrl-C or a consumer that stops: what has not started is not sent; the
+            # requests already out are waited for (the interpreter would wait for them at exit anyway)
+            pool.shutdown(wait=True, cancel_futures=True)
+
     def batch(self, jobs: list[Job]) -> list[str]:
-        """All requests in flight at once: the server batches them (vLLM, FastDeploy, ``serve``)."""
-        with ThreadPoolExecutor(max_workers=min(len(jobs), 64)) as pool:
-            return list(pool.map(self, jobs))
+        """All requests in flight (up to ``concurrency``); the first failure is raised."""
+        texts = []
+        for outcome in self.imap(jobs):
+            if isinstance(outcome, Exception):
+                raise outcome
+            texts.append(outcome)
+        return texts
 
 
 def image_url(image) -> str:
@@ -318,30 +389,86 @@ def _png_bytes(image) -> bytes:
 
 
 class TransformersBackend:
-    """transformers (PyTorch) on an ``hf`` export: ``batch_size`` images per ``generate`` call.
+    """transformers (PyTorch) on an ``hf`` export: ``batch_size`` images per model call.
 
     ``batch(jobs)`` takes any number of jobs: it sorts them by prompt length (image tokens + text
-    tokens) so that a batch pads little, generates ``batch_size`` at a time with greedy decoding and
-    left padding, prepares the next batch's images on CPU threads while the current one generates,
-    and returns the texts in the jobs' order. ``kv_cache="static"`` preallocates the KV cache
-    (transformers then compiles the decoding step on GPU).
+    tokens) so that a batch pads little, runs ``batch_size`` at a time with greedy decoding and
+    left padding, prepares the next batch's images on CPU threads while the current one decodes,
+    and returns the texts in the jobs' order.
+
+    ``kv_cache="static"`` (the default) decodes with :class:`paddle_ocrvl_sft.decoding.StaticDecoder`:
+    a static KV cache in bucketed shapes, one CUDA graph per decoding step on GPU, rows that end on
+    their own. ``kv_cache="dynamic"`` calls transformers' ``generate`` with its dynamic cache
+    (``generate_kwargs`` go to it). ``serve`` uses :meth:`prepare` (one job, on a request's thread)
+    and :meth:`run_prepared` (a batch, answers as rows end).
     """
 
     def __init__(self, model_dir, *, device=None, dtype=None, batch_size: int = 16,
-                 max_new_tokens: int | None = None, kv_cache: str = "dynamic", generate_kwargs: dict | None = None):
+                 max_new_tokens: int | None = None, kv_cache: str = "static", generate_kwargs: dict | None = None,
+                 batch_buckets=None):
         if kv_cache not in KV_CACHES:
             raise UsageError(f"--kv-cache {kv_cache}: must be one of {', '.join(KV_CACHES)}")
         self.model, self.processor = load_hf(model_dir, device=device or default_torch_device(), dtype=dtype)
         self.bounds = PixelBounds.from_model_dir(model_dir)
         self.batch_size = batch_size
         self.max_new_tokens = max_new_tokens or DEFAULT_MAX_NEW_TOKENS
-        self.generate_kwargs = {"cache_implementation": "static"} if kv_cache == "static" else {}
-        self.generate_kwargs.update(generate_kwargs or {})
+        self.kv_cache = kv_cache
+        options = dict(generate_kwargs or {})
+        self.min_new_tokens = int(options.get("min_new_tokens") or 0)
+        # A hook that may end a row early (called with the row's new token ids so far, at checks).
+        self.row_stop = None
+        self.decoder = None
+        if kv_cache == "static":
+            options.pop("min_new_tokens", None)
+            if options:
+                raise UsageError(f"--kv-cache static takes no generate options ({', '.join(sorted(options))}); "
+                                 "use --kv-cache dynamic for those")
+            self.decoder = static_decoder(self.model, self.processor, batch_size if batch_buckets is None else None,
+                                          batch_buckets)
+        self.generate_kwargs = options
         self.cpu_threads = min(8, os.cpu_count() or 1)
         self._cpu = ThreadPoolExecutor(max_workers=self.cpu_threads, thread_name_prefix="hf-inputs")
 
     def __call__(self, job: Job) -> str:
         return self.batch([job])[0]
+
+    # --- serve: one job prepared on its request's thread, then batches that answer as rows end ---------
+
+    def prepare(self, job: Job, image=None):
+        """A job's model inputs (CPU; thread-safe): a decoding row, or the job itself (dynamic cache)."""
+        if self.decoder is None:
+            return job
+        from paddle_ocrvl_sft.decoding import row_from_inputs
+
+        opened = open_image(job.image) if image is None else image
+        try:
+            inputs = hf_inputs(self.processor, [opened], [job.prompt], job.pixels)
+        finally:
+            if image is None and opened is not job.image:
+                opened.close()
+        return row_from_inputs(self.model, inputs, job.max_new_tokens or self.max_new_tokens)
+
+    def run_prepared(self, items: list, on_done) -> None:
+        """Decode prepared items together; ``on_done(i, text)`` as each one ends."""
+        if self.decoder is None:
+            for i, text in enumerate(self.batch(items)):
+                on_done(i, text)
+            return
+        decode = self.processor.decode
+        self.decoder.run(items, lambda i, ids: on_done(i, decode(ids, skip_special_tokens=True)),
+                         min_new_tokens=self.min_new_tokens, row_stop=self.row_stop)
+
+    def warmup(self) -> None:
+        """The first model call and the decoding graphs of every batch bucket, before any request."""
+        if self.decoder is None:
+            return
+        from PIL import Image
+
+        row = self.prepare(Job(Image.new("RGB", (448, 448), "white"), DEFAULT_PROMPT, max_new_tokens=2))
+        self.decoder.run([row], lambda i, ids: None)
+        self.decoder.warmup(row.length)
+
+    # --- predict/eval: many jobs -------------------------------------------------------------------------
 
     def batch(self, jobs: list[Job]) -> list[str]:
         images = [open_image(job.image) for job in jobs]
@@ -349,22 +476,30 @@ class TransformersBackend:
             batches = self._plan(jobs, images)
             texts: list[str] = [""] * len(jobs)
             with ThreadPoolExecutor(max_workers=1) as ahead:
-                prepare = lambda rows: ahead.submit(
-                    hf_inputs, self.processor, [images[i] for i in rows], [jobs[i].prompt for i in rows],
-                    jobs[rows[0]].pixels, pool=self._cpu, chunks=self.cpu_threads)
-                pending = prepare(batches[0])
+                pending = ahead.submit(self._inputs, jobs, images, batches[0])
                 for k, rows in enumerate(batches):
                     inputs = pending.result()
                     if k + 1 < len(batches):
-                        pending = prepare(batches[k + 1])
-                    caps = [jobs[i].max_new_tokens or self.max_new_tokens for i in rows]
-                    for i, text in zip(rows, hf_decode(self.model, self.processor, inputs, caps, **self.generate_kwargs)):
-                        texts[i] = text
+                        pending = ahead.submit(self._inputs, jobs, images, batches[k + 1])
+                    if self.decoder is None:
+                        caps = [jobs[i].max_new_tokens or self.max_new_tokens for i in rows]
+                        answers = hf_decode(self.model, self.processor, inputs, caps, **self.generate_kwargs)
+                        for i, text in zip(rows, answers):
+                            texts[i] = text
+                    else:
+                        self.run_prepared(inputs, lambda j, text, rows=rows: texts.__setitem__(rows[j], text))
             return texts
         finally:
             for job, image in zip(jobs, images):
                 if image is not job.image:
                     image.close()
+
+    def _inputs(self, jobs: list[Job], images: list, rows: list[int]):
+        """One batch's model inputs, made on the CPU threads: decoding rows, or one processor call."""
+        if self.decoder is not None:
+            return list(self._cpu.map(lambda i: self.prepare(jobs[i], images[i]), rows))
+        return hf_inputs(self.processor, [images[i] for i in rows], [jobs[i].prompt for i in rows],
+                         jobs[rows[0]].pixels, pool=self._cpu, chunks=self.cpu_threads)
 
     def _plan(self, jobs: list[Job], images: list) -> list[list[int]]:
         """Job indices in batches: same pixel bounds, at most ``batch_size``, shortest prompts first."""
@@ -388,6 +523,24 @@ class TransformersBackend:
         return batches
 
 
+def static_decoder(model, processor, batch_size: int | None = None, batch_buckets=None):
+    """A :class:`~paddle_ocrvl_sft.decoding.StaticDecoder` for this model: its end-of-sequence and
+    padding tokens (generation_config.json), its image normalization, and batch buckets up to
+    ``batch_size`` (powers of two below it, and ``batch_size`` itself) unless ``batch_buckets``."""
+    from paddle_ocrvl_sft.decoding import DEFAULT_BATCH_BUCKETS, StaticDecoder
+
+    config = model.generation_config
+    stops = config.eos_token_id if config.eos_token_id is not None else processor.tokenizer.eos_token_id
+    stops = list(stops) if isinstance(stops, (list, tuple)) else [stops]
+    pad = config.pad_token_id if config.pad_token_id is not None else processor.tokenizer.pad_token_id
+    if batch_buckets is None:
+        batch_buckets = sorted({b for b in DEFAULT_BATCH_BUCKETS if b < batch_size} | {batch_size})
+    image_processor = processor.image_processor
+    return StaticDecoder(model, pad_token_id=pad, stop_token_ids=stops, pixel_mean=image_processor.image_mean,
+                         pixel_std=image_processor.image_std, rescale=image_processor.rescale_factor,
+                         batch_buckets=batch_buckets)
+
+
 def open_image(image):
     """A PIL image for a job's image: files are opened lazily (header only until used)."""
     if not isinstance(image, str):
@@ -399,15 +552,15 @@ def open_image(image):
     return Image.open(image)
 
 
-KV_CACHES = ("dynamic", "static")
+KV_CACHES = ("static", "dynamic")
 # How many batches predict hands the transformers backend at once: enough for sorting by prompt
 # length to group similar images, few enough that results keep streaming out.
 SORT_WINDOW_BATCHES = 8
 
 
 def make_backend(backend: str, *, model_dir=None, server_url=None, server_model=None, model_name=None,
-                 device=None, max_new_tokens=None, timeout=600.0, batch_size=16, dtype=None, kv_cache="dynamic",
-                 release=None):
+                 device=None, max_new_tokens=None, timeout=600.0, batch_size=16, dtype=None, kv_cache="static",
+                 concurrency: int = 16, retries: int = 5, release=None):
     if backend in ("paddle", "transformers") and model_dir is None:
         raise UsageError(f"--backend {backend} needs --model DIR")
     if model_name is not None and release is not None:
@@ -423,7 +576,8 @@ def make_backend(backend: str, *, model_dir=None, server_url=None, server_model=
     if backend == "genai-server":
         if not server_url:
             raise UsageError("--backend genai-server needs --server-url http://HOST:PORT/v1")
-        return GenAIServerBackend(server_url, model=server_model, max_new_tokens=max_new_tokens, timeout=timeout)
+        return GenAIServerBackend(server_url, model=server_model, max_new_tokens=max_new_tokens, timeout=timeout,
+                                  concurrency=concurrency, retries=retries)
     raise UsageError(f"--backend {backend}: must be one of {', '.join(BACKENDS)}")
 
 
@@ -433,30 +587,109 @@ def make_backend(backend: str, *, model_dir=None, server_url=None, server_model=
 def run(jobs: list[Job], backend, *, progress: bool = True, batch_size: int = 1) -> Iterator[dict]:
     """Yield one output record per job, in order, with a progress bar on stderr.
 
-    A backend is called on one :class:`Job` and returns its text; one with a ``batch(jobs)`` method
-    gets ``batch_size`` jobs at a time. A job that fails (an unreadable image, a server error for
-    that request) does not stop the run: it yields an :func:`error_record` and prints one ``error:``
-    line on stderr. A batch that fails is split in halves and retried until the error lands on the
-    job that caused it (a lone job is called directly).
+    A backend is called on one :class:`Job` and returns its text; one with ``imap(jobs)`` (the
+    genai-server backend: its requests in flight) streams every job's outcome itself; one with a
+    ``batch(jobs)`` method gets ``batch_size`` jobs at a time. A job that fails (an unreadable
+    image, a server error for that request) does not stop the run: it yields an
+    :func:`error_record` and prints one ``error:`` line on stderr. A batch that fails is split in
+    halves and retried until the error lands on the job that caused it (a lone job is called directly).
     """
     from tqdm import tqdm
 
     if batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {batch_size}")
-    batched = batch_size > 1 and hasattr(backend, "batch")
-    step = batch_size if batched else 1
     with tqdm(total=len(jobs), desc="predict", unit="img", file=sys.stderr, disable=not progress) as bar:
+        if hasattr(backend, "imap"):
+            for job, outcome in zip(jobs, backend.imap(jobs)):
+                yield _record(job, outcome, tqdm)
+                bar.update(1)
+            return
+        batched = batch_size > 1 and hasattr(backend, "batch")
+        step = batch_size if batched else 1
         for start in range(0, len(jobs), step):
             chunk = jobs[start:start + step]
             for job, outcome in zip(chunk, _outcomes(chunk, backend)):
-                if isinstance(outcome, str):
-                    yield to_record(job, outcome)
-                    continue
-                record = error_record(job, outcome)
-                where = f"{job.where}: {job.image}" if job.where else job.image
-                tqdm.write(f"error: {where}: {record['error']}", file=sys.stderr)
-                yield record
+                yield _record(job, outcome, tqdm)
             bar.update(len(chunk))
+
+
+def _record(job: Job, outcome, tqdm) -> dict:
+    """The output record of a job's text, or its error record (and one ``error:`` line on stderr)."""
+    if isinstance(outcome, str):
+        return to_record(job, outcome)
+    record = error_record(job, outcome)
+    where = f"{job.where}: {job.image}" if job.where else job.image
+    tqdm.write(f"error: {where}: {record['error']}", file=sys.stderr)
+    return record
+
+
+def jobs_per_call(backend_name: str, batch_size: int) -> int:
+    """How many jobs :func:`run` hands a backend at once: the transformers backend gets several
+    batches per call, so that it sorts them by length and prepares the next batch while one decodes."""
+    return batch_size * SORT_WINDOW_BATCHES if backend_name == "transformers" else batch_size
+
+
+# --- resuming ----------------------------------------------------------------------------------------
+
+
+def job_key(job: Job) -> tuple:
+    """What identifies a job's record in an output file: its dataset line, image and prompt."""
+    return job.where, job.image, job.prompt
+
+
+def load_done(path: Path, wanted: set[tuple], *, other: str) -> dict[tuple, dict]:
+    """The finished records of an appended predictions file, by :func:`job_key`.
+
+    Complete lines are kept; a torn last line (an interrupted write) and ``error`` lines (to be
+    retried) are dropped and the file is rewritten without them. A line for a job not in
+    ``wanted`` means the file belongs to other inputs: a UserError that ends with ``other``.
+    """
+    if not path.exists():
+        return {}
+    raw = path.read_bytes()
+    complete = raw[: raw.rfind(b"\n") + 1]  # bytes after the last newline: a torn line, redone
+    done, kept = {}, []
+    for lineno, line in enumerate(complete.split(b"\n")[:-1], 1):
+        try:
+            record = json.loads(line)
+            key = (record.get("source"), record["image"], record["prompt"])
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise UserError(f"{path}:{lineno}: not a predict output line; delete it or rerun with --force") from None
+        if key not in wanted:
+            raise UserError(f"{path}:{lineno}: a prediction for {key[0] or key[1]} that the data does not have; {other}")
+        if "error" in record:
+            continue
+        done[key] = record
+        kept.append(line.decode("utf-8") + "\n")
+    if len(kept) != complete.count(b"\n") or len(complete) != len(raw):
+        from paddle_ocrvl_sft.io import atomic_write_text
+
+        atomic_write_text(path, "".join(kept))
+    return done
+
+
+def run_resumable(jobs: list[Job], path: Path, make_backend_fn, *, batch_size: int = 1, progress: bool = True,
+                  other: str = "use another output or --force") -> list[dict]:
+    """Each job's record, in job order: from ``path`` (an appended JSONL of earlier runs) or made now.
+
+    New records are appended to ``path`` and flushed one by one, so an interrupted run keeps what it
+    finished and the next run asks the model only for the rest (failed ones included). The backend
+    is made (the model loaded, the server asked) only when something is left to do.
+    """
+    done = load_done(path, {job_key(j) for j in jobs}, other=other)
+    todo = [j for j in jobs if job_key(j) not in done]
+    if todo:
+        if done:
+            print(f"resuming {path}: {len(jobs) - len(todo)} of {len(jobs)} predictions already made",
+                  file=sys.stderr)
+        backend = make_backend_fn()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8") as fh:
+            for job, record in zip(todo, run(todo, backend, progress=progress, batch_size=batch_size)):
+                fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+                fh.flush()
+                done[job_key(job)] = record
+    return [done[job_key(j)] for j in jobs]
 
 
 def _outcomes(jobs: list[Job], backend) -> list:

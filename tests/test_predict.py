@@ -374,7 +374,7 @@ def test_unreachable_server_is_a_clear_error(receipt, capsys):
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     assert cli.main(["predict", str(receipt), "--backend", "genai-server", "--server-url",
-                     f"http://127.0.0.1:{port}/v1", "--timeout", "5", "--no-progress"]) == 1
+                     f"http://127.0.0.1:{port}/v1", "--timeout", "5", "--retries", "0", "--no-progress"]) == 1
     err = capsys.readouterr().err
     assert err.startswith(f"error: --server-url http://127.0.0.1:{port}/v1/models:") and "Traceback" not in err
 

@@ -316,19 +316,28 @@ def test_the_openai_client_with_the_api_key(guarded, receipt_png):
         OpenAI(base_url=guarded + "/v1", api_key="guess", max_retries=0).chat.completions.create(model=MODEL, messages=messages)
 
 
-# --- batching, concurrency cap, timeout (a controllable backend: the server logic, not the model) ---
+# --- batching, admission, timeout (a controllable backend: the server logic, not the model) ---------
 
 
 class GatedBackend:
-    """Answers "text for PROMPT" once ``gate`` is open; records the size of every batch."""
+    """Answers "text for PROMPT"; batch k waits for ``gates[k]`` (open when not given) and sets
+    ``entered[k]`` when it starts; records every batch's size and jobs."""
 
-    def __init__(self):
-        self.gate = threading.Event()
-        self.batches: list[int] = []
+    def __init__(self, gated: int = 1):
+        self.gates = [threading.Event() for _ in range(gated)]
+        self.entered = [threading.Event() for _ in range(gated)]
+        self.batches: list[list] = []
+
+    @property
+    def gate(self) -> threading.Event:
+        return self.gates[0]
 
     def batch(self, jobs):
-        self.gate.wait(30)
-        self.batches.append(len(jobs))
+        k = len(self.batches)
+        self.batches.append(list(jobs))
+        if k < len(self.gates):
+            self.entered[k].set()
+            self.gates[k].wait(60)
         return [f"text for {job.prompt}" for job in jobs]
 
 
@@ -336,36 +345,285 @@ def tiny_png_b64() -> str:
     return base64.b64encode(_png(64, 32)).decode()
 
 
+def health(url: str) -> dict:
+    return call(url, "/health")[1]
+
+
+def wait_until(condition, what: str, timeout: float = 60) -> None:
+    """Poll ``condition`` (a server state the test waits for, not a guess at timing)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
 def test_requests_that_arrive_together_share_a_model_call():
     backend = GatedBackend()
     app = create_app(backend, model_name="m", backend_name="test", limits=Limits(max_batch=8, batch_wait=0.05))
     with ServerThread(app) as server, ThreadPoolExecutor(12) as pool:
         futures = [pool.submit(call, server.url, "/ocr", {"image": tiny_png_b64(), "prompt": f"p{i}"}) for i in range(12)]
-        time.sleep(0.5)  # all twelve wait: the first batch is held at the gate
+        wait_until(lambda: health(server.url)["in_flight"] == 12, "all twelve requests in flight")
         backend.gate.set()
         answers = [f.result() for f in futures]
         assert [a[1]["text"] for a in answers] == [f"text for p{i}" for i in range(12)]
-        assert sum(backend.batches) == 12 and max(backend.batches) == 8 and len(backend.batches) < 12
+        sizes = [len(b) for b in backend.batches]
+        assert sum(sizes) == 12 and max(sizes) == 8 and len(sizes) < 12
         status, text = call(server.url, "/metrics")
         assert status == 200
-        assert f"ocrvl_batch_size_count {float(len(backend.batches))}" in text
+        assert f"ocrvl_batch_size_count {float(len(sizes))}" in text
         assert 'ocrvl_requests_total{route="/ocr",status="200"} 12.0' in text
 
 
-def test_too_many_requests_get_429_and_slow_ones_408():
+def test_requests_that_arrive_during_a_batch_form_the_next_one():
+    """While batch 1 runs, 20 requests arrive: they become ONE next batch (up to --max-batch), not 20."""
+    backend = GatedBackend()
+    # A long gather limit: requests admitted but still decoding their image are waited for whatever the load.
+    app = create_app(backend, model_name="m", backend_name="test", limits=Limits(max_batch=32, gather_limit=60))
+    with ServerThread(app) as server, ThreadPoolExecutor(21) as pool:
+        first = pool.submit(call, server.url, "/ocr", {"image": tiny_png_b64(), "prompt": "first"})
+        assert backend.entered[0].wait(30)
+        rest = [pool.submit(call, server.url, "/ocr", {"image": tiny_png_b64(), "prompt": f"p{i}"}) for i in range(20)]
+        wait_until(lambda: health(server.url)["in_flight"] == 21, "twenty requests queued behind the first batch")
+        backend.gate.set()
+        assert first.result()[1]["text"] == "text for first"
+        assert [f.result()[1]["text"] for f in rest] == [f"text for p{i}" for i in range(20)]
+    assert [len(b) for b in backend.batches] == [1, 20]
+
+
+def test_a_batch_waits_for_a_request_whose_body_is_still_arriving():
+    """Adaptive gathering: a request whose body is being read is waited for (no fixed cut-off)."""
+    import http.client
+
+    backend = GatedBackend(gated=0)
+    app = create_app(backend, model_name="m", backend_name="test", limits=Limits(max_batch=8, gather_limit=60))
+    body = json.dumps({"image": tiny_png_b64(), "prompt": "slow"}).encode()
+    with ServerThread(app) as server, ThreadPoolExecutor(1) as pool:
+        host, port = server.url.removeprefix("http://").split(":")
+        slow = http.client.HTTPConnection(host, int(port), timeout=60)
+        slow.putrequest("POST", "/ocr")
+        slow.putheader("Content-Type", "application/json")
+        slow.putheader("Content-Length", str(len(body)))
+        slow.endheaders(body[:10])  # headers and the first bytes: the request is on its way
+        wait_until(lambda: health(server.url)["in_flight"] == 1, "the slow request admitted")
+        fast = pool.submit(call, server.url, "/ocr", {"image": tiny_png_b64(), "prompt": "fast"})
+        wait_until(lambda: health(server.url)["in_flight"] == 2, "the fast request admitted")
+        slow.send(body[10:])
+        response = slow.getresponse()
+        assert response.status == 200 and json.loads(response.read())["text"] == "text for slow"
+        assert fast.result()[1]["text"] == "text for fast"
+        slow.close()
+    assert [sorted(j.prompt for j in b) for b in backend.batches] == [["fast", "slow"]]
+
+
+def test_a_full_queue_gets_503_with_retry_after_and_slow_ones_408():
     backend = GatedBackend()
     app = create_app(backend, model_name="m", backend_name="test",
                      limits=Limits(max_concurrency=2, timeout=1.0, max_batch=1, batch_wait=0))
     with ServerThread(app) as server, ThreadPoolExecutor(3) as pool:
         first = [pool.submit(call, server.url, "/ocr", {"image": tiny_png_b64()}) for _ in range(2)]
-        time.sleep(0.3)
-        status, answer = call(server.url, "/ocr", {"image": tiny_png_b64()})
-        assert status == 429 and "requests in flight" in answer["error"]["message"]
+        wait_until(lambda: health(server.url)["in_flight"] == 2, "two requests in flight")
+        request = urllib.request.Request(server.url + "/ocr", data=json.dumps({"image": tiny_png_b64()}).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=30)
+        assert refused.value.code == 503 and int(refused.value.headers["Retry-After"]) >= 1
+        assert "requests queued or decoding" in json.loads(refused.value.read())["error"]["message"]
         assert [f.result()[0] for f in first] == [408, 408]  # the gate stayed shut past --timeout
         assert "no answer within 1 s" in first[0].result()[1]["error"]["message"]
         backend.gate.set()
         status, answer = call(server.url, "/ocr", {"image": tiny_png_b64()})
         assert status == 200 and answer["text"] == "text for OCR:"  # still serving
+
+
+def test_limits_hold_under_a_burst():
+    """A burst past the queue while the model is busy: exactly the admitted ones answered, the rest
+    503 + Retry-After; oversized bodies and pixel bombs refused in the same burst."""
+    backend = GatedBackend()
+    limits = Limits(max_concurrency=6, max_batch=8, max_body_bytes=200_000, max_image_pixels=300 * 300)
+    app = create_app(backend, model_name="m", backend_name="test", limits=limits)
+    big = base64.b64encode(_png(400, 400)).decode()
+    with ServerThread(app) as server, ThreadPoolExecutor(40) as pool:
+        blocker = pool.submit(call, server.url, "/ocr", {"image": tiny_png_b64(), "prompt": "blocker"})
+        assert backend.entered[0].wait(30)
+        bad = [pool.submit(call, server.url, "/ocr", raw=b"x" * 300_000) for _ in range(5)]
+        bad += [pool.submit(call, server.url, "/ocr", {"image": big}) for _ in range(5)]
+        assert [f.result()[0] for f in bad] == [413] * 10
+        burst = [pool.submit(call, server.url, "/ocr", {"image": tiny_png_b64(), "prompt": f"p{i}"}) for i in range(30)]
+        wait_until(lambda: sum(f.done() for f in burst) == 25, "25 of the burst refused")
+        assert health(server.url)["in_flight"] == 6
+        backend.gate.set()
+        answers = [f.result() for f in burst]
+    ok = [(i, a) for i, (status, a) in enumerate(answers) if status == 200]
+    assert len(ok) == 5 and all(a["text"] == f"text for p{i}" for i, a in ok)
+    assert sorted(status for status, _ in answers) == [200] * 5 + [503] * 25
+    assert blocker.result()[1]["text"] == "text for blocker"
+
+
+class WarmingBackend(GatedBackend):
+    """A backend whose warm-up waits for ``warm`` (the static cache's graphs, in the real one)."""
+
+    def __init__(self):
+        super().__init__(gated=0)
+        self.warm = threading.Event()
+
+    def warmup(self):
+        assert self.warm.wait(60)
+
+
+def test_health_says_warming_until_the_model_is_ready_and_requests_wait_for_it():
+    backend = WarmingBackend()
+    app = create_app(backend, model_name="m", backend_name="test")
+    with ServerThread(app, ready=False) as server, ThreadPoolExecutor(1) as pool:
+        status, body = call(server.url, "/health")
+        assert (status, body["status"]) == (503, "warming")
+        waiting = pool.submit(call, server.url, "/ocr", {"image": tiny_png_b64()})
+        wait_until(lambda: health(server.url)["in_flight"] == 1, "a request queued while warming")
+        backend.warm.set()
+        status, answer = waiting.result()
+        assert status == 200 and answer["text"] == "text for OCR:"
+        assert call(server.url, "/health") == (200, {"status": "ok", "model": "m", "backend": "test", "in_flight": 0})
+
+
+# --- under load with the real tiny model: nothing lost or mixed up ----------------------------------------
+
+
+class HeldRows:
+    """The transformers backend with batch k held at ``gates[k]`` (``entered[k]`` set when it starts)."""
+
+    def __init__(self, backend, held: int = 0):
+        self.backend = backend
+        self.gates = [threading.Event() for _ in range(held)]
+        self.entered = [threading.Event() for _ in range(held)]
+        self.sizes: list[int] = []
+        self.on_done_hook = None
+
+    def warmup(self):
+        self.backend.warmup()
+
+    def prepare(self, job):
+        return self.backend.prepare(job)
+
+    def run_prepared(self, items, on_done):
+        """The real batch; ``on_done_hook(on_done, i, row, text)`` sees each answer and sends it on."""
+        k = len(self.sizes)
+        self.sizes.append(len(items))
+        if k < len(self.gates):
+            self.entered[k].set()
+            assert self.gates[k].wait(60)
+        hook = self.on_done_hook
+        if hook is None:
+            return self.backend.run_prepared(items, on_done)
+        self.backend.run_prepared(items, lambda i, text: hook(on_done, i, items[i], text))
+
+
+@pytest.fixture(scope="module")
+def row_backend(bundles):
+    return TransformersBackend(bundles[1], device="cpu", max_new_tokens=MAX_NEW, batch_size=64)
+
+
+def distinct_pages(count: int) -> list[bytes]:
+    pages = []
+    for i in range(count):
+        buf = io.BytesIO()
+        receipt_image({"n": f"{i:03d}", "total": f"{i * 3}.{i % 100:02d}"}, width=160 + 32 * (i % 4)).save(buf, format="PNG")
+        pages.append(buf.getvalue())
+    return pages
+
+
+def alone(bundles, jobs, max_new_tokens: int = MAX_NEW) -> list[str]:
+    """Each job run alone (a batch of one) by a separate backend instance."""
+    single = TransformersBackend(bundles[1], device="cpu", max_new_tokens=max_new_tokens, batch_size=1)
+    return [single(job) for job in jobs]
+
+
+@pytest.mark.slow
+def test_256_concurrent_distinct_images_each_get_their_own_answer(bundles, row_backend):
+    """256 requests at once (prompts and caps mixed): every answer equals that image run alone, greedy."""
+    from PIL import Image
+
+    # The tiny random model's answers hardly depend on the image, so each request also gets its own
+    # prompt and token cap (1..40): answers then differ in length and text, and a mix-up shows.
+    pages = distinct_pages(256)
+    prompts = ["OCR:", "Table Recognition:", 'OCR:{"total": ""}', "Chart Recognition:"]
+    requests = [{"image": base64.b64encode(page).decode(), "prompt": prompts[i % 4], "max_new_tokens": 1 + i * 7 % 40}
+                for i, page in enumerate(pages)]
+    jobs = [Job(Image.open(io.BytesIO(page)).convert("RGB"), r["prompt"], max_new_tokens=r["max_new_tokens"])
+            for page, r in zip(pages, requests)]
+    expected = alone(bundles, jobs, max_new_tokens=40)
+    assert len(set(expected)) > 80  # many distinct answers: a mix-up would show
+
+    held = HeldRows(row_backend)
+    app = create_app(held, model_name=MODEL, backend_name="transformers",
+                     limits=Limits(max_new_tokens=40, max_batch=64, max_concurrency=256))
+    with ServerThread(app) as server, ThreadPoolExecutor(256) as pool:
+        answers = list(pool.map(lambda r: call(server.url, "/ocr", r, timeout=600), requests))
+    assert [status for status, _ in answers] == [200] * 256
+    assert [a["text"] for _, a in answers] == expected
+    assert max(held.sizes) <= 64 and sum(held.sizes) == 256 and len(held.sizes) < 64
+
+
+@pytest.mark.slow
+def test_a_client_that_disconnects_mid_batch_does_not_break_the_others(bundles, row_backend, receipt_png):
+    import socket
+
+    from PIL import Image
+
+    pages = distinct_pages(5)
+    requests = [{"image": base64.b64encode(page).decode()} for page in pages]
+    expected = alone(bundles, [Job(Image.open(io.BytesIO(p)).convert("RGB"), "OCR:") for p in pages])
+    held = HeldRows(row_backend, held=2)
+    app = create_app(held, model_name=MODEL, backend_name="transformers",
+                     limits=Limits(max_new_tokens=MAX_NEW, gather_limit=60))
+    with ServerThread(app) as server, ThreadPoolExecutor(6) as pool:
+        blocker = pool.submit(call, server.url, "/ocr", {"image": b64(receipt_png)})
+        assert held.entered[0].wait(60)
+        others = [pool.submit(call, server.url, "/ocr", r) for r in requests]
+        host, port = server.url.removeprefix("http://").split(":")
+        leaver = socket.create_connection((host, int(port)), timeout=30)
+        body = json.dumps({"image": b64(receipt_png)}).encode()
+        leaver.sendall(b"POST /ocr HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                       + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        wait_until(lambda: health(server.url)["in_flight"] == 7, "six requests queued behind the first batch")
+        held.gates[0].set()
+        assert held.entered[1].wait(60)
+        assert held.sizes == [1, 6]  # the leaver is in the batch now running
+        leaver.close()  # the client goes away mid-batch
+        held.gates[1].set()
+        assert blocker.result()[0] == 200
+        assert [f.result() for f in others] == [(200, f.result()[1]) for f in others]
+        assert [f.result()[1]["text"] for f in others] == expected
+        wait_until(lambda: health(server.url)["in_flight"] == 0, "the server idle again")
+        status, answer = call(server.url, "/ocr", requests[0])
+        assert status == 200 and answer["text"] == expected[0]
+
+
+@pytest.mark.slow
+def test_a_short_request_is_answered_while_a_longer_one_in_its_batch_still_decodes(row_backend, receipt_png):
+    held = HeldRows(row_backend, held=1)
+    answered, release = threading.Event(), threading.Event()
+
+    def hook(on_done, i, item, text):
+        on_done(i, text)
+        if item.cap == 1:  # the short request's row
+            answered.set()
+            assert release.wait(60)  # the batch stays open until the short answer has been received
+
+    app = create_app(held, model_name=MODEL, backend_name="transformers",
+                     limits=Limits(max_new_tokens=MAX_NEW, gather_limit=60))
+    with ServerThread(app) as server, ThreadPoolExecutor(3) as pool:
+        blocker = pool.submit(call, server.url, "/ocr", {"image": b64(receipt_png)})
+        assert held.entered[0].wait(60)
+        long = pool.submit(call, server.url, "/ocr", {"image": b64(receipt_png), "prompt": "chart"})
+        short = pool.submit(call, server.url, "/ocr", {"image": b64(receipt_png), "max_new_tokens": 1})
+        wait_until(lambda: health(server.url)["in_flight"] == 3, "both queued behind the first batch")
+        held.on_done_hook = hook
+        held.gates[0].set()
+        status, answer = short.result(timeout=60)
+        assert status == 200 and answer["text"] and answered.is_set()
+        assert not long.done()  # its batch is still decoding
+        release.set()
+        assert long.result()[0] == 200 and blocker.result()[0] == 200
+    assert held.sizes == [1, 2]
 
 
 class FixedAnswerBackend:
@@ -423,7 +681,10 @@ def test_serve_cli_binds_loopback_and_stops_cleanly(bundles, tmp_path):
             if m := re.search(r"Uvicorn running on http://127\.0\.0\.1:(\d+)", line):
                 port = int(m.group(1))
         assert port, "".join(lines)
-        status, health = call(f"http://127.0.0.1:{port}", "/health")
+        url = f"http://127.0.0.1:{port}"
+        assert call(url, "/health")[1]["status"] in ("warming", "ok")  # the static cache's graphs first
+        wait_until(lambda: call(url, "/health")[1]["status"] != "warming", "the warm-up")
+        status, health = call(url, "/health")
         assert status == 200 and health == {"status": "ok", "model": MODEL, "backend": "transformers", "in_flight": 0}
         assert any("serving PaddleOCR-VL-0.9B (transformers backend)" in line for line in lines)
     finally:

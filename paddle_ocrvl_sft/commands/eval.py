@@ -40,14 +40,23 @@ def register(subparsers) -> None:
     p.add_argument("-o", "--out", default="runs/eval", metavar="OUT_DIR", help="output dir (default runs/eval)")
     p.add_argument("--normalize", type=normalizations, default=[], metavar="whitespace,width,numbers",
                    help="compare texts after these normalizations (default none; recorded in metrics.json)")
-    p.add_argument("--backend", default="paddle", metavar="NAME", help="a predict backend: paddle (default), genai-server, ...")
+    p.add_argument("--backend", default="paddle", metavar="NAME",
+                   help="a predict backend: paddle (default), transformers (an hf export), genai-server")
     p.add_argument("--server-url", metavar="URL", help="genai-server: e.g. http://127.0.0.1:8118/v1")
     p.add_argument("--server-model", metavar="NAME", help="genai-server: model name (default: first of GET /models)")
     p.add_argument("--timeout", type=positive_seconds, default=600.0, help="genai-server: seconds per request (default 600)")
+    p.add_argument("--concurrency", type=positive_int, metavar="N", help="genai-server: requests in flight (default 16)")
+    p.add_argument("--retries", type=int, default=5, metavar="N",
+                   help="genai-server: times a transient failure is asked again, with back-off (default 5)")
+    p.add_argument("--dtype", choices=("bfloat16", "float16", "float32"),
+                   help="transformers: default bfloat16 on GPU, float32 on CPU")
+    p.add_argument("--kv-cache", choices=("static", "dynamic"), default="static",
+                   help="transformers: static (default; CUDA-graph decoding) or dynamic (transformers' generate)")
     p.add_argument("--model-name", help="PaddleX model name (default: from DIR/inference.yml)")
     p.add_argument("--device", help="e.g. cpu, gpu:0 (default: the backend's choice)")
     p.add_argument("--max-new-tokens", type=positive_int, metavar="N", help="cap on generated tokens (default: the backend's)")
-    p.add_argument("--batch-size", type=positive_int, default=1, metavar="N", help="images per model call (default 1)")
+    p.add_argument("--batch-size", type=positive_int, metavar="N",
+                   help="images per model call (default 16 for transformers, else 1), as predict")
     p.add_argument("--force", action="store_true", help="start OUT_DIR over (its predictions are discarded)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.set_defaults(func=run_eval)
@@ -82,9 +91,15 @@ def run_eval(args) -> int:
 
 
 def _backend_options(args) -> dict:
-    """Backend options passed only when given (the genai-server timeout always with that backend)."""
+    """Backend options passed only when given (each backend's own options always with it)."""
+    from paddle_ocrvl_sft.errors import UsageError
+
     given = {"server_url": args.server_url, "server_model": args.server_model, "model_name": args.model_name}
     options = {k: v for k, v in given.items() if v is not None}
     if args.backend == "genai-server":
-        options["timeout"] = args.timeout
+        if args.retries < 0:
+            raise UsageError(f"--retries {args.retries}: must be >= 0")
+        options.update(timeout=args.timeout, concurrency=args.concurrency or 16, retries=args.retries)
+    if args.backend == "transformers":
+        options.update(kv_cache=args.kv_cache, dtype=args.dtype)
     return options

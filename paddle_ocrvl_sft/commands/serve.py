@@ -30,15 +30,19 @@ def register(subparsers) -> None:
     p.add_argument("--api-key", metavar="KEY", help=f"require this key (or set ${API_KEY_ENV})")
     p.add_argument("--device", help="paddle: cpu, gpu:0; transformers: cpu, cuda:0 (default: the GPU if there is one)")
     p.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), help="transformers (default: bfloat16 on GPU)")
-    p.add_argument("--kv-cache", choices=("dynamic", "static"), default="dynamic", help="transformers KV cache")
+    p.add_argument("--kv-cache", choices=("static", "dynamic"), default="static",
+                   help="transformers: static (default; decoding graphs for a few batch shapes made at start-up, "
+                        "/health says 'warming' until then) or dynamic (transformers' generate)")
     p.add_argument("--model-name", help="PaddleX model name (default: from DIR/inference.yml)")
     p.add_argument("--release", metavar="v1|v1.5|v1.6",
                    help="paddle: the bundle's release (default: detected from its files; a bundle whose files "
                         "disagree is refused)")
     limits = p.add_argument_group("limits")
-    limits.add_argument("--max-batch", type=positive_int, default=16, metavar="N", help="requests per model call (default 16)")
-    limits.add_argument("--batch-wait-ms", type=float, default=5.0, metavar="MS",
-                        help="how long the first request of a batch waits for others (default 5)")
+    limits.add_argument("--max-batch", type=positive_int, default=64, metavar="N",
+                        help="requests per model call (default 64; the static cache's largest batch shape)")
+    limits.add_argument("--batch-wait-ms", type=float, default=20.0, metavar="MS",
+                        help="how long a batch being gathered waits for one more request when none is on its way "
+                             "(default 20; requests already on their way are waited for, up to 500 ms)")
     limits.add_argument("--max-new-tokens", type=positive_int, default=4096, metavar="N",
                         help="default and upper bound of a request's new tokens (default 4096)")
     limits.add_argument("--max-body-mb", type=float, default=20.0, metavar="MB", help="request body size (default 20)")
@@ -46,8 +50,8 @@ def register(subparsers) -> None:
                         help="width x height of an uploaded image (default 40000000)")
     limits.add_argument("--timeout", type=positive_seconds, default=300.0, metavar="S",
                         help="seconds a request may wait for its answer (default 300)")
-    limits.add_argument("--max-concurrency", type=positive_int, default=64, metavar="N",
-                        help="model requests in flight; more get 429 (default 64)")
+    limits.add_argument("--max-concurrency", type=positive_int, default=256, metavar="N",
+                        help="model requests admitted (queued or decoding); more get 503 with Retry-After (default 256)")
     p.set_defaults(func=run)
 
 

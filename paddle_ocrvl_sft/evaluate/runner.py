@@ -21,8 +21,8 @@ from paddle_ocrvl_sft.errors import UsageError, UserError
 from paddle_ocrvl_sft.evaluate.metrics import normalizer
 from paddle_ocrvl_sft.evaluate.score import (EvalSample, aggregate, format_change, format_value, headlines,
                                              join_predictions, kinds_of, load_samples, score_samples)
-from paddle_ocrvl_sft.io import atomic_open, atomic_write_text, refuse_existing, write_json
-from paddle_ocrvl_sft.predict import BACKENDS, Job, make_backend, run
+from paddle_ocrvl_sft.io import atomic_open, refuse_existing, write_json
+from paddle_ocrvl_sft.predict import BACKENDS, jobs_per_call, make_backend, run_resumable
 
 PREDICTIONS = "predictions.jsonl"
 BASELINE = "baseline"
@@ -30,7 +30,7 @@ RUN_INFO = "run.json"
 
 
 def evaluate(model_dir, data, *, out_dir, baseline=None, backend: str = "paddle", device: str | None = None,
-             batch_size: int = 1, max_new_tokens: int | None = None, normalize: Iterable[str] = (),
+             batch_size: int | None = None, max_new_tokens: int | None = None, normalize: Iterable[str] = (),
              force: bool = False, progress: bool = True, **backend_options) -> dict:
     """Run ``model_dir`` (and ``baseline``, a second model dir) on ``data``, score, write ``out_dir``.
 
@@ -40,6 +40,11 @@ def evaluate(model_dir, data, *, out_dir, baseline=None, backend: str = "paddle"
     already predicted and redoes failed ones and a torn last line. Returns the metrics dict
     (also in ``OUT/metrics.json``): per task, ``n``, ``errors``, ``by_doc_type`` where samples name
     one, and the baseline's metrics under ``"baseline"``.
+
+    Batching is predict's: ``batch_size`` (default 16 for transformers, else 1) images per model
+    call, the transformers backend handed several batches at a time (sorted by length, the next one
+    prepared while one decodes, ``kv_cache`` as predict takes it); the genai-server backend keeps
+    ``concurrency`` requests in flight and retries transient failures.
     """
     if backend not in BACKENDS:
         raise UsageError(f"--backend {backend}: must be one of {', '.join(BACKENDS)}")
@@ -49,7 +54,8 @@ def evaluate(model_dir, data, *, out_dir, baseline=None, backend: str = "paddle"
     normalize = checked_normalizations(normalize)
     samples = load_samples(data)
     out = Path(out_dir)
-    options = {"device": device, "max_new_tokens": max_new_tokens, **backend_options}
+    batch_size = batch_size or (16 if backend == "transformers" else 1)
+    options = {"device": device, "max_new_tokens": max_new_tokens, "batch_size": batch_size, **backend_options}
     model_label = str(model_dir) if model_dir is not None else str(backend_options.get("server_url"))
     info = {"data": os.path.realpath(data), "backend": backend,
             "model": _model_id(model_dir) or model_label, "baseline": _model_id(baseline)}
@@ -58,7 +64,7 @@ def evaluate(model_dir, data, *, out_dir, baseline=None, backend: str = "paddle"
     def predictions_of(model, where: Path) -> list[dict]:
         return predict_resumable(samples, where / PREDICTIONS,
                                  lambda: make_backend(backend, model_dir=model, **options),
-                                 batch_size=batch_size, progress=progress)
+                                 batch_size=jobs_per_call(backend, batch_size), progress=progress)
 
     records = predictions_of(model_dir, out)
     base_records = predictions_of(baseline, out / BASELINE) if baseline is not None else None
@@ -114,10 +120,6 @@ def score_and_report(samples: list[EvalSample], records: list[dict], base_record
 # --- resumable predictions ------------------------------------------------------------------------
 
 
-def _job_key(job: Job) -> tuple:
-    return job.where, job.image, job.prompt
-
-
 def predict_resumable(samples: list[EvalSample], path: Path, make: Callable[[], object], *, batch_size: int = 1,
                       progress: bool = True) -> list[dict]:
     """Each sample's predict record, in sample order, from ``path`` or made now and appended to it.
@@ -127,42 +129,8 @@ def predict_resumable(samples: list[EvalSample], path: Path, make: Callable[[], 
     (``error`` lines) are dropped to be retried, and only the rest is predicted. The backend is
     made (the model loaded) only when something is left to predict.
     """
-    jobs = [s.job for s in samples]
-    done = _load_done(path, {_job_key(j) for j in jobs})
-    todo = [j for j in jobs if _job_key(j) not in done]
-    if todo:
-        backend = make()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a", encoding="utf-8") as fh:
-            for job, record in zip(todo, run(todo, backend, progress=progress, batch_size=batch_size)):
-                fh.write(json.dumps(record, ensure_ascii=False) + "\n")
-                fh.flush()
-                done[_job_key(job)] = record
-    return [done[_job_key(j)] for j in jobs]
-
-
-def _load_done(path: Path, wanted: set[tuple]) -> dict[tuple, dict]:
-    if not path.exists():
-        return {}
-    raw = path.read_bytes()
-    complete = raw[: raw.rfind(b"\n") + 1]  # bytes after the last newline: a torn line, redone
-    done, kept = {}, []
-    for lineno, line in enumerate(complete.split(b"\n")[:-1], 1):
-        try:
-            record = json.loads(line)
-            key = (record.get("source"), record["image"], record["prompt"])
-        except (ValueError, KeyError, TypeError, AttributeError):
-            raise UserError(f"{path}:{lineno}: not a predict output line; delete it or rerun with --force") from None
-        if key not in wanted:
-            raise UserError(f"{path}:{lineno}: a prediction for {key[0] or key[1]} that the data does not have; "
-                            "this folder holds another evaluation (use another -o or --force)")
-        if "error" in record:
-            continue
-        done[key] = record
-        kept.append(line.decode("utf-8") + "\n")
-    if len(kept) != complete.count(b"\n") or len(complete) != len(raw):
-        atomic_write_text(path, "".join(kept))
-    return done
+    return run_resumable([s.job for s in samples], path, make, batch_size=batch_size, progress=progress,
+                         other="this folder holds another evaluation (use another -o or --force)")
 
 
 def _model_id(model_dir) -> str | None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import math
 import threading
 import time
 import uuid
@@ -55,6 +56,8 @@ from paddle_ocrvl_sft.tokens import PixelBounds
 STATIC = Path(__file__).parent / "static"
 PUBLIC_PATHS = ("/health", "/", "/docs", "/openapi.json")  # no data, no model: the rest needs the key
 ROUTES = ("/ocr", "/extract", "/v1/chat/completions", "/v1/models", "/health", "/metrics", "/")
+MODEL_ROUTES = ("/ocr", "/extract", "/v1/chat/completions")  # POSTs that queue a model call
+ARRIVAL = "paddle_ocrvl_sft.arrival"  # scope key: the request's place in the batcher's arrivals
 log = logging.getLogger("paddle_ocrvl_sft.serve")
 
 
@@ -147,11 +150,15 @@ def create_app(backend, *, model_name: str, backend_name: str, limits: Limits = 
                api_key: str | None = None, model_bounds: PixelBounds = PixelBounds()) -> FastAPI:
     """The API over ``backend`` (a predict backend: ``batch(jobs)`` or one job per call)."""
     metrics = Metrics()
-    state: dict[str, Any] = {"batcher": None, "in_flight": 0}
+    state: dict[str, Any] = {"batcher": None, "in_flight": 0, "batch_seconds": 1.0}
+
+    def observe_batch(size: int, seconds: float) -> None:
+        state["batch_seconds"] = seconds
+        metrics.observe_batch(size, seconds)
 
     async def lifespan(app):
-        state["batcher"] = MicroBatcher(backend, max_batch=limits.max_batch,
-                                        max_wait=limits.batch_wait, on_batch=metrics.observe_batch)
+        state["batcher"] = MicroBatcher(backend, max_batch=limits.max_batch, max_wait=limits.batch_wait,
+                                        gather_limit=limits.gather_limit, on_batch=observe_batch)
         try:
             yield
         finally:
@@ -160,12 +167,13 @@ def create_app(backend, *, model_name: str, backend_name: str, limits: Limits = 
     app = FastAPI(title="paddle-ocrvl-sft serve", version=__version__, lifespan=lifespan,
                   description=f"PaddleOCR-VL ({model_name}, {backend_name} backend): OCR text, KIE JSON "
                               "and the OpenAI chat.completions subset PaddleOCR's pipeline uses.")
-    app.add_middleware(_Guard, api_key=api_key, max_body=limits.max_body_bytes, metrics=metrics)
+    app.add_middleware(_Guard, api_key=api_key, max_body=limits.max_body_bytes, metrics=metrics, state=state,
+                       max_concurrency=limits.max_concurrency)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError):
-        return error_response(exc.status, exc.message, exc.kind)
+        return error_response(exc.status, exc.message, exc.kind, exc.headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
@@ -175,42 +183,39 @@ def create_app(backend, *, model_name: str, backend_name: str, limits: Limits = 
     async def validation_error(request: Request, exc: RequestValidationError):
         return error_response(422, describe_validation(exc.errors()))
 
-    async def run_job(job: Job) -> tuple[str, float]:
-        """Queue ``job`` for the model; (text, milliseconds) or an ApiError."""
+    async def run_job(job: Job, request: Request) -> tuple[str, float]:
+        """Queue ``job`` for the model; (text, milliseconds) or an ApiError.
+
+        The request was admitted (and counted in flight) by the guard before its body was read.
+        """
         batcher: MicroBatcher = state["batcher"]
-        if state["in_flight"] >= limits.max_concurrency:
-            raise ApiError(429, f"busy: {state['in_flight']} requests in flight (the server's --max-concurrency "
-                                f"is {limits.max_concurrency}); retry later", "rate_limit_error")
         start = time.perf_counter()
-        state["in_flight"] += 1
-        metrics.in_flight.inc()
         try:
-            try:
-                future = batcher.submit(job)
-            except RuntimeError as exc:
-                raise ApiError(503, f"the model is not available: {exc}", "server_error") from None
-            try:
-                text = await asyncio.wait_for(asyncio.wrap_future(future), limits.timeout)
-            except asyncio.TimeoutError:  # not the builtin one before Python 3.11
-                raise ApiError(408, f"no answer within {limits.timeout:g} s (the server's --timeout); "
-                                    "send a smaller image or a lower max_new_tokens", "timeout") from None
-            except UserError as exc:  # genai-server: the upstream server failed or is unreachable
-                raise ApiError(503, f"upstream: {exc}", "server_error") from None
-            except Exception as exc:  # the model call itself broke: not the client's mistake
-                log.exception("model call failed")
-                raise ApiError(500, f"the model call failed: {type(exc).__name__}: {exc}", "server_error") from None
-        finally:
-            state["in_flight"] -= 1
-            metrics.in_flight.dec()
+            future = batcher.submit(job, request.scope.get(ARRIVAL))
+        except RuntimeError as exc:
+            raise ApiError(503, f"the model is not available: {exc}", "server_error") from None
+        try:
+            text = await asyncio.wait_for(asyncio.wrap_future(future), limits.timeout)
+        except asyncio.TimeoutError:  # not the builtin one before Python 3.11
+            raise ApiError(408, f"no answer within {limits.timeout:g} s (the server's --timeout); "
+                                "send a smaller image or a lower max_new_tokens", "timeout") from None
+        except UserError as exc:  # genai-server: the upstream server failed or is unreachable
+            raise ApiError(503, f"upstream: {exc}", "server_error") from None
+        except Exception as exc:  # the model call itself broke: not the client's mistake
+            log.exception("model call failed")
+            raise ApiError(500, f"the model call failed: {type(exc).__name__}: {exc}", "server_error") from None
         return text, round((time.perf_counter() - start) * 1000, 1)
 
     @app.get("/health", tags=["server"])
     async def health():
+        """``ok`` (200) once the model is ready; ``warming`` (503) while the decoding graphs are made,
+        ``down`` (503) if the model worker stopped."""
         batcher = state["batcher"]
-        up = batcher is not None and batcher.alive
-        body = {"status": "ok" if up else "down", "model": model_name, "backend": backend_name,
-                "in_flight": state["in_flight"]}
-        return JSONResponse(body, status_code=200 if up else 503)
+        status = "down" if batcher is None or not batcher.alive else batcher.status
+        body = {"status": status, "model": model_name, "backend": backend_name, "in_flight": state["in_flight"]}
+        if batcher is not None and batcher.error:
+            body["error"] = batcher.error
+        return JSONResponse(body, status_code=200 if status == "ok" else 503)
 
     @app.get("/metrics", tags=["server"], response_class=Response)
     async def prometheus():
@@ -223,7 +228,7 @@ def create_app(backend, *, model_name: str, backend_name: str, limits: Limits = 
         image, options = await read_request(request, OcrOptions, limits)
         prompt = prompt_for_task(options.prompt)
         cap = token_cap(options.max_new_tokens, "max_new_tokens", limits)
-        text, ms = await run_job(Job(image, prompt, max_new_tokens=cap))
+        text, ms = await run_job(Job(image, prompt, max_new_tokens=cap), request)
         return {"text": text, "prompt": prompt, "model": model_name, "latency_ms": ms}
 
     @app.post("/extract", tags=["ocr"], response_model=ExtractResponse, openapi_extra=_body_schema(ExtractOptions, ExtractRequest))
@@ -233,7 +238,7 @@ def create_app(backend, *, model_name: str, backend_name: str, limits: Limits = 
         query = kie_query(options.fields, options.query)
         prompt = kie_prompt(query)
         cap = token_cap(options.max_new_tokens, "max_new_tokens", limits)
-        text, ms = await run_job(Job(image, prompt, max_new_tokens=cap))
+        text, ms = await run_job(Job(image, prompt, max_new_tokens=cap), request)
         fields = parse_kie(text)
         if options.strict:
             fields = keep_requested(fields, query)
@@ -261,7 +266,7 @@ def create_app(backend, *, model_name: str, backend_name: str, limits: Limits = 
         cap = token_cap(chat.max_completion_tokens if chat.max_completion_tokens is not None else chat.max_tokens,
                         "max_completion_tokens", limits)
         job = Job(image, prompt, max_new_tokens=cap, pixels=pixel_bounds(chat.mm_processor_kwargs, model_bounds))
-        text, _ = await run_job(job)
+        text, _ = await run_job(job, request)
         return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
                 "model": model_name, "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None,
                                                   "message": {"role": "assistant", "content": text}}]}
@@ -358,22 +363,32 @@ def describe_validation(errors: list[dict]) -> str:
     return "; ".join(parts)
 
 
-def error_response(status: int, message: str, kind: str | None = None) -> JSONResponse:
+def error_response(status: int, message: str, kind: str | None = None, headers: dict | None = None) -> JSONResponse:
     kind = kind or ("authentication_error" if status == 401 else "invalid_request_error" if status < 500 else "server_error")
-    return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status_code=status)
+    return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status_code=status,
+                        headers=headers)
 
 
 # --- the outer guard: API key, body size, metrics ------------------------------------------------
 
 
 class _Guard:
-    """ASGI middleware run before any body is read: the API key, the body size, and metrics."""
+    """ASGI middleware run before any body is read: the API key, the body size, admission, and metrics.
 
-    def __init__(self, app, *, api_key: str | None, max_body: int, metrics: Metrics):
+    A model request (POST to a route in MODEL_ROUTES) is admitted here, before its body is read:
+    past ``max_concurrency`` admitted requests it gets a 503 with ``Retry-After`` at once;
+    otherwise it is counted in flight and announced to the batcher, which waits for it while it
+    gathers a batch, until its body is read and its job queued (or it fails).
+    """
+
+    def __init__(self, app, *, api_key: str | None, max_body: int, metrics: Metrics, state: dict,
+                 max_concurrency: int):
         self.app = app
         self.api_key = api_key.encode() if api_key else None
         self.max_body = max_body
         self.metrics = metrics
+        self.state = state
+        self.max_concurrency = max_concurrency
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -387,14 +402,39 @@ class _Guard:
                 status[0] = message["status"]
             await send(message)
 
+        admitted, arrival = False, None
         try:
             refusal = self._refusal(scope)
+            if refusal is None and scope["method"] == "POST" and path in MODEL_ROUTES:
+                refusal = self._admit()
+                if refusal is None:
+                    admitted = True
+                    self.state["in_flight"] += 1
+                    self.metrics.in_flight.inc()
+                    batcher = self.state["batcher"]
+                    if batcher is not None:
+                        arrival = scope[ARRIVAL] = batcher.arriving()
             if refusal is not None:
                 return await refusal(scope, receive, send_status)
             return await self.app(scope, self._bounded(receive), send_status)
         finally:
+            if arrival is not None:
+                arrival.done()
+            if admitted:
+                self.state["in_flight"] -= 1
+                self.metrics.in_flight.dec()
             route = path if path in ROUTES else "/static" if path.startswith("/static/") else "other"
             self.metrics.observe_request(route, status[0], time.perf_counter() - start)
+
+    def _admit(self) -> JSONResponse | None:
+        """A 503 with ``Retry-After`` (about one batch's time) when the queue is full."""
+        in_flight = self.state["in_flight"]
+        if in_flight < self.max_concurrency:
+            return None
+        wait = max(1, min(60, math.ceil(self.state["batch_seconds"])))
+        return error_response(503, f"busy: {in_flight} requests queued or decoding (the server's "
+                                   f"--max-concurrency is {self.max_concurrency}); retry after {wait} s",
+                              "server_error", headers={"Retry-After": str(wait)})
 
     def _refusal(self, scope) -> JSONResponse | None:
         headers = dict(scope["headers"])
@@ -434,9 +474,12 @@ class _Guard:
 
 
 class ServerThread:
-    """The app under uvicorn on a background thread (tests and benchmarks); ``url`` once started."""
+    """The app under uvicorn on a background thread (tests and benchmarks); ``url`` once started.
 
-    def __init__(self, app, host: str = "127.0.0.1", port: int = 0):
+    Entering waits until ``/health`` says ``ok`` (the model warmed up) unless ``ready=False``.
+    """
+
+    def __init__(self, app, host: str = "127.0.0.1", port: int = 0, *, ready: bool = True, start_timeout: float = 300):
         import socket
 
         import uvicorn
@@ -448,15 +491,37 @@ class ServerThread:
         self.url = f"http://{'[' + host + ']' if ':' in host else host}:{bound_port}"
         self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
         self._thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True)
+        self.ready = ready
+        self.start_timeout = start_timeout
 
     def __enter__(self) -> "ServerThread":
         self._thread.start()
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + self.start_timeout
         while not self.server.started:
             if not self._thread.is_alive() or time.monotonic() > deadline:
                 raise RuntimeError("the server did not start")
             time.sleep(0.02)
+        if self.ready:
+            self.wait_ready(deadline)
         return self
+
+    def wait_ready(self, deadline: float) -> None:
+        """Poll ``/health`` until it answers ``ok``; an error if it says ``down`` or time runs out."""
+        import json
+        import urllib.error
+        import urllib.request
+
+        while True:
+            try:
+                with urllib.request.urlopen(self.url + "/health", timeout=10) as resp:
+                    body = json.loads(resp.read())
+            except urllib.error.HTTPError as exc:
+                body = json.loads(exc.read() or b"{}")
+            if body.get("status") == "ok":
+                return
+            if body.get("status") == "down" or time.monotonic() > deadline:
+                raise RuntimeError(f"the server is not ready: {body}")
+            time.sleep(0.05)
 
     def __exit__(self, *exc) -> None:
         self.server.should_exit = True

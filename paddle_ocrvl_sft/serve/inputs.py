@@ -25,11 +25,12 @@ DATA_URL = re.compile(r"^data:(?P<type>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=
 class ApiError(Exception):
     """A refused request: HTTP ``status`` and a message for the client."""
 
-    def __init__(self, status: int, message: str, kind: str = "invalid_request_error"):
+    def __init__(self, status: int, message: str, kind: str = "invalid_request_error", headers: dict | None = None):
         super().__init__(message)
         self.status = status
         self.message = message
         self.kind = kind
+        self.headers = headers
 
 
 @dataclass(frozen=True)
@@ -40,9 +41,10 @@ class Limits:
     max_image_pixels: int = 40_000_000
     max_new_tokens: int = 4096
     timeout: float = 300.0
-    max_concurrency: int = 64
-    max_batch: int = 16
-    batch_wait: float = 0.005
+    max_concurrency: int = 256  # requests admitted (queued or decoding); more get 503 + Retry-After
+    max_batch: int = 64
+    batch_wait: float = 0.02  # the gathering batcher waits this long for a straggler
+    gather_limit: float = 0.5  # ... and at most this long for requests whose bodies are being read
 
 
 def image_from_text(value: object, field: str, limits: Limits):
