@@ -135,7 +135,7 @@ def test_the_page_asks_for_the_api_key_once(browser, tmp_path):
 
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "a.jsonl").write_text("")
-    with ServerThread(create_app(tmp_path, api_key="k3y")) as server:
+    with ServerThread(create_app(tmp_path, api_key="k3y"), ready=False) as server:
         page = browser.new_page()
         page.goto(server.url + "/#data")
         page.wait_for_selector("#login:not([hidden])")
