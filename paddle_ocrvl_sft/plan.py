@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from paddle_ocrvl_sft import backends, data_dir
+from paddle_ocrvl_sft import backends, data_dir, releases
 from paddle_ocrvl_sft.backends.base import CPU_NOTE, Backend, PlanValues
 from paddle_ocrvl_sft.backends.schema import apply_overrides, load_yaml_config
 from paddle_ocrvl_sft.errors import UserError
@@ -32,7 +32,8 @@ from paddle_ocrvl_sft.tokens import PixelBounds
 CONFIGS_DIR = data_dir("configs")
 KEEP_SAMPLES, SCALE_LR = "keep-samples", "scale-lr"
 WARMUP_FRACTION = 0.01
-PLAN_FILES = ("config.yaml", "plan.json", "data", "model")  # what a plan dir holds (data/model: prepared inputs)
+# what a plan dir holds (data/model: prepared inputs; the PaddleFormers template module; the ERNIEKit marker fix)
+PLAN_FILES = ("config.yaml", "plan.json", "data", "model", "paddleocr_vl_template.py", "trainer_hooks")
 
 # Keys the plan computes: an override would silently break the formulas, so point at the flag.
 PLAN_OWNED_KEYS = {
@@ -433,21 +434,31 @@ def make_plan(
     master_port: int | None = None,
     cuda_visible_devices: str | None = None,
     overrides: dict | None = None,
+    release: releases.Detection | str | None = None,
+    augment: str | None = None,
 ) -> Plan:
-    """The config dict and the plan record; raises :class:`UserError` on any bad input."""
+    """The config dict and the plan record; raises :class:`UserError` on any bad input.
+
+    ``augment``: ``plan --augment`` (None: the trainer's recommended choice, paddle_ocrvl_sft/augment.py).
+    """
+    from paddle_ocrvl_sft import augment as augmentation
+
     trainer = backends.get(backend)
     overrides = dict(overrides or {})
     check_overrides(overrides)
     check_options(epochs=epochs, batch=batch, grad_accum=grad_accum, base_gpus=base_gpus, learning_rate=learning_rate,
                   device=device, gpus=gpus, nodes=nodes)
     trainer.check_options(probs=probs, lora=lora, lora_rank=lora_rank)
+    augment, augment_record = augmentation.choose(backend, augment)
     if lora_rank is not None and lora_rank < 1:
         raise UserError(f"--lora-rank must be >= 1, got {lora_rank}")
     plan_dir = Path(plan_dir).resolve()
     bounds = model_bounds(model_dir, min_pixels, max_pixels)
+    detection = release if isinstance(release, releases.Detection) else releases.detect(model_dir, release)
     config_path = plan_dir / "config.yaml"
     launch = trainer.launch(plan_dir, config_path, device, gpus_per_node=gpus, nodes=nodes, master_addr=master_addr,
                             master_port=master_port, cuda_visible_devices=cuda_visible_devices)
+    launch["env"].update(trainer.release_env(plan_dir, detection.release.name))
     preset = preset or trainer.default_preset(lora)
     base, preset_file = load_preset(preset, trainer)
     if device == "cpu":
@@ -485,6 +496,7 @@ def make_plan(
         logging_dir=str(plan_dir / "tensorboard_logs"),
         pixel_bounds=(bounds.min_pixels, bounds.max_pixels) if (min_pixels is not None or max_pixels is not None) else None,
         lora_rank=(lora_rank or base.get("lora_rank", 8)) if lora else None,
+        release=detection.release.name, augment=augment,
     )
     if values.pixel_bounds:
         warnings.append(trainer.pixel_bounds_note)
@@ -535,6 +547,7 @@ def make_plan(
                      {"label": "ESTIMATE", "note": "CPU run: no GPU estimates (" + CPU_NOTE + ")"},
         "warnings": warnings,
         "overrides": overrides,
+        "augment": augment_record,
         "train": launch,
         "config": str(config_path),
         "prepared": [],
@@ -591,11 +604,15 @@ def _pick(scaling: dict, *keys: str) -> dict:
     return {k: scaling[k] for k in keys if k in scaling}
 
 
-def write_plan(plan: Plan, out_dir: str | os.PathLike, force: bool = False, report=lambda line: None) -> Path:
+def write_plan(plan: Plan, out_dir: str | os.PathLike, force: bool = False, report=lambda line: None,
+               check_agreement: bool = True) -> Path:
     """Write PLAN_DIR: config.yaml, plan.json and the backend's prepared inputs, together or nothing.
 
     An existing PLAN_DIR is refused without ``force``. Even with ``force`` a PLAN_DIR holding
     anything but a plan (a training run's output, logs) is refused: it is not ours to delete.
+    Before it is moved into place, the prompt agreement check (``agreement.py``) builds the first
+    sample's training input with the trainer's own code and refuses the plan when it differs from
+    PaddleX's inference input (``check_agreement=False``: recorded as skipped; `train` checks).
     """
     out_dir = Path(out_dir)
     if force and out_dir.is_dir():
@@ -613,5 +630,16 @@ def write_plan(plan: Plan, out_dir: str | os.PathLike, force: bool = False, repo
         for line in notes:
             report(line)
         atomic_write_text(tmp / "config.yaml", text)
-        write_json(tmp / "plan.json", {**plan.record, "prepared": notes})
+        record = {**plan.record, "prepared": notes}
+        record["agreement"] = agreement_record(tmp, out_dir.resolve(), plan.config, record, check_agreement)
+        write_json(tmp / "plan.json", record)
     return out_dir
+
+
+def agreement_record(stage: Path, plan_dir: Path, config: dict, record: dict, check: bool) -> dict:
+    """plan.json "agreement": the prompt agreement check on the plan being written (raises on a mismatch)."""
+    from paddle_ocrvl_sft import agreement
+
+    if not check:
+        return agreement.not_checked("skipped by --skip-agreement-check; `train` checks it before it starts")
+    return agreement.check_new_plan(stage, plan_dir, config, record)

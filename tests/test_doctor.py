@@ -471,7 +471,7 @@ def make_plan(root: Path, *args: str) -> Path:
     return out
 
 
-def test_load_plan_facts(tmp_path, capsys):
+def test_load_plan_facts(home, tmp_path, capsys):
     gpu = doctor.load_plan_facts(make_plan(tmp_path, "--gpus", "2"))
     assert (gpu.backend, gpu.device, gpu.gpus_per_node, gpu.nodes, gpu.visible_devices) == ("erniekit", "gpu", 2, 1, ("0", "1"))
     assert gpu.memory_estimate_gb > 4 and gpu.model_dir == str((tmp_path / "tiny").resolve()) and not gpu.lora
