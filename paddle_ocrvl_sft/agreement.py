@@ -26,6 +26,7 @@ so a tokenizer file that changes on the way is caught where it changes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -115,15 +116,21 @@ def first_sample(path: str | os.PathLike) -> Sample:
 
 
 def _import_paddlex() -> str:
-    """Import paddlex (offline: no model-source check; paddle's import-time ccache warning hidden)."""
+    """Import paddlex (offline: no model-source check)."""
+    os.environ.setdefault("PADDLE_PDX_DISABLE_MODEL_SOURCE_CHECK", "True")
+    with _quiet():
+        import paddlex
+    return paddlex.__version__
+
+
+@contextlib.contextmanager
+def _quiet():
+    """paddle warns about ccache when its cpp_extension is first imported (by PaddleX, lazily): not ours to show."""
     import warnings
 
-    os.environ.setdefault("PADDLE_PDX_DISABLE_MODEL_SOURCE_CHECK", "True")
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import paddlex
-        import paddlex.inference.models.doc_vlm.predictor  # noqa: F401 - imports paddle's cpp_extension
-    return paddlex.__version__
+        warnings.filterwarnings("ignore", message="No ccache found")
+        yield
 
 
 def paddlex_processor(model_dir: str | os.PathLike, model_name: str):
@@ -131,9 +138,10 @@ def paddlex_processor(model_dir: str | os.PathLike, model_name: str):
     ``build_processor`` (its tokenizer with ``chat_template.jinja``, its image processor); no weights."""
     import types
 
-    from paddlex.inference.models.doc_vlm.predictor import DocVLMLocalPredictor
+    with _quiet():
+        from paddlex.inference.models.doc_vlm.predictor import DocVLMLocalPredictor
 
-    return DocVLMLocalPredictor.build_processor(types.SimpleNamespace(model_name=model_name, model_dir=str(model_dir)))
+        return DocVLMLocalPredictor.build_processor(types.SimpleNamespace(model_name=model_name, model_dir=str(model_dir)))
 
 
 def paddlex_input(model_dir: str | os.PathLike, image: str, prompt: str, model_name: str | None = None,

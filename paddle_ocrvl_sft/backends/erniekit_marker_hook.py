@@ -64,6 +64,8 @@ def apply(module, marker: str, release: str) -> None:
     exec(compile(source, f"<paddle-ocrvl-sft fixed {TARGET_MODULE}>", "exec"), module.__dict__, namespace)  # noqa: S102
     setattr(module, TARGET_FUNCTION, namespace[TARGET_FUNCTION])
     setattr(module, FLAG, f"{release}: user turn ends with {marker!r} instead of ERNIEKit's '\\nAssistant: '")
+    print(f"[paddle-ocrvl-sft] ERNIEKit assistant-marker fix applied in process {os.getpid()}: {getattr(module, FLAG)}",
+          file=sys.stderr, flush=True)  # in every worker's log: the fix reached it
 
 
 class _FixingLoader(importlib.abc.Loader):

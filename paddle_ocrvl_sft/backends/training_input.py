@@ -100,6 +100,12 @@ def paddleformers_input(config: dict, data: str, index: int) -> dict:
     if sequence is None:
         raise RuntimeError(f"PaddleFormers skips record {index} of {data} (its log above says why)")
     ids, labels = [int(i) for i in sequence.token_ids], [int(i) for i in sequence.labels]
+    if steps:
+        counts = augmented_token_counts(plugin, augmentation, processor.image_processor, example["images"][0])
+        plain = ids.count(tokenizer.convert_tokens_to_ids(plugin.image_token))
+        other = [c for c in counts if c != plain]
+        notes.append(f"{len(other)} of {len(counts)} draws of this augmentation (seeded) gave the sample another image token "
+                     f"count than the {plain} inference sends" + (f" ({min(other)}..{max(other)})" if other else ""))
     return {"trainer": f"PaddleFormers {paddleformers.__version__}", "ids": ids, "loss": loss_tokens(ids, labels, shifted=True),
             "notes": notes, "prompt": example["messages"][0]["content"].replace("<image>", ""),
             "image": str(example["images"][0])}
@@ -107,6 +113,29 @@ def paddleformers_input(config: dict, data: str, index: int) -> dict:
 
 def _unchanged(image):
     return image
+
+
+def augmented_token_counts(plugin, augmentation, image_processor, image, draws: int = 50) -> list[int]:
+    """Image token counts of ``draws`` passes of the plugin's own pre-resize + augmentation, sized by
+    the image processor's own smart resize (Python's ``random`` seeded, then restored)."""
+    import random
+
+    state = random.getstate()
+    random.seed(0)
+    plugin.image_augmentation = augmentation
+    try:
+        factor = (image_processor.patch_size * image_processor.merge_size) ** 2
+        counts = []
+        for _ in range(draws):
+            (pixels,) = plugin._regularize_images([image], image_max_pixels=image_processor.max_pixels,
+                                                  image_min_pixels=image_processor.min_pixels,
+                                                  image_processor=image_processor)["images"]
+            (height, width), _ = image_processor.get_smarted_resize(pixels.height, pixels.width)
+            counts.append(height * width // factor)
+        return counts
+    finally:
+        plugin.image_augmentation = _unchanged
+        random.setstate(state)
 
 
 def _describe_step(step) -> str:

@@ -134,6 +134,7 @@ def summary(record: dict, out) -> str:
         lines.append(f"  prompt agreement: the trainer's training input of {agreement['sample']} equals PaddleX's inference "
                      f"input ({agreement['training']['prompt_tokens']} tokens, {agreement['training']['image_tokens']} image "
                      f"tokens) and the loss starts at the answer ({agreement['seconds']} s)")
+        lines += [f"    {note}" for note in agreement["training"]["notes"]]
     elif agreement:
         lines.append(f"  prompt agreement: NOT CHECKED ({agreement['why']})")
     for w in record["warnings"]:
