@@ -229,9 +229,11 @@ def training_input(backend: str, trainer_env, config_path: Path, data: str, inde
         except (OSError, ValueError):
             result = {"error": f"exit {proc.returncode}, no result"}
     if "error" in result:
-        tail = "\n    ".join(((proc.stderr or "") + (proc.stdout or "")).strip().splitlines()[-8:])
+        tail = ((proc.stderr or "") + (proc.stdout or "")).strip().splitlines()[-8:]
+        hint = ("; is this the trainer's Python? (`train --skip-agreement-check` starts without the check)"
+                if "ModuleNotFoundError" in result["error"] else "")
         raise UserError(f"{backend}: could not build the training input of {data} record {index} with the trainer's own "
-                        f"data code ({trainer_env.python}): {result['error']}\n    {tail}")
+                        f"data code ({trainer_env.python}): {result['error']}{hint}" + "".join(f"\n    {line}" for line in tail))
     tokens = Tokens(result["ids"], f"{result['trainer']} data pipeline", loss=result["loss"], notes=result["notes"])
     tokens.read = (result.get("prompt"), result.get("image"))  # the record the trainer read
     return tokens
