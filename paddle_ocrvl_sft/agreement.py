@@ -289,7 +289,7 @@ def side_by_side(training: Tokens, inference: Tokens, name: Namer) -> str:
                     n += 1
                 block.append(("  ", *cell(prompt, i1 + k, n, i1 + k in loss), *cell(inference.ids, j1 + k, n)))
                 k += n
-            if len(block) > 2 * EQUAL_ROWS_KEPT + 1:  # a long stretch of agreement: its ends are enough
+            if len(block) > 3 * EQUAL_ROWS_KEPT:  # a long stretch of agreement: its ends are enough
                 hidden = len(block) - 2 * EQUAL_ROWS_KEPT
                 block[EQUAL_ROWS_KEPT:-EQUAL_ROWS_KEPT] = [("  ", "", f"... {hidden} more rows, the same on both sides ...", "", "")]
             rows += block
