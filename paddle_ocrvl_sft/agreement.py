@@ -30,7 +30,6 @@ import contextlib
 import json
 import os
 import subprocess
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -43,6 +42,7 @@ from paddle_ocrvl_sft.errors import UserError
 IMAGE_PLACEHOLDER = "<|IMAGE_PLACEHOLDER|>"
 SHOWN_ANSWER_TOKENS = 3  # training tokens shown past the prompt in a mismatch report
 EQUAL_ROWS_KEPT = 6  # rows kept at each end of a long equal stretch in a mismatch report
+PROBE_TIMEOUT = 900  # seconds for the trainer's Python to start and build one sample (imports dominate)
 
 
 class Disagreement(UserError):
@@ -58,7 +58,6 @@ class Sample:
     index: int  # record index in that file (ERNIEKit reads records in file order)
     image: str  # resolved image path
     prompt: str
-    answer: str
 
 
 @dataclass
@@ -100,9 +99,9 @@ def first_sample(path: str | os.PathLike) -> Sample:
         seen[0] += 1
         if errors or not isinstance(value, dict):
             return
-        (prompt, answer), *_ = sample_turns(value)
-        found.append(Sample(f"{file}:{line}", str(Path(file).resolve()), index,
-                            image_location(image_urls(value)[0], file), prompt, answer))
+        (prompt, _), *_ = sample_turns(value)
+        found.append(Sample(f"{file}:{line}", str(Path(file).resolve()), index, image_location(image_urls(value)[0], file),
+                            prompt))
         raise Found
 
     try:
@@ -198,7 +197,7 @@ def hf_predict_input(model_dir: str | os.PathLike, image: str, prompt: str) -> T
 
 
 class Namer:
-    """Token ids as the tokenizer's pieces (``'\u2581'`` shown as a space), for reports."""
+    """Token ids as the tokenizer's pieces (SentencePiece's U+2581 shown as a space), for reports."""
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
@@ -223,7 +222,11 @@ def training_input(backend: str, trainer_env, config_path: Path, data: str, inde
         env = trainer_env.env({**os.environ, "NO_COLOR": "1", "PYTHONPATH": os.pathsep.join(p for p in python_path if p)})
         cmd = [str(trainer_env.python), "-m", "paddle_ocrvl_sft.backends.training_input", backend, str(config_path),
                "--data", data, "--index", str(index), "--out", str(out)]
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        try:
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=PROBE_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            raise UserError(f"{backend}: the trainer's Python ({trainer_env.python}) did not build the training sample "
+                            f"within {PROBE_TIMEOUT} s") from None
         try:
             result = json.loads(out.read_text(encoding="utf-8"))
         except (OSError, ValueError):
@@ -234,9 +237,8 @@ def training_input(backend: str, trainer_env, config_path: Path, data: str, inde
                 if "ModuleNotFoundError" in result["error"] else "")
         raise UserError(f"{backend}: could not build the training input of {data} record {index} with the trainer's own "
                         f"data code ({trainer_env.python}): {result['error']}{hint}" + "".join(f"\n    {line}" for line in tail))
-    tokens = Tokens(result["ids"], f"{result['trainer']} data pipeline", loss=result["loss"], notes=result["notes"])
-    tokens.read = (result.get("prompt"), result.get("image"))  # the record the trainer read
-    return tokens
+    return Tokens(result["ids"], f"{result['trainer']} data pipeline", loss=result["loss"], notes=result["notes"],
+                  read=(result.get("prompt"), result.get("image")))
 
 
 # --- comparing ----------------------------------------------------------------------------------
@@ -299,7 +301,7 @@ def side_by_side(training: Tokens, inference: Tokens, name: Namer) -> str:
             right = cell(inference.ids, j1 + k if j1 + k < j2 else None)
             rows.append(("  " if marked else ">>", *left, *right))
             marked = True
-    for k, token in enumerate(answer):
+    for k in range(len(answer)):
         where = training.prompt_len + k
         rows.append(("  ", *cell(training.ids, where, 1, where in loss),
                      "", "(the model answers from here)" if k == 0 else ""))
@@ -523,13 +525,13 @@ def check_bundle(bundle: str | os.PathLike, fmt: str, base_dir: str | os.PathLik
             image, prompt = trained["image"], trained["prompt"]
             ids = decode_ids(trained["prompt_ids"])
             expected = Tokens(ids, f"training, as plan recorded it ({trained['training']['by']})", loss=[len(ids)])
-            sample = Sample(trained["sample"], "", 0, image, prompt, "")
+            sample = Sample(trained["sample"], "", 0, image, prompt)
         else:
             image, prompt = str(Path(tmp) / "probe.png"), "OCR:"
             probe_image().save(image)
             base, _ = paddlex_input(base_dir, image, prompt, model_name, label="BASE")
             expected = Tokens(base.ids, f"the base model ({base.by})", loss=[len(base.ids)])
-            sample = Sample("a probe image", "", 0, image, prompt, "")
+            sample = Sample("a probe image", "", 0, image, prompt)
         native, name = paddlex_input(bundle, image, prompt, model_name, label="the bundle")
         sides = [native]
         if fmt == "hf":

@@ -550,7 +550,7 @@ def export_and_evaluate(plan: PlanRun, result: Result, options: Options, echo) -
         echo("note: plan.json names no base model (an older plan): export with `export OUTPUT --base BASE`")
         return
     bundle = plan.plan_dir / "bundle"
-    report = export(plan.output_dir, base, bundle, force=True, log=lambda line: echo(f"  {line}"))
+    report = export(plan.output_dir, base, bundle, force=True, log=lambda line: echo(f"  {line}"), plan_dir=plan.plan_dir)
     result.bundle = report.out
     echo(f"inference bundle: {report.out}")
     evals = [item["path"] for item in plan.record.get("datasets", {}).get("eval", [])]

@@ -44,7 +44,7 @@ class FakeNamer:
         return repr({IMAGE: "<|IMAGE_PLACEHOLDER|>", 1: "<s>", 7: "\n", 8: " "}.get(token, f"t{token}"))
 
 
-SAMPLE = agreement.Sample("train.jsonl:1", "train.jsonl", 0, "a.png", "OCR:", "text")
+SAMPLE = agreement.Sample("train.jsonl:1", "train.jsonl", 0, "a.png", "OCR:")
 
 
 def test_labels_of_both_layouts_become_the_trained_token_positions():

@@ -66,7 +66,7 @@ def paddleformers_input(config: dict, data: str, index: int) -> dict:
     dataset_config = {
         "tokenizer": tokenizer, "processor": processor, "max_seq_len": data_args.max_seq_len,
         "random_seed": training_args.seed, "num_replicas": 1, "rank": 0,
-        "num_samples_each_epoch": data_args.num_samples_each_epoch, "random_shuffle": False,
+        "num_samples_each_epoch": data_args.num_samples_each_epoch, "random_shuffle": False,  # record N in file order
         "greedy_intokens": data_args.greedy_intokens, "packing": data_args.packing, "mix_strategy": data_args.mix_strategy,
         "encode_one_turn": data_args.encode_one_turn, "use_template": data_args.use_template,
         "is_pretraining": "pt" in model_args.stage.lower(), "truncate_packing": data_args.truncate_packing,
@@ -193,7 +193,17 @@ def erniekit_input(config: dict, data: str, index: int) -> dict:
 
     where = erniekit.__file__.rsplit("/erniekit/", 1)[0]
     return {"trainer": f"ERNIEKit ({where})", "ids": ids, "loss": loss_tokens(ids, labels, shifted=False), "notes": notes,
-            "prompt": meta["text_info"][0]["text"], "image": str(meta["image_info"][0]["image_url"])}
+            "prompt": _first_prompt(meta["text_info"]), "image": str(meta["image_info"][0]["image_url"])}
+
+
+def _first_prompt(text_info: list[dict]) -> str:
+    """The leading ``mask`` items, joined as ERNIEKit's reader merges consecutive items of one tag."""
+    prompt = []
+    for item in text_info:
+        if item.get("tag") != "mask":
+            break
+        prompt.append(item["text"])
+    return "".join(prompt)
 
 
 BUILDERS = {"paddleformers": paddleformers_input, "erniekit": erniekit_input}
