@@ -84,7 +84,8 @@ class Tokens:
 
 
 def first_sample(path: str | os.PathLike) -> Sample:
-    """The first sample of ``path`` the data validator finds no error in (what plan counts as valid)."""
+    """The first sample of ``path`` the data validator finds no error in (what plan counts as valid)
+    with one image: PaddleX asks with one image per query."""
     from paddle_ocrvl_sft.data.sample import image_location, image_urls, sample_turns
     from paddle_ocrvl_sft.data.validate import ValidateOptions, validate_paths
 
@@ -97,7 +98,7 @@ def first_sample(path: str | os.PathLike) -> Sample:
     def on_record(value, file, line, errors) -> None:
         index = seen[0]
         seen[0] += 1
-        if errors or not isinstance(value, dict):
+        if errors or not isinstance(value, dict) or len(image_urls(value)) != 1:
             return
         (prompt, _), *_ = sample_turns(value)
         found.append(Sample(f"{file}:{line}", str(Path(file).resolve()), index, image_location(image_urls(value)[0], file),
@@ -108,7 +109,8 @@ def first_sample(path: str | os.PathLike) -> Sample:
         validate_paths([path], ValidateOptions(max_seq_len=None, decode=False), on_record=on_record)
     except Found:
         return found[0]
-    raise UserError(f"{path}: no valid sample to check the prompt with (run `python -m paddle_ocrvl_sft data validate`)")
+    raise UserError(f"{path}: no valid one-image sample to check the prompt with (run `python -m paddle_ocrvl_sft data "
+                    "validate`; PaddleX asks with one image per query)")
 
 
 # --- inference side -----------------------------------------------------------------------------

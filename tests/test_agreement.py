@@ -105,6 +105,20 @@ def test_paths_of_the_plan_being_written_point_into_its_staging_dir(tmp_path):
         "other": "/elsewhere/x", "n": 3, "env": {"PYTHONPATH": str(stage / "trainer_hooks")}}
 
 
+def test_the_checked_sample_is_the_first_valid_one_image_sample(tmp_path):
+    from tests.conftest import sample, write_image, write_jsonl
+
+    write_image(tmp_path / "imgs" / "a.png")
+    two_images = make_sample(["imgs/a.png", "imgs/a.png"], [("OCR:", "x")])
+    data = write_jsonl(tmp_path / "train.jsonl", [sample("imgs/missing.png"), two_images,
+                                                   sample("imgs/a.png", prompt="Table Recognition:")])
+    found = agreement.first_sample(data)
+    assert (found.where, found.index, found.prompt) == (f"{data}:3", 2, "Table Recognition:")
+    assert found.image == str(tmp_path / "imgs" / "a.png") and found.path == str(data.resolve())
+    with pytest.raises(UserError, match="no valid one-image sample"):
+        agreement.first_sample(write_jsonl(tmp_path / "bad.jsonl", [two_images]))
+
+
 # --- what plans train with ------------------------------------------------------------------------
 
 
