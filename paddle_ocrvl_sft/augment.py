@@ -33,6 +33,7 @@ class TrainerAugmentation:
     choices: tuple[str, ...]
     effect: str  # what the trainer's own augmentation does to what the model sees
     why_default: str
+    refused: str = ""  # why a choice outside ``choices`` is refused
 
 
 TRAINERS = {
@@ -44,7 +45,9 @@ TRAINERS = {
     "erniekit": TrainerAugmentation(
         "default", ("default",),
         f"ERNIEKit's augmentation ({RECIPE}) is fitted into the image's own token grid: token counts never change",
-        "default: ERNIEKit always augments (it has no switch) and keeps the token count"),
+        "default: ERNIEKit always augments (it has no switch) and keeps the token count",
+        "ERNIEKit v1.4 always augments training images and has no switch to turn it off (its augmentation keeps the "
+        "image token count); use --backend paddleformers for --augment none"),
 }
 
 
@@ -55,10 +58,9 @@ def choose(backend: str, given: str | None) -> tuple[str, dict]:
         raise UserError(f"--augment {given}: choose {' or '.join(CHOICES)}")
     choice = trainer.default if given is None else given
     if choice not in trainer.choices:
-        raise UserError(f"--augment {choice}: ERNIEKit v1.4 always augments training images and has no switch to turn it "
-                        "off (its augmentation keeps the image token count); use --backend paddleformers for --augment none")
-    return choice, {"choice": choice, "given": given, "trainer_default": "default", "effect": trainer.effect,
-                    "why": trainer.why_default if given is None else "--augment " + given}
+        raise UserError(f"--augment {choice}: {trainer.refused}")
+    return choice, {"choice": choice, "given": given, "plan_default": trainer.default, "effect": trainer.effect,
+                    "why": trainer.why_default if given is None else f"--augment {given}"}
 
 
 def plan_line(record: dict) -> str:
