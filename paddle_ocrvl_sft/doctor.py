@@ -741,7 +741,30 @@ def run_checks(plan_dir: str | os.PathLike | None = None, model: str | os.PathLi
         checks.append(check_disk(probe_disk(plan.output_dir), needed, how))
     if data:
         checks.append(_data_check(data, model_dir, plan, release and (release.planned or release.name)))
+    if plan:
+        checks.append(check_agreement(plan.dir, trainer))
     return checks
+
+
+def check_agreement(plan_dir: str, trainer) -> Check:
+    """The prompt agreement check (agreement.py) on the plan, with the trainer's own data code."""
+    from paddle_ocrvl_sft import agreement
+
+    name = "prompt agreement"
+    if trainer is None:
+        return Check(name, WARN, "not checked: the plan's trainer is not installed here (`train` checks before it starts)",
+                     "install the trainer (`python -m paddle_ocrvl_sft backend install ...`) and run doctor again")
+    try:
+        result = agreement.check_plan(plan_dir, trainer_env=trainer)
+    except agreement.Disagreement as exc:
+        first, where = str(exc).splitlines()[:2]
+        return Check(name, FAIL, f"{first} ({where.strip()})", "`plan` again shows both sequences side by side; train with the base "
+                     "model's own template and tokenizer (docs/releases.md)")
+    except UserError as exc:
+        return Check(name, FAIL, " ".join(str(exc).split()), "fix the trainer environment or re-run `plan` (docs/releases.md)")
+    return Check(name, OK, f"{result['training']['by']} and {result['inference']['by']} give {result['sample']} the same "
+                 f"{result['training']['prompt_tokens']} prompt tokens ({result['training']['image_tokens']} image tokens); "
+                 "the loss starts at the answer")
 
 
 def _data_check(files: list[str], model_dir, plan: PlanFacts | None, release: str | None = None) -> Check:

@@ -6,13 +6,22 @@ Why (shared/reference/FACTS.md "Output dir after training", "PaddleX / PaddleOCR
 ``model.safetensors.index.json`` goes stale as soon as the shard is renamed (FileNotFoundError); and
 transformers needs the base model's HF files with only the weights replaced.
 
-* ``paddle`` format: the run's config/preprocessor/tokenizer files (what it was trained with), the
-  missing inference files from the base model, and one ``model.safetensors`` (a hard link to the
-  single shard, or the shards merged byte for byte), with no index.
+* ``paddle`` format: the run's config/preprocessor files, the tokenizer files and chat template of
+  the base model (what training tokenized with: both trainers read the base's tokenizer; a
+  PaddleFormers run's saved ``tokenizer_config.json`` lost ``add_bos_token: false``, and PaddleX
+  would prompt with a ``<s>`` training never saw), ``inference.yml``, and one ``model.safetensors``
+  (a hard link to the single shard, or the shards merged byte for byte), with no index.
 * ``hf`` format: the base model's files + the fine-tuned ``model.safetensors``; ``config.json`` gets
   ``tie_word_embeddings: false`` at both levels (transformers 5 otherwise ties the flat released
-  config and silently drops the fine-tuned ``lm_head``) and ``tokenizer_config.json`` gets the
-  ``image_token`` its processor needs.
+  config and silently drops the fine-tuned ``lm_head``), ``tokenizer_config.json`` gets the
+  ``image_token`` its processor needs, ``preprocessor_config.json`` names transformers'
+  ``PaddleOCRVLImageProcessor`` (the released ``SiglipImageProcessor`` name makes ``AutoProcessor``
+  build a SigLIP processor that rejects the pixel bounds) and the chat template keeps the image
+  start/end markers under a plain ``apply_chat_template`` (see :func:`pin_image_block`).
+
+Both formats are then checked against the training prompt (``agreement.check_bundle``): the
+bundle's inference input for the plan's sample (or, without a plan, the base model's for a probe
+image) must be the very token ids training used.
 
 The bundle is for BASE's release (``releases.detect``, or ``release``): inference.yml names the
 release's PaddleX model (``PaddleOCR-VL-1.5-0.9B`` for 1.5), the name ``doc_parser --pipeline_version``
@@ -40,10 +49,14 @@ from paddle_ocrvl_sft.safetensors_file import merge_safetensors, read_header, te
 FORMATS = ("paddle", "hf")
 IMAGE_TOKEN = "<|IMAGE_PLACEHOLDER|>"
 VIDEO_TOKEN = "<|video_pad|>"
+HF_IMAGE_PROCESSOR = "PaddleOCRVLImageProcessor"  # transformers' class (min/max pixels smart resize)
+PINNED_IMAGE_VARIABLE = "paddleocr_vl_image_block"
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
-# paddle bundle: files taken from the run (what it trained with) and those only BASE has.
-PADDLE_RUN_FILES = ("config.json", "generation_config.json", "preprocessor_config.json", *TOKENIZER_FILES)
-PADDLE_BASE_FILES = ("chat_template.jinja", "processor_config.json")
+# paddle bundle: files taken from the run (what it trained with) and those taken from BASE: its chat
+# template and tokenizer, which training tokenized with (a PaddleFormers run re-saves the tokenizer
+# without add_bos_token: false, and PaddleX would then prompt with <s>).
+PADDLE_RUN_FILES = ("config.json", "generation_config.json", "preprocessor_config.json")
+PADDLE_BASE_FILES = ("chat_template.jinja", "processor_config.json", *TOKENIZER_FILES)
 HF_BASE_FILES = ("generation_config.json", "preprocessor_config.json", "processor_config.json",
                  "chat_template.jinja", *TOKENIZER_FILES)
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
@@ -187,11 +200,13 @@ class ExportReport:
 def export(run_dir: str | os.PathLike, base_dir: str | os.PathLike, out: str | os.PathLike | None = None, *,
            checkpoint: str | None = None, fmt: str = "paddle", model_name: str | None = None,
            release: str | None = None, force: bool = False, verify: bool = True,
-           log: Callable[[str], None] = lambda line: None) -> ExportReport:
+           log: Callable[[str], None] = lambda line: None, plan_dir: str | os.PathLike | None = None) -> ExportReport:
     """Build the ``fmt`` bundle of RUN_DIR (or its checkpoint(s)) in OUT; return what was done.
 
     ``release`` (``--release``) overrides what BASE's files say; ``model_name`` defaults to the
-    release's PaddleX name and may not name another release.
+    release's PaddleX name and may not name another release. ``plan_dir``: the plan RUN_DIR was
+    trained from (default: found beside RUN_DIR); its recorded training prompt is what the bundle's
+    inference prompt is checked against.
     """
     run_dir, base_dir = Path(run_dir).resolve(), Path(base_dir).resolve()
     if fmt not in FORMATS:
@@ -209,6 +224,9 @@ def export(run_dir: str | os.PathLike, base_dir: str | os.PathLike, out: str | o
     base_weights = find_weights(base_dir)
     sources = select_sources(run_dir, checkpoint)
     report = ExportReport(out, fmt, release=detection.release.name, model_name=model_name)
+    from paddle_ocrvl_sft import agreement
+
+    trained_prompt = agreement.plan_reference(run_dir, plan_dir) if verify else None
     with tempfile.TemporaryDirectory(prefix="paddle-ocrvl-sft-export-") as work, staged_dir(out, force=force) as stage:
         plans = []
         for i, (src, sub) in enumerate(sources):
@@ -228,6 +246,9 @@ def export(run_dir: str | os.PathLike, base_dir: str | os.PathLike, out: str | o
                 result = (verify_paddle(dest, model_name) if fmt == "paddle" else verify_hf(dest, weights.files))
                 report.verified.append(prefix + result)
                 log(f"{prefix}verified: {result}")
+                agreed = agreement.check_bundle(dest, fmt, base_dir, model_name, trained_prompt, probe_image)
+                report.verified.append(prefix + agreed)
+                log(f"{prefix}verified: {agreed}")
     return report
 
 
@@ -276,11 +297,23 @@ def _build_paddle(src: Path, run_dir: Path, base_dir: Path, weights: Weights, de
         shutil.copy2(found, dest / name)
         if found.parent == base_dir and not (src / name).is_file():
             lines.append(f"added {name} (from {_describe(found, roots)})")
+        elif found.parent == base_dir and name in TOKENIZER_FILES and (src / name).read_bytes() != found.read_bytes():
+            lines.append(f"{name} from BASE, not RUN's: training tokenized with BASE's"
+                         + (" (RUN's has lost add_bos_token: false; PaddleX would prompt with <s>)"
+                            if name == "tokenizer_config.json" and _adds_bos(src / name) else ""))
     lines.append(_write_inference_yml(base_dir, dest, model_name))
     lines.append(_place_weights(weights, dest / WEIGHTS, roots))
     if (src / INDEX).is_file():
         lines.append(f"left out {INDEX} ({WEIGHTS} is a single complete file)")
     return lines
+
+
+def _adds_bos(tokenizer_config: Path) -> bool:
+    """A tokenizer_config.json that does not say ``add_bos_token: false`` (LlamaTokenizer then adds ``<s>``)."""
+    try:
+        return json.loads(tokenizer_config.read_text(encoding="utf-8")).get("add_bos_token", True) is not False
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _write_inference_yml(base_dir: Path, dest: Path, model_name: str) -> str:
@@ -329,6 +362,9 @@ def _build_hf(src: Path, run_dir: Path, base_dir: Path, weights: Weights, dest: 
         lines.append(f"copied {len(remote_code)} remote-code .py files from BASE")
     lines.append(_write_hf_config(base_dir, dest, bool(remote_code)))
     lines.append(_add_image_token(dest / "tokenizer_config.json"))
+    if not remote_code:
+        lines.append(_hf_image_processor(dest / "preprocessor_config.json"))
+    lines.append(pin_image_block(dest / "chat_template.jinja"))
     lines.append(_write_inference_yml(base_dir, dest, model_name))
     lines.append(_place_weights(weights, dest / WEIGHTS, roots))
     return [line for line in lines if line]
@@ -358,6 +394,55 @@ def _write_hf_config(base_dir: Path, dest: Path, has_remote_code: bool) -> str:
     write_json(dest / "config.json", config)
     return "config.json from BASE: tie_word_embeddings false (top level and text_config)" + (
         "" if has_remote_code else ", auto_map dropped (no remote code in BASE)")
+
+
+def _hf_image_processor(path: Path) -> str:
+    """transformers' own PaddleOCR-VL image processor, with the same pixel bounds.
+
+    The first release's file names ``SiglipImageProcessor`` (with an ``auto_map`` to remote code
+    the release does not ship): transformers' ``AutoProcessor`` then builds its SigLIP processor,
+    which rejects the ``min_pixels``/``max_pixels`` size ("Size must contain 'height' and 'width'
+    keys ..."), so PaddleX's transformers engine cannot run the bundle. ``PaddleOCRVLImageProcessor``
+    reads ``min_pixels``/``max_pixels`` as its shortest/longest edge: the same smart resize.
+    """
+    cfg = json.loads(path.read_text(encoding="utf-8"))
+    if cfg.get("image_processor_type") == HF_IMAGE_PROCESSOR and "auto_map" not in cfg:
+        return ""
+    was = cfg.get("image_processor_type")
+    cfg.pop("auto_map", None)  # remote code this bundle does not have
+    cfg["image_processor_type"] = HF_IMAGE_PROCESSOR
+    size = cfg.get("size") if isinstance(cfg.get("size"), dict) else {}
+    for key in ("min_pixels", "max_pixels"):
+        if key not in cfg and key in size:
+            cfg[key] = size[key]
+    cfg.pop("size", None)  # min_pixels/max_pixels are the processor's size (shortest/longest edge)
+    write_json(path, cfg)
+    return (f"preprocessor_config.json: image_processor_type {HF_IMAGE_PROCESSOR} (was {was}), auto_map dropped, "
+            f"min/max pixels {cfg.get('min_pixels')}/{cfg.get('max_pixels')} kept")
+
+
+def pin_image_block(path: Path) -> str:
+    """Make the chat template render the image start/end markers under a plain ``apply_chat_template``.
+
+    The first release's template takes the image block from an ``image_token`` variable that
+    defaults to ``<|IMAGE_START|><|IMAGE_PLACEHOLDER|><|IMAGE_END|>``; transformers passes the
+    tokenizer's special tokens into the template, and the ``image_token`` the processor needs
+    (``<|IMAGE_PLACEHOLDER|>``) then replaces the whole block: the markers training saw are gone.
+    The variable is renamed so nothing overrides it; the prompt the template renders without
+    arguments (what PaddleX sends) stays byte for byte the same, which is checked here.
+    """
+    from paddle_ocrvl_sft.releases import render_generation_prompt
+
+    text = path.read_text(encoding="utf-8")
+    if not re.search(r"\bimage_token\b", text):
+        return ""
+    pinned = re.sub(r"\bimage_token\b", PINNED_IMAGE_VARIABLE, text)
+    if render_generation_prompt(pinned) != render_generation_prompt(text):
+        raise UserError(f"{path}: renaming its image_token variable changes the prompt it renders: not a template "
+                        "this export knows how to keep")
+    path.write_text(pinned, encoding="utf-8")
+    return (f"chat_template.jinja: image_token renamed {PINNED_IMAGE_VARIABLE} (transformers would replace the "
+            "<|IMAGE_START|>...<|IMAGE_END|> block with the tokenizer's image_token; the rendered prompt is unchanged)")
 
 
 def _add_image_token(path: Path) -> str:

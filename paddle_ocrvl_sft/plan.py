@@ -32,7 +32,8 @@ from paddle_ocrvl_sft.tokens import PixelBounds
 CONFIGS_DIR = data_dir("configs")
 KEEP_SAMPLES, SCALE_LR = "keep-samples", "scale-lr"
 WARMUP_FRACTION = 0.01
-PLAN_FILES = ("config.yaml", "plan.json", "data", "model")  # what a plan dir holds (data/model: prepared inputs)
+# what a plan dir holds (data/model: prepared inputs; the PaddleFormers template module; the ERNIEKit marker fix)
+PLAN_FILES = ("config.yaml", "plan.json", "data", "model", "paddleocr_vl_template.py", "trainer_hooks")
 
 # Keys the plan computes: an override would silently break the formulas, so point at the flag.
 PLAN_OWNED_KEYS = {
@@ -444,20 +445,25 @@ def make_plan(
     cuda_visible_devices: str | None = None,
     overrides: dict | None = None,
     release: releases.Detection | str | None = None,
+    augment: str | None = None,
 ) -> Plan:
     """The config dict and the plan record; raises :class:`UserError` on any bad input.
 
     ``release``: the base model's release as detected (``releases.detect``), or ``--release``
     (a name, or None: detected here from ``model_dir``'s files). It is recorded in plan.json as
-    ``"release": {"name", "evidence", "notes"}``; ``train``'s token lengths should be counted for the
-    same release (``summarize_files(..., release=...)``).
+    ``"release": {"name", "evidence", "notes", "given"}``; ``train``'s token lengths should be counted
+    for the same release (``summarize_files(..., release=...)``).
+    ``augment``: ``plan --augment`` (None: the trainer's recommended choice, paddle_ocrvl_sft/augment.py).
     """
+    from paddle_ocrvl_sft import augment as augmentation
+
     trainer = backends.get(backend)
     overrides = dict(overrides or {})
     check_overrides(overrides)
     check_options(epochs=epochs, batch=batch, grad_accum=grad_accum, base_gpus=base_gpus, learning_rate=learning_rate,
                   device=device, gpus=gpus, nodes=nodes)
     trainer.check_options(probs=probs, lora=lora, lora_rank=lora_rank)
+    augment, augment_record = augmentation.choose(backend, augment)
     if lora_rank is not None and lora_rank < 1:
         raise UserError(f"--lora-rank must be >= 1, got {lora_rank}")
     plan_dir = Path(plan_dir).resolve()
@@ -466,6 +472,7 @@ def make_plan(
     config_path = plan_dir / "config.yaml"
     launch = trainer.launch(plan_dir, config_path, device, gpus_per_node=gpus, nodes=nodes, master_addr=master_addr,
                             master_port=master_port, cuda_visible_devices=cuda_visible_devices)
+    launch["env"].update(trainer.release_env(plan_dir, detection.release.name))
     preset = preset or trainer.default_preset(lora)
     base, preset_file = load_preset(preset, trainer)
     if device == "cpu":
@@ -504,6 +511,7 @@ def make_plan(
         logging_dir=str(plan_dir / "tensorboard_logs"),
         pixel_bounds=(bounds.min_pixels, bounds.max_pixels) if (min_pixels is not None or max_pixels is not None) else None,
         lora_rank=(lora_rank or base.get("lora_rank", 8)) if lora else None,
+        release=detection.release.name, augment=augment,
     )
     if values.pixel_bounds:
         warnings.append(trainer.pixel_bounds_note)
@@ -555,6 +563,7 @@ def make_plan(
                      {"label": "ESTIMATE", "note": "CPU run: no GPU estimates (" + CPU_NOTE + ")"},
         "warnings": warnings,
         "overrides": overrides,
+        "augment": augment_record,
         "train": launch,
         "config": str(config_path),
         "prepared": [],
@@ -611,11 +620,15 @@ def _pick(scaling: dict, *keys: str) -> dict:
     return {k: scaling[k] for k in keys if k in scaling}
 
 
-def write_plan(plan: Plan, out_dir: str | os.PathLike, force: bool = False, report=lambda line: None) -> Path:
+def write_plan(plan: Plan, out_dir: str | os.PathLike, force: bool = False, report=lambda line: None,
+               check_agreement: bool = True) -> Path:
     """Write PLAN_DIR: config.yaml, plan.json and the backend's prepared inputs, together or nothing.
 
     An existing PLAN_DIR is refused without ``force``. Even with ``force`` a PLAN_DIR holding
     anything but a plan (a training run's output, logs) is refused: it is not ours to delete.
+    Before it is moved into place, the prompt agreement check (``agreement.py``) builds the first
+    sample's training input with the trainer's own code and refuses the plan when it differs from
+    PaddleX's inference input (``check_agreement=False``: recorded as skipped; `train` checks).
     """
     out_dir = Path(out_dir)
     if force and out_dir.is_dir():
@@ -633,5 +646,16 @@ def write_plan(plan: Plan, out_dir: str | os.PathLike, force: bool = False, repo
         for line in notes:
             report(line)
         atomic_write_text(tmp / "config.yaml", text)
-        write_json(tmp / "plan.json", {**plan.record, "prepared": notes})
+        record = {**plan.record, "prepared": notes}
+        record["agreement"] = agreement_record(tmp, out_dir.resolve(), plan.config, record, check_agreement)
+        write_json(tmp / "plan.json", record)
     return out_dir
+
+
+def agreement_record(stage: Path, plan_dir: Path, config: dict, record: dict, check: bool) -> dict:
+    """plan.json "agreement": the prompt agreement check on the plan being written (raises on a mismatch)."""
+    from paddle_ocrvl_sft import agreement
+
+    if not check:
+        return agreement.not_checked("skipped by --skip-agreement-check; `train` checks it before it starts")
+    return agreement.check_new_plan(stage, plan_dir, config, record)

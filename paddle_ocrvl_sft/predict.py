@@ -759,14 +759,7 @@ def load_hf(model_dir: str | os.PathLike, *, device: str = "cpu", dtype: str | N
     ``dtype``: bfloat16 on GPU and float32 on CPU unless given.
     """
     import torch
-    from transformers import (
-        AutoTokenizer,
-        PaddleOCRVLForConditionalGeneration,
-        PaddleOCRVLProcessor,
-    )
-    from transformers.models.paddleocr_vl.image_processing_pil_paddleocr_vl import (
-        PaddleOCRVLImageProcessorPil,
-    )
+    from transformers import PaddleOCRVLForConditionalGeneration
 
     model_dir = str(model_dir)
     check_hf_dir(model_dir)
@@ -778,12 +771,22 @@ def load_hf(model_dir: str | os.PathLike, *, device: str = "cpu", dtype: str | N
         model = PaddleOCRVLForConditionalGeneration.from_pretrained(model_dir, dtype=torch_dtype).to(device).eval()
     except (RuntimeError, AssertionError) as exc:  # bad device name, no CUDA build, out of memory
         raise UserError(f"--model {model_dir}: cannot load it on {device}: {exc}") from None
-    processor = PaddleOCRVLProcessor(
+    return model, hf_processor(model_dir)
+
+
+def hf_processor(model_dir: str | os.PathLike):
+    """transformers' PaddleOCR-VL processor of an hf bundle, with the PIL image processor (no torchvision)."""
+    from transformers import AutoTokenizer, PaddleOCRVLProcessor
+    from transformers.models.paddleocr_vl.image_processing_pil_paddleocr_vl import (
+        PaddleOCRVLImageProcessorPil,
+    )
+
+    model_dir = str(model_dir)
+    return PaddleOCRVLProcessor(
         image_processor=PaddleOCRVLImageProcessorPil.from_pretrained(model_dir),
         tokenizer=AutoTokenizer.from_pretrained(model_dir),
         chat_template=(Path(model_dir) / "chat_template.jinja").read_text(encoding="utf-8"),
     )
-    return model, processor
 
 
 def check_hf_dir(model_dir: str | os.PathLike) -> None:

@@ -89,6 +89,7 @@ class Options:
     overrides: tuple[str, ...] = ()
     export: bool = True
     evaluate: bool = True
+    check_agreement: bool = True  # the prompt agreement check before the launch (agreement.py)
     bar: bool | None = None  # None: a progress bar when stderr is a terminal
 
 
@@ -255,11 +256,16 @@ def command_for(plan: PlanRun, trainer_env, env: dict[str, str], overrides: list
     """The plan's command bound to a trainer environment (GPU: its launcher; CPU: its Python)."""
     command = list(plan.launch["command"])
     env = dict(env)
+    # the plan's PYTHONPATH (an ERNIEKit 1.5/1.6 plan's trainer_hooks) goes first, the user's stays after it
+    python_path = [env.get("PYTHONPATH"), os.environ.get("PYTHONPATH")]
     if plan.device == "cpu":
         command[0] = str(trainer_env.python) if trainer_env else "python"
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(envs.PACKAGE_PARENT), os.environ.get("PYTHONPATH")]))
-    elif trainer_env:
-        command[0] = str(trainer_env.bin_dir / plan.backend.executable)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(envs.PACKAGE_PARENT), *python_path]))
+    else:
+        if trainer_env:
+            command[0] = str(trainer_env.bin_dir / plan.backend.executable)
+        if env.get("PYTHONPATH"):
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, python_path))
     return Launch(command + overrides, env)
 
 
@@ -287,6 +293,8 @@ def docker_command(plan: PlanRun, options: Options, env: dict[str, str]) -> list
         inner += ["--resume"] + ([] if options.resume in (True, "last") else [str(options.resume)])
     if options.force:
         inner.append("--force")
+    if not options.check_agreement:
+        inner.append("--skip-agreement-check")
     return cmd + [options.image, *inner, *options.overrides]
 
 
@@ -397,12 +405,16 @@ def run(plan_dir: str | os.PathLike, options: Options | None = None, *, echo: Ca
             echo(f"note: {plan.backend.title} is not installed here: `python -m paddle_ocrvl_sft backend install {plan.backend.name}`")
         return Result(plan.output_dir)
 
+    from paddle_ocrvl_sft.agreement import before_launch
+
+    agreed = before_launch(plan.plan_dir, trainer_env, options.check_agreement, echo, overrides)  # before --force deletes anything
     if options.force and checkpoint is None and plan.output_dir.is_dir():
         import shutil
 
         shutil.rmtree(plan.output_dir)
     run_dir.mkdir(parents=True)  # new_run_dir chose a name that is not taken
     record = run_record(plan, launch, trainer_env, checkpoint)
+    record["agreement"] = agreed
     write_json(run_dir / "record.json", record)
     (plan.plan_dir / LOCK).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "run": run_id}),
                                       encoding="utf-8")
@@ -542,7 +554,7 @@ def export_and_evaluate(plan: PlanRun, result: Result, options: Options, echo) -
 
     release = of_plan(plan.record)  # the plan's release names the bundle's model (None: an older plan, BASE says)
     report = export(plan.output_dir, base, bundle, release=release and release.name, force=True,
-                    log=lambda line: echo(f"  {line}"))
+                    log=lambda line: echo(f"  {line}"), plan_dir=plan.plan_dir)
     result.bundle = report.out
     echo(f"inference bundle: {report.out}")
     evals = [item["path"] for item in plan.record.get("datasets", {}).get("eval", [])]

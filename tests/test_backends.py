@@ -68,7 +68,9 @@ def test_paddleformers_schema_names_what_the_trainer_itself_would_do():
 
 
 @pytest.fixture
-def dataset(tmp_path):
+def dataset(tmp_path, monkeypatch):
+    # no trainer installed: the prompt agreement check is recorded as not run (tests/test_agreement.py runs it)
+    monkeypatch.setenv("PADDLE_OCRVL_SFT_HOME", str(tmp_path / "no-trainers"))
     write_image(tmp_path / "data" / "imgs" / "a.png")
     rows = [sample("imgs/a.png", answer=f"text {i}") for i in range(6)] + ['{"broken": ']
     return write_jsonl(tmp_path / "data" / "train.jsonl", rows[:-1]), tmp_path

@@ -471,7 +471,7 @@ def make_plan(root: Path, *args: str) -> Path:
     return out
 
 
-def test_load_plan_facts(tmp_path, capsys):
+def test_load_plan_facts(home, tmp_path, capsys):
     gpu = doctor.load_plan_facts(make_plan(tmp_path, "--gpus", "2"))
     assert (gpu.backend, gpu.device, gpu.gpus_per_node, gpu.nodes, gpu.visible_devices) == ("erniekit", "gpu", 2, 1, ("0", "1"))
     assert gpu.memory_estimate_gb > 4 and gpu.model_dir == str((tmp_path / "tiny").resolve()) and not gpu.lora
@@ -537,10 +537,10 @@ def test_doctor_on_this_machine_without_a_plan(home, capsys):
 @pytest.mark.slow
 def test_doctor_cpu_plan_with_an_installed_trainer(home, tmp_path, capsys):
     python = fake_erniekit(home, tmp_path)
-    plan_dir = make_plan(tmp_path, "--device", "cpu")
+    plan_dir = make_plan(tmp_path, "--device", "cpu", "--skip-agreement-check")  # a stand-in ERNIEKit cannot build samples
     code, checks, lines = run_doctor(capsys, "--plan", plan_dir)
     assert list(checks) == ["plan", "python", "paddle", "cuda", "gpus", "backend erniekit", "backend paddleformers", "paddleocr",
-                            "paddlex", "model", "release", "disk"]
+                            "paddlex", "model", "release", "disk", "prompt agreement"]
     assert checks["plan"] == Check("plan", OK, f"{plan_dir}: ERNIEKit on one CPU process, max_steps 12")
     assert checks["release"].status == OK and checks["release"].detail.startswith(
         f"v1 (PaddleOCR-VL (0.9B, first release)) recorded in plan.json; base {(tmp_path / 'tiny').resolve()}: "
@@ -561,7 +561,10 @@ def test_doctor_cpu_plan_with_an_installed_trainer(home, tmp_path, capsys):
     # max_steps 12 < save_steps 200: no checkpoint, only the final weights
     assert checks["disk"].status == OK and f"the plan writes ≈ {doctor.size_text(model.weights_bytes)} to {plan_dir.resolve() / 'output'}" \
         in checks["disk"].detail and "(ESTIMATE: 0 checkpoint(s)" in checks["disk"].detail
-    assert lines[-1] == "doctor: 12 OK, 0 WARN, 0 FAIL" and code == 0
+    # the stand-in's erniekit has no data pipeline: the check cannot build the training sample, and says why
+    assert checks["prompt agreement"].status == FAIL and "could not build the training input" in checks["prompt agreement"].detail
+    assert "No module named 'data_processor.image_preprocessor'" in checks["prompt agreement"].detail
+    assert lines[-1] == "doctor: 12 OK, 0 WARN, 1 FAIL" and code == 1
 
 
 @pytest.mark.slow
@@ -570,7 +573,7 @@ def test_doctor_gpu_plan_fails_here(home, tmp_path, capsys, monkeypatch):
     (tmp_path / "tiny" / "tokenizer.model").unlink()
     code, checks, lines = run_doctor(capsys, "--plan", plan_dir, "--data", tmp_path / "train.jsonl")
     assert list(checks) == ["plan", "python", "paddle", "cuda", "gpus", "backend erniekit", "backend paddleformers", "paddleocr",
-                            "paddlex", "model", "release", "disk", "data"]
+                            "paddlex", "model", "release", "disk", "data", "prompt agreement"]
     assert checks["plan"].detail == f"{plan_dir}: ERNIEKit on 1 node(s) x 2 GPU(s), max_steps 1"
     assert checks["cuda"] == Check("cuda", FAIL, f"no CUDA build of paddle in this Python ({sys.executable}): this plan trains on GPUs",
                                    doctor.no_cuda_fix(sys.executable))
@@ -584,7 +587,8 @@ def test_doctor_gpu_plan_fails_here(home, tmp_path, capsys, monkeypatch):
     # the plan's max_seq_len applies; samples repeat one image and prompt: duplicate warnings
     assert checks["data"].status == WARN and checks["data"].detail.startswith("6 samples: 6 valid, 0 rejected (0 errors, 5 warnings)")
     assert checks["data"].detail.endswith("(max_seq_len 16384)")
-    assert lines[-1] == "doctor: 8 OK, 1 WARN, 4 FAIL" and code == 1
+    assert checks["prompt agreement"].status == WARN and "the plan's trainer is not installed here" in checks["prompt agreement"].detail
+    assert lines[-1] == "doctor: 8 OK, 2 WARN, 4 FAIL" and code == 1
 
     # the same plan where nvidia-smi lists two A100s, one of them busy: GPUs OK, free memory short of the estimate
     smi = ["0, NVIDIA A100-SXM4-80GB, 8.0, 80000, 81920", "1, NVIDIA A100-SXM4-80GB, 8.0, 2000, 81920"]

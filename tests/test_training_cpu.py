@@ -62,14 +62,17 @@ def receipts(tmp_path_factory):
 def make_plan(receipts, tmp_path, backend, *args, model=None, epochs="10", lr="5e-3", extra=("save_steps=10",)):
     data, base, _ = receipts
     plan = tmp_path / f"plan-{backend}"
+    # the prompt agreement check runs in tests/test_agreement.py (with real training on 1.5); here it would
+    # only add a trainer start-up to every plan and train
     assert main(["plan", "--backend", backend, "--device", "cpu", "--data", str(data), "--model", str(model or base),
-                 "--epochs", epochs, "--lr", lr, "--max-seq-len", "2048", "-o", str(plan), *args,
+                 "--epochs", epochs, "--lr", lr, "--max-seq-len", "2048", "-o", str(plan), "--skip-agreement-check", *args,
                  LR_SCHEDULE[backend], *extra]) == 0
     return plan
 
 
 def train_cli(plan, *args, env=None):
-    return subprocess.Popen([sys.executable, "-m", "paddle_ocrvl_sft", "train", str(plan), *args], stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-m", "paddle_ocrvl_sft", "train", str(plan), "--skip-agreement-check", *args],
+                            stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})})
 
 
@@ -102,7 +105,7 @@ def test_train_interrupt_resume_export_and_doc_parser(installed, receipts, tmp_p
     assert "stopped by SIGINT" in rest and "checkpoint-20" in rest and f"train {plan} --resume" in rest
     assert not (plan / ".train.lock").exists()
 
-    assert main(["train", str(plan), "--resume"]) == 0
+    assert main(["train", str(plan), "--skip-agreement-check", "--resume"]) == 0
     before, after = metrics(plan)
     assert after[0]["step"] == 21 and after[-1]["step"] == 40  # the step count continues from the checkpoint
     losses = [p["loss"] for p in before + after]
@@ -130,7 +133,7 @@ def test_train_interrupt_resume_export_and_doc_parser(installed, receipts, tmp_p
 def test_paddleformers_lora_learns_and_its_merge_is_verified(installed, receipts, tmp_path, capsys):
     _, _, base_lora = receipts
     plan = make_plan(receipts, tmp_path, "paddleformers", "--lora", model=base_lora, lr="2e-2", extra=("save_steps=100",))
-    assert main(["train", str(plan)]) == 0
+    assert main(["train", str(plan), "--skip-agreement-check"]) == 0
     out = capsys.readouterr().out
     (points,) = metrics(plan)
     losses = [p["loss"] for p in points]
@@ -143,7 +146,7 @@ def test_paddleformers_lora_learns_and_its_merge_is_verified(installed, receipts
 def test_an_absurd_learning_rate_is_diagnosed_as_nan(installed, receipts, tmp_path, capsys):
     need(installed, "erniekit")
     plan = make_plan(receipts, tmp_path, "erniekit", epochs="2", lr="1e30", extra=("save_steps=100",))
-    assert main(["train", str(plan)]) == 1
+    assert main(["train", str(plan), "--skip-agreement-check"]) == 1
     err = capsys.readouterr().err
     assert "loss-nan: the loss became NaN or infinite" in err and "lower learning_rate" in err
     assert "LossNan" in (next((plan / "runs").iterdir()) / "train.log").read_text()
@@ -161,7 +164,7 @@ def test_the_real_erniekit_reader_failing_on_a_bom_is_diagnosed(installed, recei
     plan = make_plan((own, base, base_lora), tmp_path, "erniekit", epochs="1", extra=("save_steps=100",))
     own.write_bytes(b"\xef\xbb\xbf" + own.read_bytes())  # changed after `plan`
     monkeypatch.setattr(train, "check_data", lambda plan: [])
-    assert main(["train", str(plan)]) == 1
+    assert main(["train", str(plan), "--skip-agreement-check"]) == 1
     err = capsys.readouterr().err
     assert "bom: a dataset file starts with a UTF-8 byte-order mark" in err and "--write-clean" in err
 
@@ -176,7 +179,7 @@ def test_a_second_run_gets_another_port_when_the_default_is_busy(installed, rece
         record = json.loads((plan / "plan.json").read_text())
         record["train"]["env"]["MASTER_PORT"] = str(port)
         (plan / "plan.json").write_text(json.dumps(record))
-        assert main(["train", str(plan), "--no-export"]) == 0
+        assert main(["train", str(plan), "--skip-agreement-check", "--no-export"]) == 0
     out = capsys.readouterr().out
     (run,) = (plan / "runs").iterdir()
     used = json.loads((run / "record.json").read_text())["env"]["MASTER_PORT"]

@@ -39,6 +39,8 @@ class PlanValues:
     logging_dir: str
     pixel_bounds: tuple[int, int] | None = None  # (min, max) when given on the command line
     lora_rank: int | None = None  # PaddleFormers LoRA
+    release: str = "v1"  # the base model's PaddleOCR-VL release (releases.py): the template trained with
+    augment: str = "none"  # plan --augment: "none" or "default" (the trainer's own image augmentation)
 
 
 @dataclass
@@ -49,6 +51,7 @@ class Prepared:
     eval: tuple[str, ...]
     model_dir: str
     notes: list[str] = field(default_factory=list)
+    template_module: str = ""  # PaddleFormers: the chat template module config.yaml registers (backends/paddleformers_template.py)
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,10 @@ class Backend:
 
     def render_config(self, base: dict, values: PlanValues, prepared: Prepared) -> dict:
         raise NotImplementedError
+
+    def release_env(self, plan_dir: Path, release: str) -> dict[str, str]:
+        """What the launch environment needs for the base model's release (default: nothing)."""
+        return {}
 
     def launch(self, plan_dir: Path, config_path: Path, device: str, *, gpus_per_node: int, nodes: int,
                master_addr: str | None, master_port: int | None, cuda_visible_devices: str | None) -> dict:

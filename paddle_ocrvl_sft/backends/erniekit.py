@@ -24,6 +24,7 @@ PaddleFormers 0.3.2 wheel; defaults are those sources' dataclass defaults):
 
 from __future__ import annotations
 
+from paddle_ocrvl_sft.backends import erniekit_release
 from paddle_ocrvl_sft.backends.base import Backend, PlanValues, Prepared
 from paddle_ocrvl_sft.backends.schema import (BOOL, FLOAT, INT, NUMBER, STR, STR_LIST, UNSET, Key, KeySchema,
                                               dataset_list_problems, format_float)
@@ -288,6 +289,16 @@ class ErnieKit(Backend):
         "use_sparse_head_and_loss_fn": False, "report_to": "none", "packing": False, "dataloader_num_workers": 0,
         "prefetch_factor": None, "recompute": False, "overwrite_output_dir": True,
     }
+
+    def prepare(self, stage_dir, values: PlanValues, device: str) -> Prepared:
+        """For 1.5/1.6 the assistant-marker fix (backends/erniekit_release.py); nothing else is rewritten."""
+        prepared = super().prepare(stage_dir, values, device)
+        if erniekit_release.needs_fix(values.release):
+            prepared.notes.append(erniekit_release.write_hook(stage_dir, values.release))
+        return prepared
+
+    def release_env(self, plan_dir, release: str) -> dict[str, str]:
+        return erniekit_release.launch_env(plan_dir) if erniekit_release.needs_fix(release) else {}
 
     def render_config(self, base: dict, values: PlanValues, prepared: Prepared) -> dict:
         n = len(prepared.train)

@@ -15,7 +15,10 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from paddle_ocrvl_sft.backends import paddleformers_template
 from paddle_ocrvl_sft.backends.base import Backend, PlanValues, Prepared, link_or_copy
+from paddle_ocrvl_sft.backends.paddleformers_template import BUILTIN as BUILTIN_TEMPLATE
+from paddle_ocrvl_sft.backends.paddleformers_template import TEMPLATE_NAMES
 from paddle_ocrvl_sft.backends.schema import (BOOL, FLOAT, INT, NUMBER, STR, UNSET, Key, KeySchema,
                                               dataset_list_problems)
 from paddle_ocrvl_sft.errors import UserError
@@ -42,8 +45,11 @@ KEYS: tuple[Key, ...] = (
     Key("truncate_packing", BOOL, True, _DATA, "Truncate samples that overflow a pack.", danger=f"{_RECIPE} False"),
     Key("mix_strategy", STR, "concat", _DATA, "How several files are mixed.", choices=("concat",)),
     Key("template_backend", STR, "custom", _DATA, "Chat template source.", choices=("custom",)),
-    Key("template", STR, UNSET, _DATA, "Chat template: paddleocr_vl.", required=True, choices=("paddleocr_vl",),
-        danger="left out: 'A placeholder is required in the string formatter.'"),
+    Key("template", STR, UNSET, _DATA, "Chat template: the release's, registered by custom_register_path (paddleocr_vl: PaddleFormers' built-in, v1 markers).",
+        required=True, choices=(BUILTIN_TEMPLATE, *TEMPLATE_NAMES),
+        danger="left out: 'A placeholder is required in the string formatter.'; the built-in paddleocr_vl has the first release's markers"),
+    Key("custom_register_path", STR, UNSET, _DATA, "A .py file PaddleFormers executes before parsing the config: plan's PLAN_DIR/paddleocr_vl_template.py registers the release's template.",
+        danger="PaddleFormers pops it before parsing: the file must exist wherever training runs"),
     # --- model ------------------------------------------------------------------------------
     Key("model_name_or_path", STR, UNSET, _MODEL, "Base model dir (plan writes a prepared copy: see docs/train.md).", required=True),
     Key("_attn_implementation", STR, "flashmask", _MODEL, "Attention kernel: flashmask (GPU), sdpa or eager.",
@@ -130,6 +136,7 @@ dataloader_num_workers
 mix_strategy
 template_backend
 template
+custom_register_path
 
 ### model
 model_name_or_path
@@ -264,7 +271,8 @@ class PaddleFormers(Backend):
         def messages(paths, kind):
             return tuple(str(plan_dir / "data" / f"{kind}{i}.{Path(p).stem}.messages.jsonl") for i, p in enumerate(paths))
 
-        return Prepared(messages(values.train, "train"), messages(values.eval, "eval"), str(plan_dir / "model"))
+        return Prepared(messages(values.train, "train"), messages(values.eval, "eval"), str(plan_dir / "model"),
+                        template_module=str(plan_dir / paddleformers_template.MODULE))
 
     def prepare(self, stage_dir: Path, values: PlanValues, device: str) -> Prepared:
         """The data as ``messages`` JSONL and a model dir PaddleFormers reads (CPU_TRAINING.md A)."""
@@ -280,6 +288,7 @@ class PaddleFormers(Backend):
             left_out = f"; {summary.rejected} invalid sample(s) left out, as ERNIEKit would drop them" if summary.rejected else ""
             prepared.notes.append(f"data: {source} -> data/{Path(target).name} ({summary.converted} samples as messages + images{left_out})")
         prepared.notes += prepare_model_dir(Path(values.model_dir), Path(prepared.model_dir), cpu=device == "cpu")
+        prepared.notes.append(paddleformers_template.write_module(Path(prepared.template_module), values.release, values.augment))
         return prepared
 
     def render_config(self, base: dict, values: PlanValues, prepared: Prepared) -> dict:
@@ -304,6 +313,7 @@ class PaddleFormers(Backend):
         }
         if values.lora_rank is not None:
             computed["lora_rank"] = values.lora_rank
+        computed.update(paddleformers_template.config_keys(prepared.template_module, values.release))
         config = dict(base)
         if prepared.eval:
             computed.update(eval_dataset_type="messages", eval_dataset_path=",".join(prepared.eval),

@@ -68,6 +68,13 @@ def register(subparsers) -> None:
     p.add_argument("--master-port", type=int, metavar="PORT", help="default: a stable port derived from PLAN_DIR")
     p.add_argument("--cuda-visible-devices", default=os.environ.get("CUDA_VISIBLE_DEVICES"), metavar="IDS",
                    help="cards per node, e.g. 0,1,2,3 (default: $CUDA_VISIBLE_DEVICES, else 0..G-1); must list --gpus cards")
+    p.add_argument("--augment", choices=("none", "default"),
+                   help="the trainer's random image augmentation: none (PaddleFormers' default here: its augmentation "
+                        "changes image token counts) or default (the trainer's own; ERNIEKit always augments and keeps "
+                        "token counts). docs/releases.md")
+    p.add_argument("--skip-agreement-check", action="store_true",
+                   help="do not build the first sample with the trainer's code to compare it with PaddleX's inference "
+                        "prompt now (`train` still checks before it starts)")
     p.add_argument("-o", "--out", required=True, metavar="PLAN_DIR")
     p.add_argument("--force", action="store_true", help="replace an existing PLAN_DIR that holds only a previous plan")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="trainer keys, typed and checked by the backend's key schema")
@@ -77,11 +84,12 @@ def register(subparsers) -> None:
 def run_plan(args) -> int:
     from paddle_ocrvl_sft import plan
 
-    result = compute(args)
     from paddle_ocrvl_sft.releases import Detection
 
+    result = compute(args)
     print(f"release {Detection.from_record(result.record['release']).describe()}")
-    out = plan.write_plan(result, args.out, force=args.force, report=lambda line: print(f"prepared {line}"))
+    out = plan.write_plan(result, args.out, force=args.force, report=lambda line: print(f"prepared {line}"),
+                          check_agreement=not args.skip_agreement_check)
     print(summary(result.record, out))
     return 0
 
@@ -107,13 +115,16 @@ def compute(args):
         batch=args.batch, grad_accum=args.grad_accum, learning_rate=args.lr,
         max_seq_len=args.max_seq_len, allow_drop=args.allow_drop, min_pixels=args.min_pixels, max_pixels=args.max_pixels,
         output_dir=args.output_dir, plan_dir=args.out, master_addr=args.master_addr, master_port=args.master_port,
-        cuda_visible_devices=args.cuda_visible_devices, overrides=overrides, release=detection,
+        cuda_visible_devices=args.cuda_visible_devices, overrides=overrides, release=detection, augment=args.augment,
     )
     return result
 
 
 def summary(record: dict, out) -> str:
     """A readable table of the plan's numbers, estimates, warnings and the launch command."""
+    import json
+    from pathlib import Path
+
     numbers = record["numbers"]
     rows = [(name, _fmt(n["value"]), n["formula"]) for name, n in numbers.items()]
     est = record["estimates"]
@@ -137,6 +148,18 @@ def summary(record: dict, out) -> str:
     lines += [f"  {a:<{w1}}  {b:>{w2}}  {c}" for a, b, c in rows]
     datasets = record["datasets"]["train"]
     lines += ["", "  train data: " + "; ".join(f"{d['path']}: {d['kept']} kept of {d['samples']} (p={d['prob']:g})" for d in datasets)]
+    if "augment" in record:
+        from paddle_ocrvl_sft.augment import plan_line
+
+        lines.append("  " + plan_line(record["augment"]))
+    agreement = json.loads((Path(out) / "plan.json").read_text(encoding="utf-8")).get("agreement", {})
+    if agreement.get("status") == "agreed":
+        lines.append(f"  prompt agreement: the trainer's training input of {agreement['sample']} equals PaddleX's inference "
+                     f"input ({agreement['training']['prompt_tokens']} tokens, {agreement['training']['image_tokens']} image "
+                     f"tokens) and the loss starts at the answer ({agreement['seconds']} s)")
+        lines += [f"    {note}" for note in agreement["training"]["notes"]]
+    elif agreement:
+        lines.append(f"  prompt agreement: NOT CHECKED ({agreement['why']})")
     for w in record["warnings"]:
         lines.append(f"warning: {w}")
     launch = record["train"]

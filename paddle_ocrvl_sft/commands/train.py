@@ -34,6 +34,9 @@ def register(subparsers) -> None:
     p.add_argument("--dry-run", "--print-only", dest="dry_run", action="store_true",
                    help="print the full command and environment, start nothing")
     p.add_argument("--no-export", action="store_true", help="do not export (and evaluate) the final model")
+    p.add_argument("--skip-agreement-check", action="store_true",
+                   help="start without building the first sample with the trainer's code and comparing it with "
+                        "PaddleX's inference prompt (docs/releases.md); recorded in the run's record.json")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="trainer keys for this run, right after PLAN_DIR (checked by the backend's schema; "
                         "plan-computed keys need `plan`)")
@@ -46,6 +49,6 @@ def run_train(args) -> int:
     options = train.Options(resume=args.resume, force=args.force, dry_run=args.dry_run, gpus=args.gpus, nodes=args.nodes,
                             node_rank=args.node_rank, master=args.master, docker=args.docker,
                             image=args.image or train.DEFAULT_IMAGE, overrides=tuple(args.overrides),
-                            export=not args.no_export)
+                            export=not args.no_export, check_agreement=not args.skip_agreement_check)
     train.run(args.plan_dir, options)
     return 0
