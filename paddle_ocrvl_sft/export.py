@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -43,7 +42,6 @@ PADDLE_RUN_FILES = ("config.json", "generation_config.json", "preprocessor_confi
 PADDLE_BASE_FILES = ("chat_template.jinja", "processor_config.json")
 HF_BASE_FILES = ("generation_config.json", "preprocessor_config.json", "processor_config.json",
                  "chat_template.jinja", *TOKENIZER_FILES)
-CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 
 
 # --- finding the fine-tuned weights -------------------------------------------------------------
@@ -141,24 +139,47 @@ def check_same_architecture(weights: Weights, base: Weights, src: Path, base_dir
 # --- sources ------------------------------------------------------------------------------------
 
 
-def list_checkpoints(run_dir: Path) -> dict[int, Path]:
-    return {int(m.group(1)): p for p in run_dir.iterdir() if p.is_dir() and (m := CHECKPOINT_RE.match(p.name))}
+def checkpoint_layouts() -> tuple:
+    """Every trainer's complete-checkpoint layouts: export reads a run dir of either trainer."""
+    from paddle_ocrvl_sft import backends
+
+    return tuple(layout for name in backends.NAMES for layout in backends.get(name).checkpoint_layouts)
 
 
-def select_sources(run_dir: Path, checkpoint: str | None) -> list[tuple[Path, str]]:
-    """(source dir, sub-path in OUT) pairs: the run's final weights, one checkpoint, or all of them."""
+def select_sources(run_dir: Path, checkpoint: str | None, log: Callable[[str], None] = lambda line: None
+                   ) -> list[tuple[Path, str]]:
+    """(source dir, sub-path in OUT) pairs: the run's final weights, one checkpoint, or all of them.
+
+    Only COMPLETE checkpoints are exported (``backends.checkpoints``, the definition resume uses):
+    ``last`` is the newest complete one, ``all`` every complete one, and ``N`` is refused with the
+    reason when checkpoint-N was cut short.
+    """
+    from paddle_ocrvl_sft.backends import checkpoints
+
     if checkpoint is None:
         return [(run_dir, "")]
-    found = list_checkpoints(run_dir)
-    if not found:
+    every = checkpoints.all_checkpoints(run_dir)
+    if not every:
         raise UserError(f"{run_dir}: no checkpoint-N dirs (drop --checkpoint to export the final weights)")
-    if checkpoint == "all":
-        return [(found[n], f"checkpoint-{n}") for n in sorted(found)]
-    if checkpoint == "last":
+    layouts = checkpoint_layouts()
+    incomplete = {n: why for n in every if (why := checkpoints.checkpoint_problem(every[n], layouts))}
+    found = {n: p for n, p in every.items() if n not in incomplete}
+    if checkpoint in ("all", "last"):
+        for n, why in incomplete.items():
+            log(f"skipped checkpoint-{n}: incomplete ({why})")
+        if not found:
+            raise UserError(f"{run_dir}: no complete checkpoint (" + "; ".join(f"checkpoint-{n}: {why}" for n, why in
+                                                                             incomplete.items()) + ")")
+        if checkpoint == "all":
+            return [(found[n], f"checkpoint-{n}") for n in sorted(found)]
         return [(found[max(found)], "")]
-    if not checkpoint.isdigit() or int(checkpoint) not in found:
+    if not checkpoint.isdigit() or int(checkpoint) not in every:
         have = ", ".join(str(n) for n in sorted(found))
-        raise UserError(f"--checkpoint {checkpoint}: not found in {run_dir} (have: {have}, last, all)")
+        raise UserError(f"--checkpoint {checkpoint}: not found in {run_dir} (complete: {have or 'none'}; or last, all)")
+    if int(checkpoint) in incomplete:
+        raise UserError(f"--checkpoint {checkpoint}: {every[int(checkpoint)]} is incomplete ({incomplete[int(checkpoint)]}): "
+                        "its save was cut short; export another checkpoint (complete: "
+                        + (", ".join(str(n) for n in sorted(found)) or "none") + ")")
     return [(found[int(checkpoint)], "")]
 
 
@@ -192,7 +213,7 @@ def export(run_dir: str | os.PathLike, base_dir: str | os.PathLike, out: str | o
     out = Path(out).resolve() if out else default_out(run_dir, checkpoint, fmt)
     _refuse_overlap(out, {"RUN_DIR": run_dir, "--base": base_dir})
     base_weights = find_weights(base_dir)
-    sources = select_sources(run_dir, checkpoint)
+    sources = select_sources(run_dir, checkpoint, log)
     report = ExportReport(out, fmt)
     with tempfile.TemporaryDirectory(prefix="paddle-ocrvl-sft-export-") as work, staged_dir(out, force=force) as stage:
         plans = []

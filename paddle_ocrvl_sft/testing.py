@@ -312,9 +312,15 @@ def _write_run_files(dest: Path, cfg: dict, weights: dict[str, np.ndarray], step
 
 
 def _write_checkpoint_state(ckpt: Path) -> None:
-    """Placeholders with the names of the state a checkpoint adds (optimizer, master weights, ...)."""
-    for name in ("optimizer-00001-of-00001.safetensors", "master_weights-00001-of-00001.safetensors",
-                 "scheduler.pdparams", "rng_state.pth"):
+    """The state a checkpoint adds, under the upstream names: a (tiny) optimizer shard and its index,
+    and placeholders for the Paddle pickles (master weights, scheduler, RNG state). The result is a
+    COMPLETE checkpoint by ``backends.checkpoints`` (ERNIEKit's unified layout)."""
+    moment = np.zeros(4, np.float32)
+    shard = "optimizer-00001-of-00001.safetensors"
+    save_weights(ckpt / shard, {"lm_head.weight_fp32_master_0_moment1_0": moment}, "np")
+    write_json(ckpt / "optimizer.safetensors.index.json",
+               {"metadata": {"total_size": moment.size * 2}, "weight_map": {"lm_head.weight_fp32_master_0_moment1_0": shard}})
+    for name in ("master_weights-00001-of-00001.safetensors", "scheduler.pdparams", "rng_state.pth"):
         (ckpt / name).write_bytes(b"placeholder\n")
 
 

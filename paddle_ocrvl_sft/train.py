@@ -131,7 +131,8 @@ def resume_checkpoint(plan: PlanRun, resume: str | bool | None) -> Path | None:
         path = plan.output_dir / path
     if path.resolve() not in [p.resolve() for p in found.values()]:
         have = ", ".join(p.name for p in found.values()) or "none"
-        raise UserError(f"--resume {resume}: not a complete checkpoint of {plan.output_dir} (complete: {have})")
+        why = plan.backend.checkpoint_problem(path) if path.is_dir() else "not found"
+        raise UserError(f"--resume {resume}: not a complete checkpoint of {plan.output_dir} ({why}; complete: {have})")
     return path
 
 

@@ -197,7 +197,7 @@ def test_checkpoint_selection(tiny, tmp_path):
     assert sorted(p.name for p in (tmp_path / "all").iterdir()) == ["checkpoint-10", "checkpoint-5"]
     assert (tmp_path / "all" / "checkpoint-5" / "chat_template.jinja").is_file()
     assert any(line.startswith("checkpoint-5/added inference.yml") for line in report.changes)
-    with pytest.raises(UserError, match=r"--checkpoint 7: not found .* \(have: 5, 10, last, all\)"):
+    with pytest.raises(UserError, match=r"--checkpoint 7: not found .* \(complete: 5, 10; or last, all\)"):
         export(run, base, tmp_path / "x", checkpoint="7", verify=False)
 
 

@@ -12,6 +12,9 @@ import shlex
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from paddle_ocrvl_sft.backends import checkpoints
+from paddle_ocrvl_sft.backends.checkpoints import Layout
 from paddle_ocrvl_sft.backends.schema import KeySchema
 from paddle_ocrvl_sft.errors import UserError
 
@@ -79,7 +82,7 @@ class Backend:
     cpu_keys: dict  # keys `plan --device cpu` sets (None removes a key)
     cpu_module: str  # module run in the trainer's Python on CPU (applies the CPU patches)
     tokens_per_second_key: str  # the log field with per-device tokens/s
-    checkpoint_layouts: tuple[tuple[str, ...], ...]  # what a checkpoint-N holds once completely written (any one layout)
+    checkpoint_layouts: tuple[Layout, ...]  # what a checkpoint-N holds once completely written (any one layout)
     supports_lora = False
     pixel_bounds_note: str  # what --min-pixels/--max-pixels do with this trainer
 
@@ -127,13 +130,13 @@ class Backend:
                         "so give each attempt its own log dir; a busy MASTER_PORT makes a new job join the old one"}
 
     def complete_checkpoints(self, output_dir: Path) -> dict[int, Path]:
-        """``{step: dir}`` of the checkpoints in output_dir that hold everything a resume reads."""
-        found = {}
-        for path in output_dir.glob("checkpoint-*") if output_dir.is_dir() else ():
-            step = path.name.removeprefix("checkpoint-")
-            if step.isdigit() and any(all((path / name).exists() for name in layout) for layout in self.checkpoint_layouts):
-                found[int(step)] = path
-        return dict(sorted(found.items()))
+        """``{step: dir}`` of the checkpoints in output_dir that hold everything a resume reads
+        (:mod:`paddle_ocrvl_sft.backends.checkpoints`: the one definition, also used by export)."""
+        return checkpoints.complete_checkpoints(Path(output_dir), self.checkpoint_layouts)
+
+    def checkpoint_problem(self, path: Path) -> str | None:
+        """Why ``path`` is not a complete checkpoint of this trainer (None: it is)."""
+        return checkpoints.checkpoint_problem(Path(path), self.checkpoint_layouts)
 
     def parse_log_line(self, line: str) -> dict | None:
         """A training log line's numbers (``step``, ``loss``, ``lr``, ``tokens_per_second``), else None."""

@@ -25,6 +25,7 @@ PaddleFormers 0.3.2 wheel; defaults are those sources' dataclass defaults):
 from __future__ import annotations
 
 from paddle_ocrvl_sft.backends.base import Backend, PlanValues, Prepared
+from paddle_ocrvl_sft.backends.checkpoints import Layout
 from paddle_ocrvl_sft.backends.schema import (BOOL, FLOAT, INT, NUMBER, STR, STR_LIST, UNSET, Key, KeySchema,
                                               dataset_list_problems, format_float)
 
@@ -281,7 +282,9 @@ class ErnieKit(Backend):
                          "but PaddleX and transformers read the model dir's preprocessor_config.json at inference: set the same "
                          "bounds in the exported bundle's preprocessor_config.json. Token counts here use the given bounds.")
     tokens_per_second_key = "tokens_per_sec_per_card"
-    checkpoint_layouts = (("trainer_state.json", "model.safetensors.index.json", "optimizer.safetensors.index.json", "scheduler.pdparams"),)
+    # unified (safetensors) checkpoints: PaddleFormers 0.3.2's _save_checkpoint writes scheduler.pdparams last
+    checkpoint_layouts = (Layout("unified", files=("trainer_state.json", "scheduler.pdparams"),
+                                 indexes=("model.safetensors.index.json", "optimizer.safetensors.index.json")),)
     # CPU_TRAINING.md B: the keys a CPU run needs; packing off makes B = packing_size = 1 sample a step
     cpu_keys = {
         "device": "cpu", "use_flash_attention": False, "use_sparse_flash_attn": False, "fuse_rope": False,

@@ -16,6 +16,7 @@ import json
 import os
 from pathlib import Path
 from paddle_ocrvl_sft.backends.base import Backend, PlanValues, Prepared, link_or_copy
+from paddle_ocrvl_sft.backends.checkpoints import Layout
 from paddle_ocrvl_sft.backends.schema import (BOOL, FLOAT, INT, NUMBER, STR, UNSET, Key, KeySchema,
                                               dataset_list_problems)
 from paddle_ocrvl_sft.errors import UserError
@@ -233,10 +234,13 @@ class PaddleFormers(Backend):
                          "here use the given bounds, training does not")
     tokens_per_second_key = "interval_tokens_per_second_per_device"
     checkpoint_layouts = (
-        # flex checkpoints (*.distcp, GPU default); saved_signal_0 is written once rank 0 has saved everything
-        ("trainer_state.bin", "model_state", "optimizer_state", "scheduler.pdparams", "saved_signal_0"),
+        # flex checkpoints (*.distcp, GPU default): each rank writes saved_signal_<rank> after its optimizer
+        # shards; PaddleFormers 1.2's _save_checkpoint writes scheduler.pdparams after that
+        Layout("flex", files=("trainer_state.bin", "scheduler.pdparams"), state_dirs=("model_state", "optimizer_state"),
+               signal_dirs=("optimizer_state",)),
         # unified checkpoints (safetensors, the CPU keys): resumable without paddle.distributed, exportable
-        ("trainer_state.bin", "model.safetensors.index.json", "optimizer.safetensors.index.json", "scheduler.pdparams"),
+        Layout("unified", files=("trainer_state.bin", "scheduler.pdparams"),
+               indexes=("model.safetensors.index.json", "optimizer.safetensors.index.json")),
     )
     supports_lora = True
     # CPU_TRAINING.md A: the keys a CPU run needs: eager attention, float32 (paddle's CPU build has no bf16
