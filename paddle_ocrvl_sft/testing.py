@@ -400,3 +400,22 @@ def write_standin_launcher(bin_dir: str | Path, name: str, lines: list[str], exi
         encoding="utf-8")
     script.chmod(script.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
     return script
+
+
+def write_standin_program(bin_dir: str | Path, name: str, source: str) -> Path:
+    """A STAND-IN for a trainer's launcher running ``source`` (Python) — not a trainer.
+
+    For what a CPU cannot show: a launcher that starts its workers in sessions of their own
+    (``paddle.distributed.launch``), a worker that ignores signals, a run that ends as a signal
+    arrives. Put ``bin_dir`` first on PATH.
+    """
+    import stat
+    import sys
+
+    bin_dir = Path(bin_dir)
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    script = bin_dir / name
+    script.write_text(f"#!{sys.executable}\n# STAND-IN launcher written by paddle_ocrvl_sft.testing.write_standin_program: "
+                      f"trains nothing\n{source}", encoding="utf-8")
+    script.chmod(script.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    return script
