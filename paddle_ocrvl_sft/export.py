@@ -96,26 +96,38 @@ def find_weights(src: Path) -> Weights:
     raise UserError(f"{src}: no model weights (expected {INDEX} + shards or {WEIGHTS})")
 
 
+# PaddleFormers' PaddleOCR-VL has no SigLIP pooling head, so its saved weights lack these tensors,
+# which PaddleX's loader requires (set_hf_state_dict AssertionError): CPU_TRAINING.md A.5.
+HEAD_PREFIX = "visual.vision_model.head."
+
+
+def missing_head(run_names: set[str], base_names: set[str]) -> list[str]:
+    """The base tensors a PaddleFormers output lacks, when they are exactly the SigLIP head (else [])."""
+    missing = sorted(base_names - run_names)
+    return missing if missing and all(n.startswith(HEAD_PREFIX) for n in missing) else []
+
+
 def trained_weights(src: Path, base: Weights, work: Path, log: Callable[[str], None]) -> Weights:
     """The fine-tuned weights of ERNIEKit or PaddleFormers output, completed from BASE where needed.
 
-    PaddleFormers: a LoRA run is merged with its own exporter and the merge verified
-    (``backends.paddleformers.merge_lora``); its saved weights lack the SigLIP pooling head, which
-    is taken from BASE, exactly those tensors and only them (CPU_TRAINING.md A.5, A.6).
+    A LoRA run is merged with PaddleFormers' own exporter and the merge verified
+    (:mod:`paddle_ocrvl_sft.backends.lora`; an adapter of another trainer is refused); PaddleFormers'
+    saved weights lack the SigLIP pooling head, which is taken from BASE, exactly those tensors and
+    only them (CPU_TRAINING.md A.5, A.6).
     """
-    from paddle_ocrvl_sft.backends import paddleformers as pf
+    from paddle_ocrvl_sft.backends import lora
 
-    if pf.is_lora_output(src) and not (src / INDEX).is_file() and not (src / WEIGHTS).is_file():
-        merged = pf.merge_lora(src, base.files, work, log)
-        weights = Weights([merged], [f"merged the LoRA adapter ({pf.ADAPTER_CONFIG}) into BASE with PaddleFormers' exporter, "
+    if lora.is_adapter_dir(src) and not (src / INDEX).is_file() and not (src / WEIGHTS).is_file():
+        merged = lora.merge(src, base.files, work, log)
+        weights = Weights([merged], [f"merged the LoRA adapter ({lora.ADAPTER_CONFIG}) into BASE with PaddleFormers' exporter, "
                                      "and verified the merge"])
     else:
         weights = find_weights(src)
     base_specs = base.specs
-    missing = pf.missing_head(set(weights.specs), set(base_specs))
+    missing = missing_head(set(weights.specs), set(base_specs))
     if missing:
         weights.take = {name: base.file_of(name) for name in missing}
-        weights.notes.append(f"added the {len(missing)} {pf.HEAD_PREFIX}* tensors from BASE (PaddleFormers does not save "
+        weights.notes.append(f"added the {len(missing)} {HEAD_PREFIX}* tensors from BASE (PaddleFormers does not save "
                              "the SigLIP pooling head; PaddleX's loader requires it)")
     return weights
 
