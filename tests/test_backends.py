@@ -185,40 +185,7 @@ def test_every_cpu_patch_has_a_full_hash_and_names_its_error():
         assert re.fullmatch(r"[0-9a-f]{64}", p.sha256) and p.fixes and (p.apply or p.edits)
 
 
-# --- LoRA merge verification ----------------------------------------------------------------------
-
-
-def lora_run(tmp_path, scale=2.0):
-    rng = np.random.default_rng(0)
-    w = {"model.layers.0.self_attn.q_proj.weight": rng.normal(size=(6, 4)).astype(np.float32),
-         "model.norm.weight": np.ones(4, np.float32)}
-    a, b = rng.normal(size=(4, 2)).astype(np.float32), rng.normal(size=(2, 6)).astype(np.float32)
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / pf.ADAPTER_CONFIG).write_text(json.dumps({"r": 2, "lora_alpha": 4, "scaling": scale}))
-    write_safetensors(run / "peft_model-00001-of-00001.safetensors", {
-        "model.layers.0.self_attn.q_proj.lora_A": ("F32", a.shape, a.tobytes()),
-        "model.layers.0.self_attn.q_proj.lora_B": ("F32", b.shape, b.tobytes())})
-    write_safetensors(tmp_path / "base.safetensors", {k: ("F32", v.shape, v.tobytes()) for k, v in w.items()})
-    return run, w, a, b
-
-
-def test_a_correct_merge_passes_and_a_transposed_one_fails(tmp_path):
-    run, w, a, b = lora_run(tmp_path)
-    q = "model.layers.0.self_attn.q_proj.weight"
-    good = {**w, q: w[q] + 2.0 * (a @ b).T}
-    write_safetensors(tmp_path / "good.safetensors", {k: ("F32", v.shape, v.astype(np.float32).tobytes()) for k, v in good.items()})
-    assert "1 target tensors == W + 2·(A·B)ᵀ and 1 others == W" in pf.verify_lora_merge(run, [tmp_path / "base.safetensors"],
-                                                                                    tmp_path / "good.safetensors")
-    # what safetensors 0.8 made of PaddleFormers' merge: the raw buffer of Wᵀ + ΔW in W's shape
-    bad = {**w, q: np.ascontiguousarray(w[q].T + 2.0 * (a @ b)).reshape(w[q].shape)}
-    write_safetensors(tmp_path / "bad.safetensors", {k: ("F32", v.shape, v.astype(np.float32).tobytes()) for k, v in bad.items()})
-    with pytest.raises(UserError, match="the LoRA merge is WRONG .*q_proj.weight: differs by up to .*safetensors 0.8"):
-        pf.verify_lora_merge(run, [tmp_path / "base.safetensors"], tmp_path / "bad.safetensors")
-    unmerged = tmp_path / "unmerged.safetensors"  # the adapter forgotten: W alone
-    write_safetensors(unmerged, {k: ("F32", v.shape, v.tobytes()) for k, v in w.items()})
-    with pytest.raises(UserError, match="WRONG"):
-        pf.verify_lora_merge(run, [tmp_path / "base.safetensors"], unmerged)
+# --- safetensors reading (the LoRA merge check's reader: tests/test_lora.py) ---------------------
 
 
 def test_read_tensors_widens_bf16_exactly(tmp_path):

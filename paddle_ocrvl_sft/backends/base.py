@@ -15,7 +15,7 @@ from pathlib import Path
 
 from paddle_ocrvl_sft.backends import checkpoints
 from paddle_ocrvl_sft.backends.checkpoints import Layout
-from paddle_ocrvl_sft.backends.schema import KeySchema
+from paddle_ocrvl_sft.backends.schema import KeySchema, format_float, number_or_int
 from paddle_ocrvl_sft.errors import UserError
 
 DEVICES = ("gpu", "cpu")
@@ -82,6 +82,8 @@ class Backend:
     cpu_keys: dict  # keys `plan --device cpu` sets (None removes a key)
     cpu_module: str  # module run in the trainer's Python on CPU (applies the CPU patches)
     tokens_per_second_key: str  # the log field with per-device tokens/s
+    tokens_per_second_nominal = False  # True: the trainer logs max_seq_len per sequence, not the tokens trained
+    dataset_type: str  # the reader name of the data files it trains on (train_dataset_type)
     checkpoint_layouts: tuple[Layout, ...]  # what a checkpoint-N holds once completely written (any one layout)
     supports_lora = False
     pixel_bounds_note: str  # what --min-pixels/--max-pixels do with this trainer
@@ -106,7 +108,50 @@ class Backend:
         return self.prepared_paths(stage_dir, values)
 
     def render_config(self, base: dict, values: PlanValues, prepared: Prepared) -> dict:
-        raise NotImplementedError
+        """The preset ``base`` with the plan's numbers and inputs in this trainer's keys.
+
+        The keys both trainers read the same way are written here, once; :meth:`backend_keys`
+        adds (or removes) what only this trainer has.
+        """
+        n = len(prepared.train)
+        computed = {
+            "train_dataset_type": ",".join([self.dataset_type] * n),
+            "train_dataset_path": ",".join(prepared.train),
+            "train_dataset_prob": ",".join(format_float(float(p)) for p in (values.probs or [1.0] * n)),
+            "max_seq_len": values.max_seq_len,
+            "model_name_or_path": prepared.model_dir,
+            "num_train_epochs": number_or_int(values.epochs),
+            "max_steps": values.max_steps,
+            "warmup_steps": values.warmup_steps,
+            "learning_rate": values.learning_rate,
+            self.batch_key: values.batch,
+            "gradient_accumulation_steps": values.grad_accum,
+            "output_dir": values.output_dir,
+            # beside output_dir, not inside: a leftover log dir makes ERNIEKit refuse output_dir (FACTS)
+            "logging_dir": values.logging_dir,
+        }
+        config = dict(base)
+        if prepared.eval:
+            computed.update(eval_dataset_type=self.dataset_type, eval_dataset_path=",".join(prepared.eval),
+                            eval_dataset_prob=",".join(["1.0"] * len(prepared.eval)))
+        else:
+            for key in ("eval_dataset_path", "eval_dataset_prob", "eval_dataset_type"):
+                config.pop(key, None)  # the preset's example paths would point nowhere
+        config.update(computed)
+        for key, value in self.backend_keys(base, values, prepared).items():
+            if value is None:
+                config.pop(key, None)
+            else:
+                config[key] = value
+        return config
+
+    def backend_keys(self, base: dict, values: PlanValues, prepared: Prepared) -> dict:
+        """This trainer's own keys for a plan (``None``: remove the key); default none."""
+        return {}
+
+    def device_problems(self, config: dict, device: str) -> list[str]:
+        """Settings this trainer cannot run on ``device`` with (default: none)."""
+        return []
 
     def launch(self, plan_dir: Path, config_path: Path, device: str, *, gpus_per_node: int, nodes: int,
                master_addr: str | None, master_port: int | None, cuda_visible_devices: str | None) -> dict:
