@@ -166,7 +166,7 @@ def test_changed_data_that_would_crash_the_reader_is_refused(plan_dir, capsys):
 
 @pytest.mark.parametrize("lines, name, expect", [
     (OOM_LINES, "out-of-memory", ["the GPU ran out of memory", "packing_size 8 -> 4, gradient_accumulation_steps 1 -> 2"]),
-    (FLASH_LINES, "flashmask-gpu", ["Ampere or newer", "use_flash_attention=False"]),
+    (FLASH_LINES, "flashmask-gpu", ["Ampere or newer", "_attn_implementation=sdpa", "causal mask is built one key too long"]),
     (["ValueError: Unknown task: OCR-VL-SFT."], "unknown-stage", ["ERNIEKit >= 1.4"]),
     (["OSError: [Errno 98] Address already in use"], "port-in-use", ["JOINS the old one"]),
 ])
@@ -191,10 +191,11 @@ def test_the_stand_in_success_path_follows_progress_and_writes_metrics(plan_dir,
     assert main(["train", str(plan_dir), "--no-export"]) == 0
     run = next((plan_dir / "runs").iterdir())
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [(m["step"], m["loss"], m["tokens_per_second"]) for m in metrics] == [(1, 3.0, 100.0), (2, 2.5, 100.0), (3, 2.0, 100.0)]
+    assert [(m["step"], m["loss"], m["nominal_tokens_per_second"]) for m in metrics] == [(1, 3.0, 100.0), (2, 2.5, 100.0), (3, 2.0, 100.0)]
     from PIL import Image
 
-    assert json.loads(Image.open(run / "loss.png").text["Description"]) == {"steps": 3, "first_step": 1, "last_step": 3, "non_finite": 0}
+    assert json.loads(Image.open(run / "loss.png").text["Description"]) == {"steps": 3, "first_step": 1, "last_step": 3, "non_finite": 0,
+                                                                          "lr": "constant"}
     out = capsys.readouterr().out
     assert "training finished at step 3" in out and "ETA" in out
 
@@ -399,3 +400,62 @@ def test_a_run_leaves_a_lock_that_is_not_its_own(plan_dir, tmp_path, monkeypatch
     monkeypatch.setenv("PATH", f"{tmp_path / 'standin-bin'}:{__import__('os').environ['PATH']}")
     assert main(["train", str(plan_dir), "--no-export"]) == 0
     assert json.loads((plan_dir / train.LOCK).read_text())["run"] == "theirs"
+
+
+# --- CPU plans stay on the CPU; ERNIEKit GPU plans keep flash attention ------------------------------
+
+
+@pytest.fixture
+def cpu_plan(tmp_path, monkeypatch):
+    monkeypatch.setenv("PADDLE_OCRVL_SFT_HOME", str(tmp_path / "home"))
+    write_image(tmp_path / "data" / "a.png")
+    data = write_jsonl(tmp_path / "data" / "train.jsonl", [sample("a.png", answer=f"text {i}") for i in range(4)])
+    model = build_tiny_model(tmp_path / "base")
+    assert main(["plan", "--device", "cpu", "--data", str(data), "--model", str(model), "--epochs", "1", "-o",
+                 str(tmp_path / "cpuplan")]) == 0
+    return tmp_path / "cpuplan"
+
+
+def test_a_cpu_plan_is_not_run_on_a_gpu(cpu_plan, capsys):
+    assert main(["train", str(cpu_plan), "device=gpu", "--dry-run"]) == 1
+    err = capsys.readouterr().err
+    assert "device=gpu: this plan was made for the CPU" in err and "re-plan with --device gpu" in err
+
+
+def test_the_cpu_launch_puts_only_this_package_on_the_trainers_path(cpu_plan, capsys):
+    import os
+
+    assert main(["train", str(cpu_plan), "--dry-run"]) == 0
+    pythonpath = re.search(r"PYTHONPATH=(\S+)", capsys.readouterr().out).group(1)
+    first = Path(pythonpath.split(os.pathsep)[0])
+    assert sorted(p.name for p in first.iterdir()) == ["paddle_ocrvl_sft"]  # not a site-packages full of our pins
+    assert (first / "paddle_ocrvl_sft").resolve() == Path(train.__file__).resolve().parent
+
+
+def test_an_erniekit_gpu_run_without_flash_attention_is_refused(plan_dir, capsys):
+    assert main(["train", str(plan_dir), "use_flash_attention=False", "--dry-run"]) == 1
+    err = capsys.readouterr().err
+    assert "use_flash_attention: False on a GPU hits an ERNIEKit v1.4 bug" in err and "_attn_implementation=sdpa" in err
+
+
+def test_a_causal_mask_failure_is_diagnosed(plan_dir, tmp_path, monkeypatch, capsys):
+    line = "ValueError: (InvalidArgument) Broadcast dimension mismatch. Operands could not be broadcast together with the shape of X = [1, 2, 218, 218] and the shape of Y = [1, 1, 218, 219]."
+    standin(tmp_path, monkeypatch, [line])
+    assert main(["train", str(plan_dir), "--no-export"]) == 1
+    err = capsys.readouterr().err
+    assert "  causal-mask: " in err and "use_flash_attention" in err
+
+
+def test_docker_refuses_a_paddleformers_plan_the_image_cannot_train(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PADDLE_OCRVL_SFT_HOME", str(tmp_path / "home"))
+    write_image(tmp_path / "data" / "a.png")
+    data = write_jsonl(tmp_path / "data" / "train.jsonl", [sample("a.png", answer=f"text {i}") for i in range(4)])
+    model = build_tiny_model(tmp_path / "base")
+    assert main(["plan", "--backend", "paddleformers", "--data", str(data), "--model", str(model), "--epochs", "1",
+                 "-o", str(tmp_path / "pf")]) == 0
+    capsys.readouterr()
+    assert main(["train", str(tmp_path / "pf"), "--docker", "--dry-run"]) == 1
+    err = capsys.readouterr().err
+    assert "carries ERNIEKit with paddleformers 0.3.2, and this PaddleFormers plan needs paddleformers >= 1.2" in err
+    assert main(["train", str(tmp_path / "pf"), "--docker", "--image", "my/pf-1.2-image", "--dry-run"]) == 0
+    assert "my/pf-1.2-image train" in capsys.readouterr().out  # another image: `train` inside checks its trainer

@@ -148,6 +148,8 @@ def test_train_interrupt_resume_export_and_doc_parser(installed, receipts, tmp_p
     assert records[0]["state"] == "interrupted" and records[0]["signal"] == "SIGINT" and records[1]["state"] == "finished"
     assert records[1]["resume_from"] == str(complete[newest])
     assert records[1]["trainer"]["versions"]["paddlepaddle"] == "3.3.1"
+    if backend == "erniekit":  # the vendored tarball's commit, recorded by `backend install` and in every run record
+        assert records[0]["trainer"]["erniekit_commit"] == records[1]["trainer"]["erniekit_commit"] == envs.ERNIEKIT_COMMIT
 
     bundle = plan / "bundle"  # `train` exported it; export verified it by loading it in PaddleX's predictor
     assert (bundle / "model.safetensors").is_file() and (bundle / "inference.yml").is_file()
@@ -166,7 +168,15 @@ def test_paddleformers_lora_learns_and_its_merge_is_verified(installed, receipts
     losses = [p["loss"] for p in points]
     assert len(losses) == 40 and all(math.isfinite(v) for v in losses)
     assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5, losses  # LoRA's loss falls too
-    assert "verified the LoRA merge: 22 target tensors == W + 2·(A·B)ᵀ" in out
+    from paddle_ocrvl_sft.safetensors_file import read_header
+
+    adapter = next((plan / "output").glob("peft_model-*.safetensors"))
+    targets = {n.rsplit(".", 1)[0] for n in read_header(adapter) if n.endswith((".lora_A", ".lora_B"))}
+    base = [n for n in read_header(receipts[2] / "model.safetensors") if n != "__metadata__"]
+    assert len(targets) == 22 and {f"{t}.weight" for t in targets} <= set(base)
+    # the numbers the check COMPARED (every target is a base tensor; the rest of the base compared as W)
+    assert (f"verified the LoRA merge: compared 22 LoRA target tensors == W + 2·(A·B)ᵀ and {len(base) - 22} other "
+            "tensors == W") in out, out
     assert (plan / "bundle" / "model.safetensors").is_file()
 
 
@@ -251,7 +261,7 @@ def test_the_paddleformers_triton_patch_is_needed(installed, receipts, tmp_path)
 
 def test_an_erniekit_tree_of_another_version_is_refused_not_patched(installed, receipts, tmp_path):
     need(installed, "erniekit")
-    tree = envs.env_dir("erniekit") / "src" / "ERNIE"
+    tree = envs.env_root("erniekit") / "src" / "ERNIE"
     other = tmp_path / "ERNIE-other"
     shutil.copytree(tree / "ernie", other / "ernie")
     modeling = other / "ernie" / "modeling_paddleocr_vl.py"
@@ -264,6 +274,28 @@ def test_an_erniekit_tree_of_another_version_is_refused_not_patched(installed, r
     text = next((plan / "runs").iterdir()).joinpath("train.log").read_text()
     assert "refused: CPU patch 'cross-entropy' was written for another version" in text, text[-2000:]
     assert "applied" not in text  # all or nothing: no patch was applied
+
+
+CHECK_PATCHES = """
+import sys
+from importlib import import_module
+from paddle_ocrvl_sft.backends.cpu import check
+for patch in import_module(f"paddle_ocrvl_sft.backends.cpu.{sys.argv[1]}").patches():
+    check(patch, patch.resolve()[2])  # raises PatchRefused on any difference
+    print(patch.name, "matches")
+"""
+
+
+@pytest.mark.parametrize("name", ["erniekit", "paddleformers"])
+def test_every_cpu_patch_matches_the_installed_trainer(installed, name):
+    """Each patch's SHA-256 against the source it patches (and covers) in the pinned environment."""
+    need(installed, name)
+    proc = subprocess.run([str(envs.env_root(name) / "venv" / "bin" / "python"), "-c", CHECK_PATCHES, name],
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(envs.project_path())})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    matched = [line.split()[0] for line in proc.stdout.splitlines() if line.endswith(" matches")]
+    assert matched == (["fp32", "rms-norm", "causal-mask", "cross-entropy", "log-memory", "log-callback"] if name == "erniekit"
+                       else ["triton-kernels"])
 
 
 FIELDS = """
@@ -290,7 +322,7 @@ def test_every_schema_key_is_a_field_of_the_installed_trainer(installed, name):
     need(installed, name)
     from paddle_ocrvl_sft import backends
 
-    python = envs.env_dir(name) / "venv" / "bin" / "python"
+    python = envs.env_root(name) / "venv" / "bin" / "python"
     proc = subprocess.run([str(python), "-c", FIELDS, name], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     fields = json.loads(proc.stdout.strip().splitlines()[-1])

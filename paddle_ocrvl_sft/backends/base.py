@@ -184,7 +184,8 @@ class Backend:
         return checkpoints.checkpoint_problem(Path(path), self.checkpoint_layouts)
 
     def parse_log_line(self, line: str) -> dict | None:
-        """A training log line's numbers (``step``, ``loss``, ``lr``, ``tokens_per_second``), else None."""
+        """A training log line's numbers (``step``, ``loss``, ``lr``, and ``tokens_per_second`` or, for a trainer
+        that logs the rate full sequences would give, ``nominal_tokens_per_second``), else None."""
         line = ANSI.sub("", line)
         if "] - loss: " not in line or "global_step: " not in line:
             return None
@@ -193,7 +194,8 @@ class Backend:
         if "learning_rate" in fields:
             record["lr"] = fields["learning_rate"]
         if self.tokens_per_second_key in fields:
-            record["tokens_per_second"] = fields[self.tokens_per_second_key]
+            key = "nominal_tokens_per_second" if self.tokens_per_second_nominal else "tokens_per_second"
+            record[key] = fields[self.tokens_per_second_key]
         return record
 
 

@@ -158,8 +158,7 @@ def install(name: str, *, source: str | os.PathLike | None = None, force: bool =
             log(f"{name}: already installed at {env_root(name)} (same lock); --force reinstalls")
             return record
         log(f"{name}: the installed environment {problem}: building a new one")
-    build = target / "builds" / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-    build.mkdir(parents=True)
+    build = _new_build_dir(target / "builds")
     try:
         python = _make_venv(build / "venv", log)
         _pip_install(python, ["-r", str(lock_file(name))], log)
@@ -174,7 +173,7 @@ def install(name: str, *, source: str | os.PathLike | None = None, force: bool =
         versions = probe(name, python)
         record = {"backend": name, "python": str(python), "lock": lock_file(name).name, "lock_sha256": lock_hash(name),
                   "versions": versions,
-                  "source": str(source) if source else (f"{ERNIEKIT_GIT[0]}@{ERNIEKIT_COMMIT}" if name == "erniekit" else "PyPI")}
+                  "source": str(Path(source).resolve()) if source else (f"{ERNIEKIT_GIT[0]}@{ERNIEKIT_COMMIT}" if name == "erniekit" else "PyPI")}
         if name == "erniekit":
             record["erniekit_commit"] = commit
         (build / "backend.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
@@ -184,6 +183,19 @@ def install(name: str, *, source: str | os.PathLike | None = None, force: bool =
     _switch(target, build)
     log(f"{name}: installed at {build}: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
     return record
+
+
+def _new_build_dir(builds: Path) -> Path:
+    """``builds/<time>-<pid>[-n]``, created (never one that exists: two installs may share a second)."""
+    builds.mkdir(parents=True, exist_ok=True)
+    stem, n = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}", 1
+    while True:
+        path = builds / (stem if n == 1 else f"{stem}-{n}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            n += 1
 
 
 def _switch(target: Path, build: Path) -> None:
