@@ -67,17 +67,23 @@ class ProcessTree:
         self.on_kill = on_kill  # called with the pids a SIGKILL went to (for the log)
         self.known: dict[int, int] = {}  # pid -> start time, of every process seen in the tree
         self.timer: threading.Timer | None = None
+        self.closed = False  # the run is over: no timer is armed any more
         self.lock = threading.Lock()
         self.refresh()
+
+    def running(self) -> bool:
+        """Whether the trainer itself still runs (once it is reaped its pid may name another process)."""
+        return self.root.returncode is None and self.root.poll() is None
 
     def refresh(self) -> dict[int, int]:
         """Add the current descendants of the trainer (and the trainer) to the processes known."""
         table = processes()
         with self.lock:
-            if self.root.pid in table:
-                self.known.setdefault(self.root.pid, table[self.root.pid][1])
-            for pid, start in descendants(self.root.pid, table).items():
-                self.known.setdefault(pid, start)
+            if self.running():
+                if self.root.pid in table:
+                    self.known.setdefault(self.root.pid, table[self.root.pid][1])
+                for pid, start in descendants(self.root.pid, table).items():
+                    self.known.setdefault(pid, start)
             return dict(self.known)
 
     def alive(self) -> list[int]:
@@ -93,10 +99,11 @@ class ProcessTree:
                 sent.append(pid)
             except (ProcessLookupError, PermissionError):
                 continue
-        try:
-            os.killpg(self.root.pid, signum)  # start_new_session: the group id is the trainer's pid
-        except (ProcessLookupError, PermissionError):
-            pass
+        if self.running():  # start_new_session: the group id is the trainer's pid, while it lives
+            try:
+                os.killpg(self.root.pid, signum)
+            except (ProcessLookupError, PermissionError):
+                pass
         return sent
 
     def stop(self, signum: int) -> None:
@@ -107,7 +114,7 @@ class ProcessTree:
     def arm(self) -> None:
         """SIGKILL whatever of the tree is still running ``grace`` seconds from now (once)."""
         with self.lock:
-            if self.timer is not None:
+            if self.timer is not None or self.closed:
                 return
             self.timer = threading.Timer(self.grace, self.kill)
             self.timer.daemon = True
@@ -120,6 +127,8 @@ class ProcessTree:
             self.signal(signal.SIGKILL)
 
     def cancel(self) -> None:
+        """The run is over (its log pipe closed): no SIGKILL from now on."""
         with self.lock:
+            self.closed = True
             if self.timer is not None:
                 self.timer.cancel()
