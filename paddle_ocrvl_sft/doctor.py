@@ -433,7 +433,9 @@ def check_gpus(g: GpuFacts, device: str | None, gpus_needed: int = 1) -> Check:
         usable = any(gpu.compute_capability >= INFER_CC for gpu in g.gpus)
         why = ("inference only: training needs compute capability >= 8.0 (bf16, flash attention / flashmask)" if usable
                else "too old for PaddleOCR-VL: Paddle inference needs compute capability >= 7.0")
-        return Check("gpus", status, f"{listed}: {why}", "train on Ampere or newer GPUs (A100/A800/H100/L40/RTX 30xx+)")
+        return Check("gpus", status, f"{listed}: {why}", "train on Ampere or newer GPUs (A100/A800/H100/L40/RTX 30xx+)"
+                     + ("; not ERNIEKit with use_flash_attention=False on these: v1.4 builds its causal mask one key too long "
+                        "without flash attention (docs/train.md, causal-mask)" if usable else ""))
     if device == "gpu" and len(trainable) < gpus_needed:
         return Check("gpus", FAIL, f"{listed}: the plan starts {gpus_needed} processes per node, {len(trainable)} GPU(s) "
                      "here can train", f"re-plan with --gpus {len(trainable)} (plan --gpus), or run on a node with more GPUs")

@@ -9,8 +9,10 @@ dataset fingerprint, versions, git state, the exact command and environment), ``
 appended to across runs otherwise: FACTS "Launch").
 
 Nothing is reused by accident: a non-empty output dir needs ``--resume`` (its newest complete
-checkpoint, passed explicitly as ``resume_from_checkpoint``) or ``--force``; a plan that is being
-trained is refused. Ctrl-C/SIGTERM go to the whole trainer group, and the way to resume is printed.
+checkpoint, passed explicitly as ``resume_from_checkpoint``; several nodes name it) or ``--force``;
+a plan that is being trained is refused (:mod:`paddle_ocrvl_sft.run_lock`, taken before anything
+is deleted). Ctrl-C/SIGTERM go to every process of the trainer (:mod:`paddle_ocrvl_sft.processes`),
+and the newest complete checkpoint and the way to resume are printed.
 """
 
 from __future__ import annotations
