@@ -551,6 +551,10 @@ def follow(plan: PlanRun, launch: Launch, trainer_env, run_dir: Path, checkpoint
                         tree.stop(signal.SIGTERM)
         proc.wait()
         tree.cancel()
+    except BaseException:
+        if tree is not None:  # train itself failed (a full disk, ...): do not leave the trainer running unwatched
+            tree.stop(signal.SIGTERM)
+        raise
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
