@@ -180,3 +180,19 @@ def test_export_refuses_an_adapter_it_cannot_merge_before_building_anything(tmp_
     with pytest.raises(UserError, match="unknown trainer"):
         export(peft, base, tmp_path / "out", verify=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_merge_stored_in_bfloat16_passes_when_the_update_outweighs_w(adapter, tmp_path):
+    """PaddleFormers writes the merged weights in bfloat16: each value is W + ΔW rounded to 8 bits of
+    mantissa, so the tolerance is relative to the MERGED value (the real LoRA run's updates are ~6x W)."""
+    from paddle_ocrvl_sft.testing import to_bf16
+
+    run, _, base, tensors = adapter
+    small = {k: v * 0.01 for k, v in base.items()}  # |W| ~ 0.01, |ΔW| ~ 1
+    base_file = save(tmp_path / "small-base.safetensors", small)
+    merged = dict(small)
+    for t in (Q, UP):
+        merged[f"{t}.weight"] = small[f"{t}.weight"] + SCALE * (tensors[f"{t}.lora_A"] @ tensors[f"{t}.lora_B"]).T
+    path = tmp_path / "bf16.safetensors"
+    write_safetensors(path, {k: ("BF16", v.shape, to_bf16(np.asarray(v, np.float32))) for k, v in merged.items()})
+    assert "compared 2 LoRA target tensors" in lora.verify_merge(run, [base_file], path, SCALE)

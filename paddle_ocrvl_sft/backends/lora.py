@@ -183,7 +183,6 @@ def verify_merge(src: Path, base_files: list[Path], merged_file: Path, scale: fl
             bad.append(f"{name}: {'missing' if got is None else f'shape {got.shape} != {w.shape}'}")
             continue
         expected = w.astype(np.float64)
-        tolerance = BF16_RELATIVE * np.abs(expected) + 1e-6
         if name in pairs:
             a, b = (adapter[n].astype(np.float64) for n in pairs[name])
             if a.shape[0] != w.shape[1] or b.shape[1] != w.shape[0] or a.shape[1] != b.shape[0]:
@@ -192,14 +191,14 @@ def verify_merge(src: Path, base_files: list[Path], merged_file: Path, scale: fl
             update = scale * (a @ b).T
             if not np.any(update):
                 zero.append(name)
-            elif np.all(np.abs(update) <= tolerance):
+            elif np.all(np.abs(update) <= BF16_RELATIVE * np.abs(expected) + 1e-6):  # within W's own rounding
                 invisible.append(name)
             expected = expected + update
             compared_targets += 1
         else:
             compared_others += 1
         error = np.abs(got.astype(np.float64) - expected)
-        if not np.all(error <= tolerance):
+        if not np.all(error <= BF16_RELATIVE * np.abs(expected) + 1e-6):  # the merged value's bf16 rounding
             bad.append(f"{name}: differs by up to {float(error.max()):.3g}")
     if bad:
         raise UserError(f"{merged_file}: the LoRA merge is WRONG ({len(bad)} tensor(s); expected W + {scale:g}·(A·B)ᵀ): "
