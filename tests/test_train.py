@@ -341,7 +341,7 @@ import signal, sys, time
 signal.signal(signal.SIGINT, lambda *a: None)  # finishing up: the final save is done, the signal changes nothing
 for step in range(1, {max_steps} + 1):
     print({LOG_LINE!r}.format(step=step), flush=True)
-time.sleep(1.5)
+time.sleep(5)  # exits 0 a while after its last step: the signal lands in between
 """
     write_standin_program(tmp_path / "standin-bin", "erniekit", finishing)
     monkeypatch.setenv("PATH", f"{tmp_path / 'standin-bin'}:{__import__('os').environ['PATH']}")
