@@ -42,7 +42,14 @@ KNOWN: tuple[Known, ...] = (
           "train on a GPU machine with paddlepaddle-gpu (docker/, CUDA >= 12), or re-plan with --device cpu for a tiny model"),
     Known("flashmask-gpu", r"FlashAttention only supports Ampere GPUs or newer|flashmask.*(not supported|requires)",
           "flash attention / flashmask needs an Ampere or newer GPU (compute capability >= 8.0; a V100 is 7.0)",
-          "on older GPUs set _attn_implementation=sdpa (PaddleFormers) or use_flash_attention=False (ERNIEKit), or use an A100/H100-class GPU"),
+          "use an A100/H100-class GPU, or on an older one train with PaddleFormers (`plan --backend paddleformers`) and "
+          "_attn_implementation=sdpa. Not ERNIEKit with use_flash_attention=False: v1.4's causal mask is built one key too "
+          "long without flash attention (only the CPU path patches it), so that run fails too"),
+    Known("causal-mask", r"Broadcast dimension mismatch",
+          "a shape mismatch in attention, as ERNIEKit v1.4 hits without flash attention: its causal mask is built one key "
+          "longer than the sequence (Ernie4_5Model._update_causal_mask: past_seen_tokens + sequence_length + 1)",
+          "on a GPU keep use_flash_attention=True (Ampere or newer); on an older GPU train with PaddleFormers "
+          "(_attn_implementation=sdpa); `plan --device cpu` runs patch this for tiny models"),
     Known("bom", r"Unexpected UTF-8 BOM", "a dataset file starts with a UTF-8 byte-order mark, which ERNIEKit's reader rejects",
           "`python -m paddle_ocrvl_sft data validate FILE --write-clean OUT` writes the file without it"),
     Known("bad-json-line", r"JSONDecodeError|Expecting value|Extra data: line|Unterminated string",

@@ -59,7 +59,6 @@ PADDLE_RUN_FILES = ("config.json", "generation_config.json", "preprocessor_confi
 PADDLE_BASE_FILES = ("chat_template.jinja", "processor_config.json", *TOKENIZER_FILES)
 HF_BASE_FILES = ("generation_config.json", "preprocessor_config.json", "processor_config.json",
                  "chat_template.jinja", *TOKENIZER_FILES)
-CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 
 
 # --- finding the fine-tuned weights -------------------------------------------------------------
@@ -114,26 +113,38 @@ def find_weights(src: Path) -> Weights:
     raise UserError(f"{src}: no model weights (expected {INDEX} + shards or {WEIGHTS})")
 
 
+# PaddleFormers' PaddleOCR-VL has no SigLIP pooling head, so its saved weights lack these tensors,
+# which PaddleX's loader requires (set_hf_state_dict AssertionError): CPU_TRAINING.md A.5.
+HEAD_PREFIX = "visual.vision_model.head."
+
+
+def missing_head(run_names: set[str], base_names: set[str]) -> list[str]:
+    """The base tensors a PaddleFormers output lacks, when they are exactly the SigLIP head (else [])."""
+    missing = sorted(base_names - run_names)
+    return missing if missing and all(n.startswith(HEAD_PREFIX) for n in missing) else []
+
+
 def trained_weights(src: Path, base: Weights, work: Path, log: Callable[[str], None]) -> Weights:
     """The fine-tuned weights of ERNIEKit or PaddleFormers output, completed from BASE where needed.
 
-    PaddleFormers: a LoRA run is merged with its own exporter and the merge verified
-    (``backends.paddleformers.merge_lora``); its saved weights lack the SigLIP pooling head, which
-    is taken from BASE, exactly those tensors and only them (CPU_TRAINING.md A.5, A.6).
+    A LoRA run is merged with PaddleFormers' own exporter and the merge verified
+    (:mod:`paddle_ocrvl_sft.backends.lora`; an adapter of another trainer is refused); PaddleFormers'
+    saved weights lack the SigLIP pooling head, which is taken from BASE, exactly those tensors and
+    only them (CPU_TRAINING.md A.5, A.6).
     """
-    from paddle_ocrvl_sft.backends import paddleformers as pf
+    from paddle_ocrvl_sft.backends import lora
 
-    if pf.is_lora_output(src) and not (src / INDEX).is_file() and not (src / WEIGHTS).is_file():
-        merged = pf.merge_lora(src, base.files, work, log)
-        weights = Weights([merged], [f"merged the LoRA adapter ({pf.ADAPTER_CONFIG}) into BASE with PaddleFormers' exporter, "
+    if lora.is_adapter_dir(src) and not (src / INDEX).is_file() and not (src / WEIGHTS).is_file():
+        merged = lora.merge(src, base.files, work, log)
+        weights = Weights([merged], [f"merged the LoRA adapter ({lora.ADAPTER_CONFIG}) into BASE with PaddleFormers' exporter, "
                                      "and verified the merge"])
     else:
         weights = find_weights(src)
     base_specs = base.specs
-    missing = pf.missing_head(set(weights.specs), set(base_specs))
+    missing = missing_head(set(weights.specs), set(base_specs))
     if missing:
         weights.take = {name: base.file_of(name) for name in missing}
-        weights.notes.append(f"added the {len(missing)} {pf.HEAD_PREFIX}* tensors from BASE (PaddleFormers does not save "
+        weights.notes.append(f"added the {len(missing)} {HEAD_PREFIX}* tensors from BASE (PaddleFormers does not save "
                              "the SigLIP pooling head; PaddleX's loader requires it)")
     return weights
 
@@ -157,24 +168,47 @@ def check_same_architecture(weights: Weights, base: Weights, src: Path, base_dir
 # --- sources ------------------------------------------------------------------------------------
 
 
-def list_checkpoints(run_dir: Path) -> dict[int, Path]:
-    return {int(m.group(1)): p for p in run_dir.iterdir() if p.is_dir() and (m := CHECKPOINT_RE.match(p.name))}
+def checkpoint_layouts() -> tuple:
+    """Every trainer's complete-checkpoint layouts: export reads a run dir of either trainer."""
+    from paddle_ocrvl_sft import backends
+
+    return tuple(layout for name in backends.NAMES for layout in backends.get(name).checkpoint_layouts)
 
 
-def select_sources(run_dir: Path, checkpoint: str | None) -> list[tuple[Path, str]]:
-    """(source dir, sub-path in OUT) pairs: the run's final weights, one checkpoint, or all of them."""
+def select_sources(run_dir: Path, checkpoint: str | None, log: Callable[[str], None] = lambda line: None
+                   ) -> list[tuple[Path, str]]:
+    """(source dir, sub-path in OUT) pairs: the run's final weights, one checkpoint, or all of them.
+
+    Only COMPLETE checkpoints are exported (``backends.checkpoints``, the definition resume uses):
+    ``last`` is the newest complete one, ``all`` every complete one, and ``N`` is refused with the
+    reason when checkpoint-N was cut short.
+    """
+    from paddle_ocrvl_sft.backends import checkpoints
+
     if checkpoint is None:
         return [(run_dir, "")]
-    found = list_checkpoints(run_dir)
-    if not found:
+    every = checkpoints.all_checkpoints(run_dir)
+    if not every:
         raise UserError(f"{run_dir}: no checkpoint-N dirs (drop --checkpoint to export the final weights)")
-    if checkpoint == "all":
-        return [(found[n], f"checkpoint-{n}") for n in sorted(found)]
-    if checkpoint == "last":
+    layouts = checkpoint_layouts()
+    incomplete = {n: why for n in every if (why := checkpoints.checkpoint_problem(every[n], layouts))}
+    found = {n: p for n, p in every.items() if n not in incomplete}
+    if checkpoint in ("all", "last"):
+        for n, why in incomplete.items():
+            log(f"skipped checkpoint-{n}: incomplete ({why})")
+        if not found:
+            raise UserError(f"{run_dir}: no complete checkpoint (" + "; ".join(f"checkpoint-{n}: {why}" for n, why in
+                                                                             incomplete.items()) + ")")
+        if checkpoint == "all":
+            return [(found[n], f"checkpoint-{n}") for n in sorted(found)]
         return [(found[max(found)], "")]
-    if not checkpoint.isdigit() or int(checkpoint) not in found:
+    if not checkpoint.isdigit() or int(checkpoint) not in every:
         have = ", ".join(str(n) for n in sorted(found))
-        raise UserError(f"--checkpoint {checkpoint}: not found in {run_dir} (have: {have}, last, all)")
+        raise UserError(f"--checkpoint {checkpoint}: not found in {run_dir} (complete: {have or 'none'}; or last, all)")
+    if int(checkpoint) in incomplete:
+        raise UserError(f"--checkpoint {checkpoint}: {every[int(checkpoint)]} is incomplete ({incomplete[int(checkpoint)]}): "
+                        "its save was cut short; export another checkpoint (complete: "
+                        + (", ".join(str(n) for n in sorted(found)) or "none") + ")")
     return [(found[int(checkpoint)], "")]
 
 
@@ -222,7 +256,7 @@ def export(run_dir: str | os.PathLike, base_dir: str | os.PathLike, out: str | o
     for note in detection.notes:
         log(f"note: {note}")
     base_weights = find_weights(base_dir)
-    sources = select_sources(run_dir, checkpoint)
+    sources = select_sources(run_dir, checkpoint, log)
     report = ExportReport(out, fmt, release=detection.release.name, model_name=model_name)
     from paddle_ocrvl_sft import agreement
 

@@ -24,7 +24,7 @@ from typing import Any, Sequence
 
 from paddle_ocrvl_sft import backends, data_dir, releases
 from paddle_ocrvl_sft.backends.base import CPU_NOTE, Backend, PlanValues
-from paddle_ocrvl_sft.backends.schema import apply_overrides, load_yaml_config
+from paddle_ocrvl_sft.backends.schema import apply_overrides, load_yaml_config, number_or_int
 from paddle_ocrvl_sft.errors import UserError
 from paddle_ocrvl_sft.io import atomic_write_text, staged_dir, write_json
 from paddle_ocrvl_sft.tokens import PixelBounds
@@ -382,10 +382,6 @@ def check_overrides(overrides: dict) -> None:
         raise UserError("these keys are computed by plan, not overridable with key=value: " + "; ".join(owned))
 
 
-def _number_or_int(value: float) -> int | float:
-    return int(value) if float(value).is_integer() else float(value)
-
-
 def check_options(*, epochs: float, batch: int | None, grad_accum: int | None, base_gpus: int | None,
                   learning_rate: float | None, device: str, gpus: int, nodes: int) -> None:
     """Bad numbers are refused before any data is read."""
@@ -458,7 +454,8 @@ def make_plan(
     from paddle_ocrvl_sft import augment as augmentation
 
     trainer = backends.get(backend)
-    overrides = dict(overrides or {})
+    # a key the trainer does not read is moved to the one it reads (noted) or refused: never written silently
+    overrides, override_notes = trainer.schema.effective_overrides(dict(overrides or {}))
     check_overrides(overrides)
     check_options(epochs=epochs, batch=batch, grad_accum=grad_accum, base_gpus=base_gpus, learning_rate=learning_rate,
                   device=device, gpus=gpus, nodes=nodes)
@@ -518,6 +515,10 @@ def make_plan(
     config = trainer.render_config(base, values, trainer.prepared_paths(plan_dir, values))
     config = apply_overrides(config, overrides)
     trainer.schema.validate(config, where="generated config")
+    problems = trainer.device_problems(config, device)
+    if problems:
+        raise UserError("\n".join(problems))
+    warnings += override_notes
     if config.get("save_strategy") == "steps" and config.get("save_steps", 0) > steps:
         warnings.append(f"save_steps={config['save_steps']} > max_steps={steps}: no intermediate checkpoint will be saved")
     out_dir = Path(values.output_dir)
@@ -530,7 +531,7 @@ def make_plan(
     b_name = f"{trainer.batch_key} (B)"
     numbers = {
         "D": d_record,
-        "E": num(_number_or_int(epochs), "--epochs"),
+        "E": num(number_or_int(epochs), "--epochs"),
         "G": num(g, "G = gpus_per_node * nodes" if device == "gpu" else "one CPU process", gpus_per_node=gpus, nodes=nodes),
         b_name: num(batch_set.packing_size, scaling["formulas"]["B"], B_base=base_batch.packing_size, **_pick(scaling, "x")),
         "gradient_accumulation_steps": num(batch_set.grad_accum, scaling["formulas"]["A"], A_base=base_batch.grad_accum,

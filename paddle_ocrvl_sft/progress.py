@@ -56,6 +56,8 @@ class Progress:
             parts.append(f"lr {point['lr']:.2e}")
         if "tokens_per_second" in point:
             parts.append(f"{point['tokens_per_second']:.0f} tok/s")
+        elif "nominal_tokens_per_second" in point:  # max_seq_len per sequence, not the tokens trained
+            parts.append(f"{point['nominal_tokens_per_second']:.0f} tok/s nominal")
         eta = self.eta(point["step"])
         if eta is not None:
             parts.append(f"ETA {format_seconds(eta)}")
@@ -96,14 +98,20 @@ def read_metrics(path: Path) -> list[dict]:
     return points
 
 
-def plot_loss(points: list[dict], out: Path, max_steps: int | None = None) -> Path:
-    """Loss (and learning rate) against step; non-finite losses are marked on the x axis."""
+def lr_changes(points: list[dict]) -> bool:
+    """Whether the learning rate the points logged changes (warmup, decay) rather than staying put."""
+    lrs = {p["lr"] for p in points if "lr" in p}
+    return len(lrs) > 1
+
+
+def loss_figure(points: list[dict], max_steps: int | None = None):
+    """The figure :func:`plot_loss` saves: loss against step, non-finite losses marked on the x axis,
+    and the learning rate on a second, labelled axis in the same legend, only when it changes (a
+    constant rate is named in the title instead of drawn as a flat line on a meaningless scale)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from paddle_ocrvl_sft.io import atomic_open
 
     steps = [p["step"] for p in points]
     losses = [p["loss"] for p in points]
@@ -118,16 +126,38 @@ def plot_loss(points: list[dict], out: Path, max_steps: int | None = None) -> Pa
     ax.set_ylabel("loss")
     if max_steps:
         ax.set_xlim(0, max_steps)
+    handles, labels = ax.get_legend_handles_labels()
     lrs = [(p["step"], p["lr"]) for p in points if "lr" in p]
-    if lrs:
+    title = f"training loss, steps {steps[0]}-{steps[-1]}"
+    if lr_changes(points):
         lr_ax = ax.twinx()
-        lr_ax.plot(*zip(*lrs), color="#ff7f0e", lw=1, alpha=0.7, label="lr")
+        (line,) = lr_ax.plot(*zip(*lrs), color="#ff7f0e", lw=1, alpha=0.7, label="learning rate")
         lr_ax.set_ylabel("learning rate")
-    ax.set_title(f"training loss, steps {steps[0]}-{steps[-1]}")
-    ax.legend(loc="upper right")
+        lr_ax.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
+        handles.append(line)
+        labels.append(line.get_label())
+    elif lrs:
+        title += f" (learning rate {lrs[0][1]:.3g}, constant)"
+    ax.set_title(title)
+    if handles:
+        ax.legend(handles, labels, loc="upper right")
     fig.tight_layout()
-    # the plotted steps in the PNG's own text chunk: a reader (or a test) can tell what the picture holds
-    described = {"steps": len(steps), "first_step": steps[0], "last_step": steps[-1], "non_finite": len(bad)}
+    return fig
+
+
+def plot_loss(points: list[dict], out: Path, max_steps: int | None = None) -> Path:
+    """Loss (and a changing learning rate) against step, as a PNG written atomically."""
+    import matplotlib.pyplot as plt
+
+    from paddle_ocrvl_sft.io import atomic_open
+
+    fig = loss_figure(points, max_steps)
+    steps = [p["step"] for p in points]
+    bad = [p["step"] for p in points if not math.isfinite(p["loss"])]
+    lrs = sorted({p["lr"] for p in points if "lr" in p})
+    # what the PNG shows, in its own text chunk: a reader (or a test) can tell what the picture holds
+    described = {"steps": len(steps), "first_step": steps[0], "last_step": steps[-1], "non_finite": len(bad),
+                 "lr": "drawn" if len(lrs) > 1 else ("constant" if lrs else "not logged")}
     with atomic_open(out, "wb", force=True, encoding=None) as fh:
         fig.savefig(fh, format="png", metadata={"Title": "training loss", "Description": json.dumps(described)})
     plt.close(fig)

@@ -28,6 +28,16 @@ def read_header(path: str | os.PathLike) -> dict:
         raise UserError(f"{path}: not a readable safetensors file ({exc})") from None
 
 
+def truncation(path: str | os.PathLike) -> str | None:
+    """None when the file holds every byte its header promises; else how much is missing (a cut-short write)."""
+    path = Path(path)
+    header = read_header(path)
+    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    expected = 8 + _stored_header_size(path) + end
+    size = path.stat().st_size
+    return None if size >= expected else f"truncated ({size} of {expected} bytes)"
+
+
 def tensor_specs(header: dict) -> dict[str, tuple[str, tuple[int, ...]]]:
     return {k: (v["dtype"], tuple(v["shape"])) for k, v in header.items() if k != "__metadata__"}
 

@@ -312,9 +312,15 @@ def _write_run_files(dest: Path, cfg: dict, weights: dict[str, np.ndarray], step
 
 
 def _write_checkpoint_state(ckpt: Path) -> None:
-    """Placeholders with the names of the state a checkpoint adds (optimizer, master weights, ...)."""
-    for name in ("optimizer-00001-of-00001.safetensors", "master_weights-00001-of-00001.safetensors",
-                 "scheduler.pdparams", "rng_state.pth"):
+    """The state a checkpoint adds, under the upstream names: a (tiny) optimizer shard and its index,
+    and placeholders for the Paddle pickles (master weights, scheduler, RNG state). The result is a
+    COMPLETE checkpoint by ``backends.checkpoints`` (ERNIEKit's unified layout)."""
+    moment = np.zeros(4, np.float32)
+    shard = "optimizer-00001-of-00001.safetensors"
+    save_weights(ckpt / shard, {"lm_head.weight_fp32_master_0_moment1_0": moment}, "np")
+    write_json(ckpt / "optimizer.safetensors.index.json",
+               {"metadata": {"total_size": moment.size * 2}, "weight_map": {"lm_head.weight_fp32_master_0_moment1_0": shard}})
+    for name in ("master_weights-00001-of-00001.safetensors", "scheduler.pdparams", "rng_state.pth"):
         (ckpt / name).write_bytes(b"placeholder\n")
 
 
@@ -392,5 +398,24 @@ def write_standin_launcher(bin_dir: str | Path, name: str, lines: list[str], exi
         "    print(line, flush=True)\n"
         f"sys.exit({int(exit_code)})\n",
         encoding="utf-8")
+    script.chmod(script.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    return script
+
+
+def write_standin_program(bin_dir: str | Path, name: str, source: str) -> Path:
+    """A STAND-IN for a trainer's launcher running ``source`` (Python) — not a trainer.
+
+    For what a CPU cannot show: a launcher that starts its workers in sessions of their own
+    (``paddle.distributed.launch``), a worker that ignores signals, a run that ends as a signal
+    arrives. Put ``bin_dir`` first on PATH.
+    """
+    import stat
+    import sys
+
+    bin_dir = Path(bin_dir)
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    script = bin_dir / name
+    script.write_text(f"#!{sys.executable}\n# STAND-IN launcher written by paddle_ocrvl_sft.testing.write_standin_program: "
+                      f"trains nothing\n{source}", encoding="utf-8")
     script.chmod(script.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
     return script

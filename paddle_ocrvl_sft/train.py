@@ -9,8 +9,10 @@ dataset fingerprint, versions, git state, the exact command and environment), ``
 appended to across runs otherwise: FACTS "Launch").
 
 Nothing is reused by accident: a non-empty output dir needs ``--resume`` (its newest complete
-checkpoint, passed explicitly as ``resume_from_checkpoint``) or ``--force``; a plan that is being
-trained is refused. Ctrl-C/SIGTERM go to the whole trainer group, and the way to resume is printed.
+checkpoint, passed explicitly as ``resume_from_checkpoint``; several nodes name it) or ``--force``;
+a plan that is being trained is refused (:mod:`paddle_ocrvl_sft.run_lock`, taken before anything
+is deleted). Ctrl-C/SIGTERM go to every process of the trainer (:mod:`paddle_ocrvl_sft.processes`),
+and the newest complete checkpoint and the way to resume are printed.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -40,8 +43,9 @@ from paddle_ocrvl_sft.errors import UserError
 from paddle_ocrvl_sft.io import write_json
 
 DEFAULT_IMAGE = "paddle-ocrvl-sft:latest"  # built from docker/Dockerfile (the guide's paddle:3.2.0-gpu-cuda12.6-cudnn9.5)
-LOCK = ".train.lock"
-STOP_GRACE_SECONDS = 60
+LOCK = ".train.lock"  # run_lock.lock_name(): one per node rank on a multi-node plan
+STOP_GRACE_SECONDS = 60  # after a stop signal, what is still running is SIGKILLed (--stop-grace)
+TREE_REFRESH_SECONDS = 2.0
 # validator rules whose problem stops the trainer's reader at start-up (the whole file is loaded
 # with json.loads per line: FACTS "Dataset reader"), as opposed to one dropped sample
 READER_FATAL = {"invalid-json", "bom", "blank-line", "not-array"}
@@ -82,7 +86,7 @@ class Options:
     dry_run: bool = False
     gpus: str | None = None  # "0,1,2,3": this node's cards (must be as many as the plan's)
     nodes: int | None = None
-    node_rank: int = 0
+    node_rank: int | None = None  # required with nodes > 1
     master: str | None = None  # HOST:PORT of node 0
     docker: bool = False
     image: str = DEFAULT_IMAGE
@@ -91,6 +95,7 @@ class Options:
     evaluate: bool = True
     check_agreement: bool = True  # the prompt agreement check before the launch (agreement.py)
     bar: bool | None = None  # None: a progress bar when stderr is a terminal
+    stop_grace: float = STOP_GRACE_SECONDS
 
 
 @dataclass
@@ -118,21 +123,50 @@ def load_plan(plan_dir: str | os.PathLike) -> PlanRun:
 # --- checks before anything starts --------------------------------------------------------------
 
 
-def resume_checkpoint(plan: PlanRun, resume: str | bool | None) -> Path | None:
-    """The checkpoint to resume from: ``True``/"last" = the newest complete one, or a given dir."""
+def check_run_overrides(plan: PlanRun, items) -> tuple[dict, list[str]]:
+    """This run's ``key=value`` overrides, typed and checked against the plan: keys the plan computes,
+    keys the trainer does not read (refused, or mapped to the key it reads, with a note), and a
+    device other than the plan's (a CPU plan's keys and in-memory patches are for the CPU only)."""
+    from paddle_ocrvl_sft.backends.schema import apply_overrides
+    from paddle_ocrvl_sft.plan import check_overrides
+
+    overrides = plan.backend.schema.parse_overrides(items)
+    overrides, notes = plan.backend.schema.effective_overrides(overrides)
+    check_overrides({k: v for k, v in overrides.items() if k != "resume_from_checkpoint"})
+    device = overrides.get("device") or plan.config.get("device", "gpu")
+    if device != plan.device:
+        raise UserError(f"device={device}: this plan was made for the {plan.device.upper()} (plan --device {plan.device}"
+                        + (": CPU keys and the CPU patches, which are for paddle's CPU build only" if plan.device == "cpu" else "")
+                        + f"); re-plan with --device {device}")
+    problems = plan.backend.device_problems(apply_overrides(plan.config, overrides), plan.device)
+    if problems:
+        raise UserError("\n".join(problems))
+    return overrides, notes
+
+
+def resume_checkpoint(plan: PlanRun, resume: str | bool | None, *, nodes: int = 1) -> Path | None:
+    """The checkpoint to resume from: ``True``/"last" = the newest complete one, or a given dir.
+
+    Several nodes must all resume from the same one, so a multi-node resume names it: each node's
+    own newest dir may differ (a save that finished on one node and not on another).
+    """
     if not resume:
         return None
     found = plan.backend.complete_checkpoints(plan.output_dir)
     if resume is True or resume == "last":
         if not found:
             raise UserError(f"--resume: no complete checkpoint-N in {plan.output_dir} (nothing to resume; drop --resume)")
+        if nodes > 1:
+            raise UserError(f"--resume: with {nodes} nodes every node must resume from the SAME checkpoint: name it, e.g. "
+                            f"--resume {found[max(found)].name} (the newest complete one on this node), on every node")
         return found[max(found)]
     path = Path(resume)
     if not path.is_absolute() and not path.exists():
         path = plan.output_dir / path
     if path.resolve() not in [p.resolve() for p in found.values()]:
         have = ", ".join(p.name for p in found.values()) or "none"
-        raise UserError(f"--resume {resume}: not a complete checkpoint of {plan.output_dir} (complete: {have})")
+        why = plan.backend.checkpoint_problem(path) if path.is_dir() else "not found"
+        raise UserError(f"--resume {resume}: not a complete checkpoint of {plan.output_dir} ({why}; complete: {have})")
     return path
 
 
@@ -169,25 +203,6 @@ def check_data(plan: PlanRun) -> list[str]:
         if report.valid != item.get("valid", report.valid):
             notes.append(f"{path}: {report.valid} valid samples now, {item['valid']} when planned: max_steps assumed the latter")
     return notes
-
-
-def check_not_running(plan: PlanRun) -> None:
-    lock = plan.plan_dir / LOCK
-    try:
-        holder = json.loads(lock.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return
-    if holder.get("host") == socket.gethostname() and _alive(holder.get("pid", -1)):
-        raise UserError(f"{plan.plan_dir}: already being trained (pid {holder['pid']}, run {holder.get('run')}); "
-                        "wait for it or stop it first")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except (OSError, ValueError):
-        return False
-    return True
 
 
 def port_is_free(port: int, host: str = "") -> bool:
@@ -229,8 +244,12 @@ def topology(plan: PlanRun, options: Options, notes: list[str]) -> dict[str, str
         nodes = options.nodes or plan.launch.get("nodes", 1)
         if nodes != plan.launch.get("nodes", 1):
             raise UserError(f"--nodes {nodes}: the plan is for {plan.launch.get('nodes', 1)} node(s); re-plan with --nodes {nodes}")
-        if not 0 <= options.node_rank < nodes:
-            raise UserError(f"--node-rank {options.node_rank}: must be in 0..{nodes - 1}")
+        if nodes > 1 and options.node_rank is None:
+            raise UserError(f"--nodes {nodes}: give --node-rank R (0 on the master node, 1..{nodes - 1} on the others): "
+                            "without it every node would start as rank 0")
+        rank = options.node_rank or 0
+        if not 0 <= rank < nodes:
+            raise UserError(f"--node-rank {rank}: must be in 0..{nodes - 1}")
         env["NNODES"] = str(nodes)
         if options.master:
             host, _, port = options.master.rpartition(":")
@@ -239,8 +258,9 @@ def topology(plan: PlanRun, options: Options, notes: list[str]) -> dict[str, str
             env["MASTER_ADDR"], env["MASTER_PORT"] = host, port
         elif nodes > 1 and env.get("MASTER_ADDR") in (None, "127.0.0.1"):
             raise UserError(f"a {nodes}-node plan: give --master HOST:PORT (node 0's address, the same on every node)")
+        env.pop("RANK", None)  # a worker's global rank, set by the launcher per process: never one value for all
         if nodes > 1:
-            env["PADDLE_RANK"] = env["RANK"] = str(options.node_rank)  # paddle.distributed.launch --rank
+            env["PADDLE_RANK"] = str(rank)  # this node's rank: paddle.distributed.launch --rank
     if (options.nodes or plan.launch.get("nodes", 1)) == 1 and not options.master:
         port = int(env.get("MASTER_PORT") or 0)
         if not port or not port_is_free(port):
@@ -260,13 +280,25 @@ def command_for(plan: PlanRun, trainer_env, env: dict[str, str], overrides: list
     python_path = [env.get("PYTHONPATH"), os.environ.get("PYTHONPATH")]
     if plan.device == "cpu":
         command[0] = str(trainer_env.python) if trainer_env else "python"
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(envs.PACKAGE_PARENT), *python_path]))
+        # only this package (backends.cpu), never the rest of this environment: the trainer's pins come first
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(envs.project_path()), *python_path]))
     else:
         if trainer_env:
             command[0] = str(trainer_env.bin_dir / plan.backend.executable)
         if env.get("PYTHONPATH"):
             env["PYTHONPATH"] = os.pathsep.join(filter(None, python_path))
     return Launch(command + overrides, env)
+
+
+def check_docker_image(plan: PlanRun, options: Options) -> None:
+    """The default image (docker/Dockerfile) carries ERNIEKit and the paddleformers 0.3.2 it needs, not
+    PaddleFormers 1.2: a PaddleFormers plan there would run the wrong trainer. Another image is
+    checked inside (`train` there refuses a trainer on PATH of another version)."""
+    if plan.backend.name == "paddleformers" and options.image == DEFAULT_IMAGE:
+        raise UserError(f"--docker: the image {DEFAULT_IMAGE} (docker/Dockerfile) carries ERNIEKit with paddleformers 0.3.2, and "
+                        "this PaddleFormers plan needs paddleformers >= 1.2: train it without --docker (`backend install "
+                        "paddleformers`, then paddlepaddle-gpu in that environment: docs/train.md), or pass --image with an "
+                        "image whose paddleformers-cli is 1.2 (train checks it there)")
 
 
 def docker_command(plan: PlanRun, options: Options, env: dict[str, str]) -> list[str]:
@@ -286,7 +318,7 @@ def docker_command(plan: PlanRun, options: Options, env: dict[str, str]) -> list
     if options.gpus:
         inner += ["--gpus", options.gpus]
     if options.nodes:
-        inner += ["--nodes", str(options.nodes), "--node-rank", str(options.node_rank)]
+        inner += ["--nodes", str(options.nodes)] + (["--node-rank", str(options.node_rank)] if options.node_rank is not None else [])
     if options.master:
         inner += ["--master", options.master]
     if options.resume:
@@ -337,7 +369,8 @@ def run_record(plan: PlanRun, launch: Launch, trainer_env, checkpoint: Path | No
         "plan": str(plan.plan_dir), "backend": plan.backend.name, "device": plan.device,
         "command": launch.command, "env": launch.env, "shell": launch.shell(),
         "trainer": {"origin": trainer_env.origin if trainer_env else "docker image",
-                    "versions": (installed or {}).get("versions", {})},
+                    "versions": (installed or {}).get("versions", {}), "source": (installed or {}).get("source"),
+                    **({"erniekit_commit": (installed or {}).get("erniekit_commit")} if plan.backend.name == "erniekit" else {})},
         "config": plan.config, "resume_from": str(checkpoint) if checkpoint else None,
         "datasets": fingerprint(datasets),
         "versions": {"paddle-ocrvl-sft": __version__, "python": platform.python_version(), "platform": platform.platform()},
@@ -365,21 +398,26 @@ def _now() -> str:
 
 def run(plan_dir: str | os.PathLike, options: Options | None = None, *, echo: Callable[[str], None] = print) -> Result:
     """Train a plan; returns where everything went. Raises :class:`UserError` on failure."""
-    from paddle_ocrvl_sft.plan import check_overrides
+    from paddle_ocrvl_sft import run_lock
 
     options = options or Options()
     plan = load_plan(plan_dir)
-    overrides = plan.backend.schema.parse_overrides(options.overrides)
-    check_overrides({k: v for k, v in overrides.items() if k != "resume_from_checkpoint"})
-    notes = check_data(plan)
-    checkpoint = resume_checkpoint(plan, options.resume)
-    check_output_dir(plan, resume=checkpoint, force=options.force)
-    check_not_running(plan)
+    overrides, notes = check_run_overrides(plan, options.overrides)
+    notes += check_data(plan)
     env = topology(plan, options, notes)
+    nodes = int(env.get("NNODES", "1"))
+    node_rank = options.node_rank if nodes > 1 else None
+    checkpoint = resume_checkpoint(plan, options.resume, nodes=nodes)
+    check_output_dir(plan, resume=checkpoint, force=options.force)
+    if options.docker:
+        check_docker_image(plan, options)
+    else:
+        run_lock.check_free(plan.plan_dir, node_rank)
     trainer_env = None if options.docker else (envs.resolve(plan.backend.name) if options.dry_run else envs.require(plan.backend.name))
+    if trainer_env and trainer_env.note:
+        notes.append(trainer_env.note)
     args = [f"{k}={v}" for k, v in overrides.items()] + ([f"resume_from_checkpoint={checkpoint}"] if checkpoint else [])
     run_dir = new_run_dir(plan.plan_dir)
-    run_id = run_dir.name
     env[plan.backend.dist_log_env] = str(run_dir / "dist")  # workerlog.N files are appended to: one dir per run
     launch = command_for(plan, trainer_env, env, args)
     for note in notes:
@@ -397,7 +435,6 @@ def run(plan_dir: str | os.PathLike, options: Options | None = None, *, echo: Ca
         return Result(plan.output_dir)
     if options.dry_run:
         echo(launch.shell())
-        nodes = int(env.get("NNODES", "1"))
         if nodes > 1:
             echo(f"run the same on every node (node 0 first); on node R: train {plan.plan_dir} --nodes {nodes} --node-rank R "
                  f"--master {env['MASTER_ADDR']}:{env['MASTER_PORT']}" + (f" --gpus {options.gpus}" if options.gpus else ""))
@@ -408,29 +445,41 @@ def run(plan_dir: str | os.PathLike, options: Options | None = None, *, echo: Ca
     from paddle_ocrvl_sft.agreement import before_launch
 
     agreed = before_launch(plan.plan_dir, trainer_env, options.check_agreement, echo, overrides)  # before --force deletes anything
-    if options.force and checkpoint is None and plan.output_dir.is_dir():
-        import shutil
+    # the lock first: nothing is deleted or written for a plan another run holds
+    with run_lock.RunLock(plan.plan_dir, run_dir.name, node_rank):
+        check_output_dir(plan, resume=checkpoint, force=options.force)  # again, now that no other run can change it
+        if options.force and checkpoint is None and plan.output_dir.is_dir():
+            import shutil
 
-        shutil.rmtree(plan.output_dir)
-    run_dir.mkdir(parents=True)  # new_run_dir chose a name that is not taken
-    record = run_record(plan, launch, trainer_env, checkpoint)
-    record["agreement"] = agreed
-    write_json(run_dir / "record.json", record)
-    (plan.plan_dir / LOCK).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "run": run_id}),
-                                      encoding="utf-8")
-    echo(f"$ {launch.shell()}")
-    echo(f"run dir: {run_dir} (train.log, metrics.jsonl, loss.png); {plan.backend.title}'s event logs: {plan.config.get('logging_dir')}")
-    outcome = None
-    try:
-        outcome = follow(plan, launch, trainer_env, run_dir, checkpoint, options, echo)
-    finally:
-        (plan.plan_dir / LOCK).unlink(missing_ok=True)
-        record.update(finished=_now(), exit=outcome.exit if outcome else "did not finish",
-                      last_step=outcome.last_step if outcome else None)
+            shutil.rmtree(plan.output_dir)
+        run_dir.mkdir(parents=True)  # new_run_dir chose a name that is not taken
+        record = run_record(plan, launch, trainer_env, checkpoint)
+        record["agreement"] = agreed
         write_json(run_dir / "record.json", record)
+        echo(f"$ {launch.shell()}")
+        echo(f"run dir: {run_dir} (train.log, metrics.jsonl, loss.png); {plan.backend.title}'s event logs: "
+             f"{plan.config.get('logging_dir')}")
+        outcome = None
+        try:
+            outcome = follow(plan, launch, trainer_env, run_dir, checkpoint, options, echo)
+        finally:
+            record.update(finished=_now(), exit=outcome.exit if outcome else "did not finish",
+                          last_step=outcome.last_step if outcome else None, state=run_state(outcome, plan.max_steps),
+                          signal=signal.Signals(outcome.signal).name if outcome and outcome.signal else None,
+                          killed=outcome.killed if outcome else [])
+            write_json(run_dir / "record.json", record)
     result = Result(plan.output_dir, run_dir, last_step=outcome.last_step)
     finish(plan, outcome, result, options, echo)
     return result
+
+
+def run_state(outcome, max_steps: int) -> str:
+    """finished, interrupted (a signal), failed, or did not finish (train itself stopped)."""
+    if outcome is None:
+        return "did not finish"
+    if outcome.signal is not None:
+        return "finished" if outcome.finished(max_steps) else "interrupted"
+    return "finished" if outcome.exit == 0 and outcome.nan_step is None else "failed"
 
 
 @dataclass
@@ -440,11 +489,26 @@ class Outcome:
     signal: int | None = None
     nan_step: int | None = None
     tail: list[str] = field(default_factory=list)
+    killed: list[int] = field(default_factory=list)  # pids SIGKILLed after the grace period
+
+    def finished(self, max_steps: int) -> bool:
+        """The trainer reached max_steps and exited 0 (it saved): finished, whatever signal came late."""
+        return self.exit == 0 and self.nan_step is None and (self.last_step or 0) >= max_steps
 
 
 def follow(plan: PlanRun, launch: Launch, trainer_env, run_dir: Path, checkpoint: Path | None, options: Options,
            echo) -> Outcome:
-    """Start the trainer in its own process group, stream rank 0's log, forward Ctrl-C/SIGTERM."""
+    """Start the trainer, stream rank 0's log, and pass Ctrl-C/SIGTERM to every process it started.
+
+    Our handlers are installed BEFORE the trainer starts: a handled signal is reset to its default
+    in the new program, so the trainer reacts to SIGINT even when `train` itself was started with
+    it ignored (a script's background job: ``train PLAN &``). A stop signal goes to the trainer's
+    whole process tree (:class:`~paddle_ocrvl_sft.processes.ProcessTree`: the launcher's workers
+    run in sessions of their own) and arms a SIGKILL after ``options.stop_grace`` seconds.
+    """
+    import threading
+
+    from paddle_ocrvl_sft.processes import ProcessTree
     from paddle_ocrvl_sft.progress import Progress
 
     start = int(checkpoint.name.split("-")[-1]) if checkpoint else 0
@@ -452,16 +516,39 @@ def follow(plan: PlanRun, launch: Launch, trainer_env, run_dir: Path, checkpoint
     progress = Progress(run_dir, plan.max_steps, start_step=start, bar=bar, echo=echo)
     tail: collections.deque[str] = collections.deque(maxlen=400)
     received: list[int] = []
+    killed: list[int] = []
     nan_step = None
-    proc = subprocess.Popen(launch.command, env=trainer_env.env({**os.environ, **launch.env}), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, errors="replace", start_new_session=True)
+    tree: ProcessTree | None = None
 
     def forward(signum, frame):
         received.append(signum)
-        _signal_group(proc, signum)
+        if tree is not None:
+            tree.stop(signum)
+
+    def killing(pids):
+        killed.extend(pids)
+        echo(f"\n{len(pids)} trainer process(es) still running {options.stop_grace:g} s after the stop signal: "
+             f"SIGKILL ({', '.join(map(str, pids))})")
 
     previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
+        proc = subprocess.Popen(launch.command, env=trainer_env.env({**os.environ, **launch.env}), stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, errors="replace", start_new_session=True,
+                                cwd=run_dir)  # stray files a trainer writes to its working dir land in the run dir
+        tree = ProcessTree(proc, options.stop_grace, on_kill=killing)
+        if received:  # a signal between installing the handlers and the start
+            tree.stop(received[0])
+
+        def watch():
+            """Keep the tree's membership current while the trainer runs (workers start late and are
+            re-parented when their launcher exits); once it exits, anything it left holding the log
+            pipe is killed after the grace period."""
+            while proc.poll() is None:
+                tree.refresh()
+                time.sleep(TREE_REFRESH_SECONDS)
+            tree.arm()
+
+        threading.Thread(target=watch, daemon=True, name="trainer-tree").start()
         with open(run_dir / "train.log", "w", encoding="utf-8") as log:
             for raw in proc.stdout:
                 log.write(raw)
@@ -473,37 +560,53 @@ def follow(plan: PlanRun, launch: Launch, trainer_env, run_dir: Path, checkpoint
                     if not math.isfinite(point["loss"]) and nan_step is None:
                         nan_step = point["step"]
                         echo(f"\nloss is {point['loss']} at step {point['step']}: stopping the run (it has diverged)")
-                        _signal_group(proc, signal.SIGTERM)
-        try:
-            proc.wait(timeout=STOP_GRACE_SECONDS)
-        except subprocess.TimeoutExpired:
-            _signal_group(proc, signal.SIGKILL)
-            proc.wait()
+                        tree.stop(signal.SIGTERM)
+        proc.wait()
+        tree.cancel()
+    except BaseException:
+        if tree is not None:  # train itself failed (a full disk, ...): do not leave the trainer running unwatched
+            tree.stop(signal.SIGTERM)
+        raise
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
         progress.close()
-    return Outcome(proc.returncode, progress.last_step, received[0] if received else None, nan_step, list(tail))
+    return Outcome(proc.returncode, progress.last_step, received[0] if received else None, nan_step, list(tail), killed)
 
 
-def _signal_group(proc: subprocess.Popen, signum: int) -> None:
-    try:
-        os.killpg(proc.pid, signum)
-    except (ProcessLookupError, PermissionError):
-        pass
+def resume_advice(plan: PlanRun, options: Options) -> str:
+    """The newest COMPLETE checkpoint and the exact command to continue from it (or why there is none).
+
+    Several nodes must all resume from the same checkpoint: the command names it explicitly.
+    """
+    from paddle_ocrvl_sft.backends.checkpoints import incomplete_checkpoints
+
+    found = plan.backend.complete_checkpoints(plan.output_dir)
+    newest = max(found) if found else None
+    cut = {n: why for n, why in incomplete_checkpoints(plan.output_dir, plan.backend.checkpoint_layouts).items()
+           if newest is None or n > newest}
+    skipped = "".join(f" (checkpoint-{n} is incomplete, its save was cut short: {why})" for n, why in cut.items())
+    if newest is None:
+        return f"no checkpoint was completed yet{skipped}: starting again needs --force"
+    nodes = int(plan.launch.get("nodes", 1) or 1)
+    resume = f"python -m paddle_ocrvl_sft train {plan.plan_dir} --resume"
+    if nodes > 1:
+        resume = (f"{resume} {found[newest].name} --nodes {nodes} --node-rank R --master {options.master or 'HOST:PORT'}"
+                  "   (on every node, the same checkpoint)")
+    return f"the last complete checkpoint is {found[newest]}{skipped}; continue with:\n  {resume}"
 
 
 def finish(plan: PlanRun, outcome: Outcome, result: Result, options: Options, echo) -> None:
     """Say what happened: resume instructions, diagnoses, or export (and eval) of the final model."""
     from paddle_ocrvl_sft.diagnose import diagnose, replan_for_oom
 
-    found = plan.backend.complete_checkpoints(plan.output_dir)
-    resume_cmd = f"python -m paddle_ocrvl_sft train {plan.plan_dir} --resume"
-    last_ckpt = (f"the last complete checkpoint is {found[max(found)]}; continue with:\n  {resume_cmd}" if found
-                 else "no checkpoint was completed yet: starting again needs --force")
-    if outcome.signal is not None:
+    last_ckpt = resume_advice(plan, options)
+    if outcome.signal is not None and not outcome.finished(plan.max_steps):
         name = signal.Signals(outcome.signal).name
         raise Interrupted(f"stopped by {name} at step {outcome.last_step or 0}; {last_ckpt}", outcome.signal)
+    if outcome.signal is not None:
+        echo(f"note: {signal.Signals(outcome.signal).name} arrived after the trainer had finished (step {outcome.last_step} "
+             f"of {plan.max_steps}, exit 0, saved): the run is complete, nothing was stopped")
     if outcome.exit or outcome.nan_step is not None:
         found_issues = diagnose(outcome.tail)
         lines = [f"{plan.backend.title} " + (f"diverged at step {outcome.nan_step}" if outcome.nan_step is not None
@@ -519,6 +622,7 @@ def finish(plan: PlanRun, outcome: Outcome, result: Result, options: Options, ec
         raise UserError("\n".join(lines))
     echo(f"training finished at step {outcome.last_step}: {plan.output_dir}")
     echo(f"loss curve: {result.run_dir / 'loss.png'}; metrics: {result.run_dir / 'metrics.jsonl'}")
+    found = plan.backend.complete_checkpoints(plan.output_dir)
     if found:
         echo(f"export a checkpoint: python -m paddle_ocrvl_sft export {plan.output_dir} --checkpoint N|last|all "
              f"--base {plan.record.get('model', 'BASE')}   (checkpoints: {', '.join(str(n) for n in found)})")

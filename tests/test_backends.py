@@ -4,6 +4,7 @@ patches' version checks, the LoRA merge check, the pinned environments' lock fil
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from pathlib import Path
@@ -33,13 +34,13 @@ PADDLEFORMERS_LINE = ("\x1b[32m[2026-11-30 09:12:47,928] [    INFO]\x1b[0m - los
 
 
 def test_both_trainers_log_lines_parse():
+    # ERNIEKit's tokens_per_sec_per_card is max_seq_len per sequence (what full packs would give): kept apart as nominal
     assert backends.get("erniekit").parse_log_line(ERNIEKIT_LINE) == {
-        "step": 12, "loss": 10.409850120544434, "lr": 5e-07, "tokens_per_second": 1208.7}
+        "step": 12, "loss": 10.409850120544434, "lr": 5e-07, "nominal_tokens_per_second": 1208.7}
     assert backends.get("paddleformers").parse_log_line(PADDLEFORMERS_LINE) == {
         "step": 1, "loss": 11.57219028, "lr": 0.005, "tokens_per_second": 2482.2498}
     assert backends.get("paddleformers").parse_log_line("[x] [ DEBUG] - logging_steps : 1") is None
-    assert backends.get("erniekit").parse_log_line("[t] [INFO] - loss: nan, learning_rate: 1.0, global_step: 3")["loss"] != \
-        backends.get("erniekit").parse_log_line("[t] [INFO] - loss: nan, learning_rate: 1.0, global_step: 3")["loss"]  # NaN
+    assert math.isnan(backends.get("erniekit").parse_log_line("[t] [INFO] - loss: nan, learning_rate: 1.0, global_step: 3")["loss"])
 
 
 def test_unknown_backend_is_a_usage_error():
@@ -151,76 +152,7 @@ def test_lora_plan_takes_the_recipe_values(dataset):
     assert (config["fine_tuning"], config["lora"], config["lora_rank"], config["learning_rate"]) == ("lora", True, 16, 5.0e-04)
 
 
-# --- CPU patches: refused on unknown code ---------------------------------------------------------
-
-
-def test_a_cpu_patch_refuses_source_it_was_not_written_for():
-    patch = cpu.Patch("demo", "json:dumps", cpu.source_sha256("def dumps(): pass\n"), "an error", apply=lambda *a: None)
-    cpu.check(patch, "def dumps(): pass\n")
-    with pytest.raises(cpu.PatchRefused, match="written for another version of json:dumps.*Refusing to patch unknown code"):
-        cpu.check(patch, "def dumps(): return 1\n")
-
-
-def test_text_edits_must_match_exactly_once():
-    import types
-
-    module = types.ModuleType("fake_mod")
-    exec("def f(x):\n    return x + 1\n", module.__dict__)
-    import sys
-
-    sys.modules["fake_mod"] = module
-    try:
-        cpu.replace_in_source(module, "f", "def f(x):\n    return x + 1\n", [("x + 1", "x + 2")])
-        assert module.f(1) == 3
-        with pytest.raises(cpu.PatchRefused, match="not there exactly once"):
-            cpu.replace_in_source(module, "f", "def f(x):\n    return x + 1\n", [("x * 9", "x")])
-    finally:
-        del sys.modules["fake_mod"]
-
-
-def test_every_cpu_patch_has_a_full_hash_and_names_its_error():
-    from paddle_ocrvl_sft.backends.cpu import erniekit as ek_patches
-
-    patches = ek_patches.patches()
-    assert [p.name for p in patches] == ["fp32", "rms-norm", "causal-mask", "cross-entropy", "log-memory", "log-callback"]
-    for p in patches:
-        assert re.fullmatch(r"[0-9a-f]{64}", p.sha256) and p.fixes and (p.apply or p.edits)
-
-
-# --- LoRA merge verification ----------------------------------------------------------------------
-
-
-def lora_run(tmp_path, scale=2.0):
-    rng = np.random.default_rng(0)
-    w = {"model.layers.0.self_attn.q_proj.weight": rng.normal(size=(6, 4)).astype(np.float32),
-         "model.norm.weight": np.ones(4, np.float32)}
-    a, b = rng.normal(size=(4, 2)).astype(np.float32), rng.normal(size=(2, 6)).astype(np.float32)
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / pf.ADAPTER_CONFIG).write_text(json.dumps({"r": 2, "lora_alpha": 4, "scaling": scale}))
-    write_safetensors(run / "peft_model-00001-of-00001.safetensors", {
-        "model.layers.0.self_attn.q_proj.lora_A": ("F32", a.shape, a.tobytes()),
-        "model.layers.0.self_attn.q_proj.lora_B": ("F32", b.shape, b.tobytes())})
-    write_safetensors(tmp_path / "base.safetensors", {k: ("F32", v.shape, v.tobytes()) for k, v in w.items()})
-    return run, w, a, b
-
-
-def test_a_correct_merge_passes_and_a_transposed_one_fails(tmp_path):
-    run, w, a, b = lora_run(tmp_path)
-    q = "model.layers.0.self_attn.q_proj.weight"
-    good = {**w, q: w[q] + 2.0 * (a @ b).T}
-    write_safetensors(tmp_path / "good.safetensors", {k: ("F32", v.shape, v.astype(np.float32).tobytes()) for k, v in good.items()})
-    assert "1 target tensors == W + 2·(A·B)ᵀ and 1 others == W" in pf.verify_lora_merge(run, [tmp_path / "base.safetensors"],
-                                                                                    tmp_path / "good.safetensors")
-    # what safetensors 0.8 made of PaddleFormers' merge: the raw buffer of Wᵀ + ΔW in W's shape
-    bad = {**w, q: np.ascontiguousarray(w[q].T + 2.0 * (a @ b)).reshape(w[q].shape)}
-    write_safetensors(tmp_path / "bad.safetensors", {k: ("F32", v.shape, v.astype(np.float32).tobytes()) for k, v in bad.items()})
-    with pytest.raises(UserError, match="the LoRA merge is WRONG .*q_proj.weight: differs by up to .*safetensors 0.8"):
-        pf.verify_lora_merge(run, [tmp_path / "base.safetensors"], tmp_path / "bad.safetensors")
-    unmerged = tmp_path / "unmerged.safetensors"  # the adapter forgotten: W alone
-    write_safetensors(unmerged, {k: ("F32", v.shape, v.tobytes()) for k, v in w.items()})
-    with pytest.raises(UserError, match="WRONG"):
-        pf.verify_lora_merge(run, [tmp_path / "base.safetensors"], unmerged)
+# --- safetensors reading (the LoRA merge check's reader: tests/test_lora.py) ---------------------
 
 
 def test_read_tensors_widens_bf16_exactly(tmp_path):
@@ -244,7 +176,8 @@ def test_every_direct_pin_is_in_the_lock(name):
     unpinned = [line for line in envs.lock_file(name).read_text().splitlines()
                 if line.strip() and not line.startswith("#") and "==" not in line.split("#")[0] and not line.startswith(" ")]
     assert unpinned == []
-    assert lock.get("safetensors") == ("0.7.0" if name == "paddleformers" else lock.get("safetensors"))
+    # both trainers save HF-layout safetensors: 0.8.0 writes transposed arrays as raw buffers (CPU_TRAINING.md A.6)
+    assert lock.get("safetensors") == "0.7.0"
 
 
 def test_listing_and_require_without_any_install(tmp_path, monkeypatch):
@@ -269,3 +202,76 @@ def test_docs_paddleformers_key_table_is_up_to_date():
     text = (REPO / "docs" / "plan.md").read_text()
     block = text.split("<!-- paddleformers-schema:begin -->\n")[1].split("<!-- paddleformers-schema:end -->")[0]
     assert block == pf.SCHEMA.markdown(), "regenerate the table in docs/plan.md from backends.paddleformers.SCHEMA.markdown()"
+
+
+# --- the two key tables and the renderer they share -----------------------------------------------
+
+
+@pytest.mark.parametrize("name", backends.NAMES)
+def test_every_layout_line_is_a_key_of_its_schema(name):
+    schema = backends.get(name).schema
+    assert [k for k in schema.layout_keys() if k not in schema] == []
+
+
+def test_both_tables_take_the_shared_training_arguments_rows():
+    from paddle_ocrvl_sft.backends.training_args import SOURCE, TRAINING_ARGUMENTS
+
+    for name in backends.NAMES:
+        schema = backends.get(name).schema
+        for key in TRAINING_ARGUMENTS.values():
+            assert schema[key.name].type == key.type and schema[key.name].source == SOURCE, (name, key.name)
+
+
+def test_both_trainers_render_the_plans_numbers_the_same_way(dataset):
+    data, root = dataset
+    base = build_tiny_model(root / "base")
+    configs = {}
+    for name in backends.NAMES:
+        assert main(["plan", "--backend", name, "--data", str(data), "--model", str(base), "--epochs", "2", "--lr", "1e-5",
+                     "-o", str(root / name)]) == 0
+        configs[name] = yaml.safe_load((root / name / "config.yaml").read_text())
+    ernie, pf_config = configs["erniekit"], configs["paddleformers"]
+    for key in ("num_train_epochs", "max_steps", "warmup_steps", "learning_rate", "gradient_accumulation_steps", "max_seq_len"):
+        assert (ernie[key], type(ernie[key])) == (pf_config[key], type(pf_config[key])), key
+    assert ernie["packing_size"] == pf_config["per_device_train_batch_size"]
+    assert [Path(c["output_dir"]).name for c in (ernie, pf_config)] == ["output", "output"]
+
+
+# --- overrides whose key the trainer does not read ----------------------------------------------------
+
+
+def test_an_erniekit_scheduler_override_goes_to_the_key_the_trainer_reads(dataset, capsys):
+    data, root = dataset
+    base = build_tiny_model(root / "base")
+    assert main(["plan", "--data", str(data), "--model", str(base), "--epochs", "1", "-o", str(root / "p"),
+                 "lr_scheduler_type=constant"]) == 0
+    config = yaml.safe_load((root / "p" / "config.yaml").read_text())
+    assert config["lr_scheduler"] == "constant"  # what PretrainingTrainer.create_scheduler reads
+    assert "lr_scheduler_type=constant set as lr_scheduler=constant: ERNIEKit does not read lr_scheduler_type" in capsys.readouterr().out
+    assert any("set as lr_scheduler=constant" in w for w in json.loads((root / "p" / "plan.json").read_text())["warnings"])
+
+
+@pytest.mark.parametrize("backend, override, why", [
+    ("erniekit", "lr_scheduler_type=linear", "ERNIEKit reads lr_scheduler for this .* 'linear' is not one of its values"),
+    ("erniekit", "eval_steps=10", "eval_steps: setting it changes nothing for ERNIEKit .*builds no eval dataset"),
+    ("erniekit", "warmup_ratio=0.1", "warmup_ratio: setting it changes nothing .*warmup_steps >= 1"),
+    ("paddleformers", "lora_alpha=32", "lora_alpha: setting it changes nothing for PaddleFormers .*2·lora_rank"),
+    ("paddleformers", "max_estimate_samples=10", "max_estimate_samples: setting it changes nothing"),
+])
+def test_an_override_that_would_change_nothing_is_refused(dataset, capsys, backend, override, why):
+    data, root = dataset
+    base = build_tiny_model(root / "base")
+    assert main(["plan", "--backend", backend, "--data", str(data), "--model", str(base), "--epochs", "1",
+                 "-o", str(root / "p"), override]) == 1
+    assert re.search(why, capsys.readouterr().err)
+    assert not (root / "p").exists()
+
+
+def test_a_gpu_erniekit_plan_keeps_flash_attention_a_cpu_plan_does_not_need_it(dataset, capsys):
+    data, root = dataset
+    base = build_tiny_model(root / "base")
+    argv = ["plan", "--data", str(data), "--model", str(base), "--epochs", "1"]
+    assert main([*argv, "-o", str(root / "gpu"), "use_flash_attention=False"]) == 1
+    assert "use_flash_attention: False on a GPU hits an ERNIEKit v1.4 bug" in capsys.readouterr().err
+    assert main([*argv, "--device", "cpu", "-o", str(root / "cpu")]) == 0  # the CPU keys turn it off; the CPU patch fixes the mask
+    assert yaml.safe_load((root / "cpu" / "config.yaml").read_text())["use_flash_attention"] is False

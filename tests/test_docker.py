@@ -118,3 +118,13 @@ def test_the_parser_sees_what_pip_would_install():
     assert pins.parse_install(pins.pip_installs(text)[0]) == (["pkg[extra]>=1"], ["/r.txt", "/opt/ERNIE"], ["/c.txt"])
     with pytest.raises(ValueError, match="not an exact pin"):
         pins.pins("numpy>=1.26\n")
+
+
+def test_the_image_pins_the_erniekit_commit_the_environments_use():
+    """Not a moving branch: the same commit `backend install erniekit` fetches and the CPU patches were written for."""
+    from paddle_ocrvl_sft.backends import envs
+
+    text = (ROOT / "docker" / "Dockerfile").read_text()
+    (commit,) = re.findall(r"^ARG ERNIE_COMMIT=([0-9a-f]{40})$", text, re.M)
+    assert commit == envs.ERNIEKIT_COMMIT
+    assert "fetch -q --depth 1 https://github.com/PaddlePaddle/ERNIE ${ERNIE_COMMIT}" in text and " -b " not in text

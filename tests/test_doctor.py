@@ -145,6 +145,8 @@ def test_check_gpus_v100_is_inference_only(device, status):
     assert check.detail == "0: Tesla V100-SXM2-32GB (compute 7.0, 31.2 GiB free) (from nvidia-smi): inference only: training needs " \
                            "compute capability >= 8.0 (bf16, flash attention / flashmask)"
     assert "Ampere" in check.fix
+    # the way around flash attention that ERNIEKit offers fails there too (its causal-mask bug): not a fix to give
+    assert "not ERNIEKit with use_flash_attention=False" in check.fix
 
 
 def test_check_gpus_too_old_even_for_inference():

@@ -7,9 +7,11 @@ tests' backend home (tests/conftest.py) and kept there between runs.
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import socket
@@ -70,10 +72,22 @@ def make_plan(receipts, tmp_path, backend, *args, model=None, epochs="10", lr="5
     return plan
 
 
-def train_cli(plan, *args, env=None):
-    return subprocess.Popen([sys.executable, "-m", "paddle_ocrvl_sft", "train", str(plan), "--skip-agreement-check", *args],
-                            stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})})
+def train_cli(plan, *args, env=None, ignore_sigint=False):
+    """`train` as its own process; ``ignore_sigint``: started as a script's background job is (`train PLAN &`
+    in a non-interactive shell starts with SIGINT ignored, and so did, before, the trainer it started)."""
+    preexec = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if ignore_sigint else None
+    return subprocess.Popen([sys.executable, "-m", "paddle_ocrvl_sft", "train", str(plan), "--skip-agreement-check", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})}, preexec_fn=preexec)
+
+
+def logged_steps(log: Path) -> list[tuple[datetime.datetime, int]]:
+    """(time the trainer logged it, global_step) of each step line in a train.log."""
+    out = []
+    for line in log.read_text().splitlines():
+        m = re.match(r"\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\].* global_step: (\d+)", line)
+        if m:
+            out.append((datetime.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f"), int(m.group(2))))
+    return out
 
 
 def metrics(plan) -> list[list[dict]]:
@@ -91,23 +105,37 @@ def doc_parser(bundle: Path, image: Path, out: Path) -> subprocess.CompletedProc
 
 @pytest.mark.parametrize("backend", ["erniekit", "paddleformers"])
 def test_train_interrupt_resume_export_and_doc_parser(installed, receipts, tmp_path, backend):
-    """40 steps on 4 repeated samples: Ctrl-C at step 22 leaves checkpoint-20, --resume finishes from
-    step 21, the loss falls below half, and the exported bundle runs in PaddleX and doc_parser."""
+    """40 steps on 4 repeated samples: SIGINT once step 22 is seen stops the trainer within one step and
+    names the newest complete checkpoint; --resume continues from it, the loss falls below half, and the
+    exported bundle runs in PaddleX and doc_parser.
+
+    `train` is started as a script's background job (SIGINT ignored): that is how this test once failed
+    (the trainer inherited the ignored SIGINT, trained to step 40 and `train` named checkpoint-40)."""
     need(installed, backend)
+    from paddle_ocrvl_sft import backends
+
     plan = make_plan(receipts, tmp_path, backend)
-    first = train_cli(plan, "--no-export")
+    first = train_cli(plan, "--no-export", ignore_sigint=True)
     for line in first.stdout:
         if line.startswith("step") and int(line.split()[1].split("/")[0]) >= 22:
-            first.send_signal(signal.SIGINT)  # what Ctrl-C sends to `train`; it forwards it to the trainer's group
+            sent = datetime.datetime.now()
+            first.send_signal(signal.SIGINT)  # what Ctrl-C sends to `train`; it passes it to every trainer process
             break
     rest = first.stdout.read()
     assert first.wait(timeout=300) == 130, rest
-    assert "stopped by SIGINT" in rest and "checkpoint-20" in rest and f"train {plan} --resume" in rest
+    (run,) = (plan / "runs").iterdir()
+    steps = logged_steps(run / "train.log")
+    assert len([step for when, step in steps if when > sent]) <= 1, steps[-5:]  # stopped within one step of the signal
+    complete = backends.get(backend).complete_checkpoints(plan / "output")
+    newest = max(complete)
+    assert 20 <= newest <= steps[-1][1]
+    assert f"stopped by SIGINT at step {steps[-1][1]}; the last complete checkpoint is {complete[newest]}" in rest, rest
+    assert f"train {plan} --resume" in rest
     assert not (plan / ".train.lock").exists()
 
     assert main(["train", str(plan), "--skip-agreement-check", "--resume"]) == 0
     before, after = metrics(plan)
-    assert after[0]["step"] == 21 and after[-1]["step"] == 40  # the step count continues from the checkpoint
+    assert after[0]["step"] == newest + 1 and after[-1]["step"] == 40  # the step count continues from the checkpoint
     losses = [p["loss"] for p in before + after]
     assert all(math.isfinite(v) for v in losses)
     assert losses[-1] < losses[0] / 2, losses
@@ -119,8 +147,11 @@ def test_train_interrupt_resume_export_and_doc_parser(installed, receipts, tmp_p
         described = json.loads(Image.open(run / "loss.png").text["Description"])
         assert (described["first_step"], described["last_step"], described["steps"]) == (points[0]["step"], points[-1]["step"], len(points))
     records = [json.loads((run / "record.json").read_text()) for run in sorted((plan / "runs").iterdir())]
-    assert records[0]["exit"] != 0 and records[1]["exit"] == 0 and records[1]["resume_from"].endswith("checkpoint-20")
+    assert records[0]["state"] == "interrupted" and records[0]["signal"] == "SIGINT" and records[1]["state"] == "finished"
+    assert records[1]["resume_from"] == str(complete[newest])
     assert records[1]["trainer"]["versions"]["paddlepaddle"] == "3.3.1"
+    if backend == "erniekit":  # the vendored tarball's commit, recorded by `backend install` and in every run record
+        assert records[0]["trainer"]["erniekit_commit"] == records[1]["trainer"]["erniekit_commit"] == envs.ERNIEKIT_COMMIT
 
     bundle = plan / "bundle"  # `train` exported it; export verified it by loading it in PaddleX's predictor
     assert (bundle / "model.safetensors").is_file() and (bundle / "inference.yml").is_file()
@@ -139,7 +170,15 @@ def test_paddleformers_lora_learns_and_its_merge_is_verified(installed, receipts
     losses = [p["loss"] for p in points]
     assert len(losses) == 40 and all(math.isfinite(v) for v in losses)
     assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5, losses  # LoRA's loss falls too
-    assert "verified the LoRA merge: 22 target tensors == W + 2·(A·B)ᵀ" in out
+    from paddle_ocrvl_sft.safetensors_file import read_header
+
+    adapter = next((plan / "output").glob("peft_model-*.safetensors"))
+    targets = {n.rsplit(".", 1)[0] for n in read_header(adapter) if n.endswith((".lora_A", ".lora_B"))}
+    base = [n for n in read_header(receipts[2] / "model.safetensors") if n != "__metadata__"]
+    assert len(targets) == 22 and {f"{t}.weight" for t in targets} <= set(base)
+    # the numbers the check COMPARED (every target is a base tensor; the rest of the base compared as W)
+    assert (f"verified the LoRA merge: compared 22 LoRA target tensors == W + 2·(A·B)ᵀ and {len(base) - 22} other "
+            "tensors == W") in out, out
     assert (plan / "bundle" / "model.safetensors").is_file()
 
 
@@ -224,7 +263,7 @@ def test_the_paddleformers_triton_patch_is_needed(installed, receipts, tmp_path)
 
 def test_an_erniekit_tree_of_another_version_is_refused_not_patched(installed, receipts, tmp_path):
     need(installed, "erniekit")
-    tree = envs.env_dir("erniekit") / "src" / "ERNIE"
+    tree = envs.env_root("erniekit") / "src" / "ERNIE"
     other = tmp_path / "ERNIE-other"
     shutil.copytree(tree / "ernie", other / "ernie")
     modeling = other / "ernie" / "modeling_paddleocr_vl.py"
@@ -237,6 +276,28 @@ def test_an_erniekit_tree_of_another_version_is_refused_not_patched(installed, r
     text = next((plan / "runs").iterdir()).joinpath("train.log").read_text()
     assert "refused: CPU patch 'cross-entropy' was written for another version" in text, text[-2000:]
     assert "applied" not in text  # all or nothing: no patch was applied
+
+
+CHECK_PATCHES = """
+import sys
+from importlib import import_module
+from paddle_ocrvl_sft.backends.cpu import check
+for patch in import_module(f"paddle_ocrvl_sft.backends.cpu.{sys.argv[1]}").patches():
+    check(patch, patch.resolve()[2])  # raises PatchRefused on any difference
+    print(patch.name, "matches")
+"""
+
+
+@pytest.mark.parametrize("name", ["erniekit", "paddleformers"])
+def test_every_cpu_patch_matches_the_installed_trainer(installed, name):
+    """Each patch's SHA-256 against the source it patches (and covers) in the pinned environment."""
+    need(installed, name)
+    proc = subprocess.run([str(envs.env_root(name) / "venv" / "bin" / "python"), "-c", CHECK_PATCHES, name],
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(envs.project_path())})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    matched = [line.split()[0] for line in proc.stdout.splitlines() if line.endswith(" matches")]
+    assert matched == (["fp32", "rms-norm", "causal-mask", "cross-entropy", "log-memory", "log-callback"] if name == "erniekit"
+                       else ["triton-kernels"])
 
 
 FIELDS = """
@@ -263,7 +324,7 @@ def test_every_schema_key_is_a_field_of_the_installed_trainer(installed, name):
     need(installed, name)
     from paddle_ocrvl_sft import backends
 
-    python = envs.env_dir(name) / "venv" / "bin" / "python"
+    python = envs.env_root(name) / "venv" / "bin" / "python"
     proc = subprocess.run([str(python), "-c", FIELDS, name], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     fields = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -314,10 +314,20 @@ def fake_run(plan: Path, run_id: str, *, points: int, exit_code, last_step=None)
 
 
 def checkpoint(plan: Path, step: int) -> None:
+    """A COMPLETE PaddleFormers unified checkpoint (backends/checkpoints.py): both indexes with their shards."""
+    import numpy as np
+
+    from paddle_ocrvl_sft.io import write_json
+    from paddle_ocrvl_sft.testing import save_weights
+
     folder = plan / "output" / f"checkpoint-{step}"
     folder.mkdir(parents=True)
-    for name in ("trainer_state.bin", "model.safetensors.index.json", "optimizer.safetensors.index.json", "scheduler.pdparams"):
-        (folder / name).write_text("")
+    for kind in ("model", "optimizer"):
+        shard = f"{kind}-00001-of-00001.safetensors"
+        save_weights(folder / shard, {f"{kind}.w": np.zeros(4, np.float32)}, "np")
+        write_json(folder / f"{kind}.safetensors.index.json", {"metadata": {"total_size": 8}, "weight_map": {f"{kind}.w": shard}})
+    for name in ("trainer_state.bin", "scheduler.pdparams"):
+        (folder / name).write_bytes(b"placeholder\n")
 
 
 def test_a_plans_state_comes_from_trains_lock_records_and_checkpoints(client, work):
@@ -343,7 +353,7 @@ def test_a_plans_state_comes_from_trains_lock_records_and_checkpoints(client, wo
         listed = client.get("/api/runs").json()["plans"]
         assert listed == [{"plan": "plans/p", "state": "training", "backend": "paddleformers", "device": "cpu", "runs": 1,
                            "progress": {"step": 3, "max_steps": 9, "loss": 7.0, "lr": 0.005, "tokens_per_second": None,
-                                        "eta_seconds": 12.0}}]
+                                        "nominal_tokens_per_second": None, "eta_seconds": 12.0}}]
         stopped = client.post("/api/runs/stop", json={"plan": "plans/p"}).json()
         assert stopped == {"stopped": "pid", "pid": trainer.pid}
         assert trainer.wait(timeout=30) == 42  # SIGINT, what Ctrl-C in its terminal sends

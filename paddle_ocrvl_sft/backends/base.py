@@ -12,7 +12,10 @@ import shlex
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from paddle_ocrvl_sft.backends.schema import KeySchema
+
+from paddle_ocrvl_sft.backends import checkpoints
+from paddle_ocrvl_sft.backends.checkpoints import Layout
+from paddle_ocrvl_sft.backends.schema import KeySchema, format_float, number_or_int
 from paddle_ocrvl_sft.errors import UserError
 
 DEVICES = ("gpu", "cpu")
@@ -82,7 +85,9 @@ class Backend:
     cpu_keys: dict  # keys `plan --device cpu` sets (None removes a key)
     cpu_module: str  # module run in the trainer's Python on CPU (applies the CPU patches)
     tokens_per_second_key: str  # the log field with per-device tokens/s
-    checkpoint_layouts: tuple[tuple[str, ...], ...]  # what a checkpoint-N holds once completely written (any one layout)
+    tokens_per_second_nominal = False  # True: the trainer logs max_seq_len per sequence, not the tokens trained
+    dataset_type: str  # the reader name of the data files it trains on (train_dataset_type)
+    checkpoint_layouts: tuple[Layout, ...]  # what a checkpoint-N holds once completely written (any one layout)
     supports_lora = False
     pixel_bounds_note: str  # what --min-pixels/--max-pixels do with this trainer
 
@@ -106,7 +111,50 @@ class Backend:
         return self.prepared_paths(stage_dir, values)
 
     def render_config(self, base: dict, values: PlanValues, prepared: Prepared) -> dict:
-        raise NotImplementedError
+        """The preset ``base`` with the plan's numbers and inputs in this trainer's keys.
+
+        The keys both trainers read the same way are written here, once; :meth:`backend_keys`
+        adds (or removes) what only this trainer has.
+        """
+        n = len(prepared.train)
+        computed = {
+            "train_dataset_type": ",".join([self.dataset_type] * n),
+            "train_dataset_path": ",".join(prepared.train),
+            "train_dataset_prob": ",".join(format_float(float(p)) for p in (values.probs or [1.0] * n)),
+            "max_seq_len": values.max_seq_len,
+            "model_name_or_path": prepared.model_dir,
+            "num_train_epochs": number_or_int(values.epochs),
+            "max_steps": values.max_steps,
+            "warmup_steps": values.warmup_steps,
+            "learning_rate": values.learning_rate,
+            self.batch_key: values.batch,
+            "gradient_accumulation_steps": values.grad_accum,
+            "output_dir": values.output_dir,
+            # beside output_dir, not inside: a leftover log dir makes ERNIEKit refuse output_dir (FACTS)
+            "logging_dir": values.logging_dir,
+        }
+        config = dict(base)
+        if prepared.eval:
+            computed.update(eval_dataset_type=self.dataset_type, eval_dataset_path=",".join(prepared.eval),
+                            eval_dataset_prob=",".join(["1.0"] * len(prepared.eval)))
+        else:
+            for key in ("eval_dataset_path", "eval_dataset_prob", "eval_dataset_type"):
+                config.pop(key, None)  # the preset's example paths would point nowhere
+        config.update(computed)
+        for key, value in self.backend_keys(base, values, prepared).items():
+            if value is None:
+                config.pop(key, None)
+            else:
+                config[key] = value
+        return config
+
+    def backend_keys(self, base: dict, values: PlanValues, prepared: Prepared) -> dict:
+        """This trainer's own keys for a plan (``None``: remove the key); default none."""
+        return {}
+
+    def device_problems(self, config: dict, device: str) -> list[str]:
+        """Settings this trainer cannot run on ``device`` with (default: none)."""
+        return []
 
     def release_env(self, plan_dir: Path, release: str) -> dict[str, str]:
         """What the launch environment needs for the base model's release (default: nothing)."""
@@ -134,16 +182,17 @@ class Backend:
                         "so give each attempt its own log dir; a busy MASTER_PORT makes a new job join the old one"}
 
     def complete_checkpoints(self, output_dir: Path) -> dict[int, Path]:
-        """``{step: dir}`` of the checkpoints in output_dir that hold everything a resume reads."""
-        found = {}
-        for path in output_dir.glob("checkpoint-*") if output_dir.is_dir() else ():
-            step = path.name.removeprefix("checkpoint-")
-            if step.isdigit() and any(all((path / name).exists() for name in layout) for layout in self.checkpoint_layouts):
-                found[int(step)] = path
-        return dict(sorted(found.items()))
+        """``{step: dir}`` of the checkpoints in output_dir that hold everything a resume reads
+        (:mod:`paddle_ocrvl_sft.backends.checkpoints`: the one definition, also used by export)."""
+        return checkpoints.complete_checkpoints(Path(output_dir), self.checkpoint_layouts)
+
+    def checkpoint_problem(self, path: Path) -> str | None:
+        """Why ``path`` is not a complete checkpoint of this trainer (None: it is)."""
+        return checkpoints.checkpoint_problem(Path(path), self.checkpoint_layouts)
 
     def parse_log_line(self, line: str) -> dict | None:
-        """A training log line's numbers (``step``, ``loss``, ``lr``, ``tokens_per_second``), else None."""
+        """A training log line's numbers (``step``, ``loss``, ``lr``, and ``tokens_per_second`` or, for a trainer
+        that logs the rate full sequences would give, ``nominal_tokens_per_second``), else None."""
         line = ANSI.sub("", line)
         if "] - loss: " not in line or "global_step: " not in line:
             return None
@@ -152,7 +201,8 @@ class Backend:
         if "learning_rate" in fields:
             record["lr"] = fields["learning_rate"]
         if self.tokens_per_second_key in fields:
-            record["tokens_per_second"] = fields[self.tokens_per_second_key]
+            key = "nominal_tokens_per_second" if self.tokens_per_second_nominal else "tokens_per_second"
+            record[key] = fields[self.tokens_per_second_key]
         return record
 
 

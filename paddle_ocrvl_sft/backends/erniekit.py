@@ -26,24 +26,27 @@ from __future__ import annotations
 
 from paddle_ocrvl_sft.backends import erniekit_release
 from paddle_ocrvl_sft.backends.base import Backend, PlanValues, Prepared
+from paddle_ocrvl_sft.backends.checkpoints import Layout
 from paddle_ocrvl_sft.backends.schema import (BOOL, FLOAT, INT, NUMBER, STR, STR_LIST, UNSET, Key, KeySchema,
-                                              dataset_list_problems, format_float)
+                                              dataset_list_problems)
+from paddle_ocrvl_sft.backends.training_args import ta
 
 _DATA = "erniekit/hparams/data_args.py DataArguments"
 _PROC = "erniekit/hparams/preprocess_args.py End2EndProcessorArguments"
 _MODEL = "erniekit/hparams/model_args.py ModelArguments"
 _FT = "erniekit/hparams/finetuning_args.py FinetuningArguments"
 _PRE = "erniekit/hparams/finetuning_args.py PreTrainingArguments"
-_TA = "paddleformers/trainer/training_args.py TrainingArguments"
+_TA = "paddleformers/trainer/training_args.py TrainingArguments"  # keys only this table has; shared ones: ta()
 _NONE = "no ERNIEKit argument class"
 
 _REF = "the OCR-VL reference config sets"
+_NO_EVAL = "the OCR-VL-SFT stage builds no eval dataset (workflow.py: eval_dataset = None)"
 
 # fmt: off
 KEYS: tuple[Key, ...] = (
     # --- data -------------------------------------------------------------------------------
     Key("train_dataset_type", STR, UNSET, _DATA, "Reader per training file, comma-separated ('erniekit' each).", required=True),
-    Key("eval_dataset_type", STR, "erniekit", _DATA, "Reader of the eval files."),
+    Key("eval_dataset_type", STR, "erniekit", _DATA, "Reader of the eval files.", no_effect=_NO_EVAL),
     Key("train_dataset_path", STR, UNSET, _DATA, "Training .jsonl files, comma-separated; relative image paths resolve against each file's dir.", required=True),
     Key("train_dataset_prob", STR, UNSET, _DATA, "A STRING of comma-separated weights, one per training file: each sampler cycle takes int(p_i * N) records of file i (N = records in all files).", required=True,
         danger="must be a string ('1.0'): ERNIEKit calls .split(',') on it; an unquoted 1.0 crashes"),
@@ -76,80 +79,80 @@ KEYS: tuple[Key, ...] = (
     # --- finetuning: base -------------------------------------------------------------------
     Key("stage", STR, "SFT", _MODEL, "Training stage dispatched by erniekit/train/tuner.py.", required=True, choices=("OCR-VL-SFT",),
         danger="default SFT runs the text trainer: set OCR-VL-SFT"),
-    Key("seed", INT, 42, _TA, "Random seed."),
-    Key("do_train", BOOL, False, _TA, "Run training.", required=True, danger="default False: nothing is trained"),
-    Key("do_eval", BOOL, False, _TA, "Evaluate after training.",
-        danger="OCR-VL-SFT builds no eval dataset (workflow.py: eval_dataset = None): True fails after training"),
+    ta("seed"),
+    ta("do_train", danger="default False: nothing is trained"),
+    ta("do_eval", meaning="Evaluate after training.",
+           danger="OCR-VL-SFT builds no eval dataset (workflow.py: eval_dataset = None): True fails after training"),
     Key("distributed_dataloader", BOOL, False, _TA, "Load data on one rank and broadcast."),
-    Key("dataloader_num_workers", INT, 0, _TA, "Data loader worker processes per GPU."),
+    ta("dataloader_num_workers"),
     Key("prefetch_factor", INT, 2, _PRE, "Batches prefetched per worker."),
-    Key("batch_size", INT, 1, _FT, "Sequences per GPU per micro-step; does not change the data (FACTS), keep 1."),
+    Key("batch_size", INT, 1, _FT, "Sequences per GPU per micro-step as logged; keep 1.",
+        no_effect="it does not change what a step trains, only the throughput ERNIEKit logs (FACTS: a step consumes "
+                  "gradient_accumulation_steps packed sequences per GPU)"),
     Key("packing_size", INT, 1, _PRE, "B: samples packed into one sequence (guide: acts like the batch size).", required=True),
     Key("packing", BOOL, True, _PRE, "Pack several samples into one sequence."),
     Key("padding", BOOL, True, _PRE, "Pad every sequence to max_seq_len.", danger=f"default True pads every pack to max_seq_len (slow, more memory); {_REF} False"),
-    Key("num_train_epochs", NUMBER, 1.0, _TA, "E: epochs; informational here because the data stream has no length (max_steps ends training)."),
-    Key("max_steps", INT, -1, _TA, "Optimizer steps = ceil(D*E/(G*B*A)).", required=True, danger="must be > 0: the dataset is an endless stream"),
+    ta("num_train_epochs", meaning="E: epochs; informational here because the data stream has no length (max_steps ends training)."),
+    ta("max_steps", danger="must be > 0: the dataset is an endless stream"),
     Key("eval_batch_size", INT, UNSET, _NONE, "Commented out in the reference file.",
         ignored="no argument class defines it (per_device_eval_batch_size follows batch_size)"),
-    Key("eval_iters", INT, -1, _PRE, "Eval iterations per evaluation (no effect: no eval dataset in this stage)."),
-    Key("eval_steps", INT, UNSET, _TA, "Steps between evaluations (no effect: no eval dataset in this stage)."),
-    Key("evaluation_strategy", STR, "no", _TA, "no, steps or epoch.", choices=("no", "steps", "epoch"),
-        danger="anything but 'no' needs an eval dataset, which this stage never builds"),
-    Key("save_steps", INT, 500, _TA, "Steps between checkpoints."),
-    Key("save_total_limit", INT, UNSET, _TA, "Checkpoints kept (older ones deleted)."),
-    Key("save_strategy", STR, "steps", _TA, "no, steps or epoch.", choices=("no", "steps", "epoch")),
-    Key("logging_steps", INT, 500, _TA, "Steps between log lines."),
+    Key("eval_iters", INT, -1, _PRE, "Eval iterations per evaluation.", no_effect=_NO_EVAL),
+    ta("eval_steps", meaning="Steps between evaluations.", no_effect=_NO_EVAL),
+    ta("evaluation_strategy", danger="anything but 'no' needs an eval dataset, which this stage never builds"),
+    ta("save_steps"),
+    ta("save_total_limit"),
+    ta("save_strategy"),
+    ta("logging_steps"),
     Key("release_grads", BOOL, False, _TA, "Free gradients after each step to save memory."),
-    Key("gradient_accumulation_steps", INT, 1, _TA, "A: packed sequences per GPU per optimizer step.", required=True),
-    Key("logging_dir", STR, UNSET, _TA, "TensorBoard/VisualDL event dir.",
-        danger="inside output_dir, a leftover dir from a failed run makes the next run refuse output_dir"),
-    Key("output_dir", STR, UNSET, _TA, "Where checkpoints and the final model go.", required=True,
-        danger="non-empty without checkpoint-* raises unless overwrite_output_dir; with checkpoints the newest is resumed"),
-    Key("overwrite_output_dir", BOOL, False, _TA, "Accept a non-empty output_dir and do not auto-resume from it."),
-    Key("resume_from_checkpoint", STR, UNSET, _TA, "Checkpoint dir to resume from (default: newest checkpoint-* in output_dir)."),
-    Key("disable_tqdm", BOOL, UNSET, _TA, "No progress bar (log lines only)."),
+    ta("gradient_accumulation_steps", meaning="A: packed sequences per GPU per optimizer step."),
+    ta("logging_dir", danger="inside output_dir, a leftover dir from a failed run makes the next run refuse output_dir"),
+    ta("output_dir", danger="non-empty without checkpoint-* raises unless overwrite_output_dir; with checkpoints the newest is resumed"),
+    ta("overwrite_output_dir"),
+    ta("resume_from_checkpoint", meaning="Checkpoint dir to resume from (default: newest checkpoint-* in output_dir; train --resume passes it)."),
+    ta("disable_tqdm", default=UNSET),  # PaddleFormers 0.3.2: no default
     # --- finetuning: train ------------------------------------------------------------------
-    Key("warmup_steps", INT, 0, _TA, "Linear warmup steps = max(1, ceil(0.01*max_steps))."),
-    Key("warmup_ratio", FLOAT, 0.0, _TA, "Warmup as a fraction of max_steps (warmup_steps wins when > 0)."),
-    Key("learning_rate", FLOAT, 5e-05, _TA, "Peak learning rate.", required=True, danger="write 5.0e-06, not 5e-6: PyYAML reads the latter as a string"),
-    Key("lr_scheduler_type", STR, "linear", _TA, "PaddleFormers' scheduler key; the OCR-VL-SFT trainer does not use it.",
-        danger="PretrainingTrainer.create_scheduler reads lr_scheduler instead: setting this alone changes nothing"),
+    ta("warmup_steps"),
+    ta("warmup_ratio"),
+    ta("learning_rate"),
+    ta("lr_scheduler_type", meaning="PaddleFormers' scheduler key; the OCR-VL-SFT trainer does not read it.",
+           no_effect="PretrainingTrainer.create_scheduler reads lr_scheduler", use_instead="lr_scheduler"),
     Key("lr_scheduler", STR, "cosine", _FT, "The schedule the OCR-VL-SFT trainer uses (cosine decays to min_lr at max_steps).",
-        choices=("cosine", "constant", "linear", "constant_with_warmup")),
-    Key("min_lr", FLOAT, 0.0, _TA, "Floor of the cosine schedule."),
+        choices=("cosine", "constant", "wsd"),
+        danger="PretrainingTrainer.create_scheduler builds only cosine, constant and wsd; other names its help lists "
+               "(linear, constant_with_warmup) build no schedule"),
+    ta("min_lr"),
     Key("layerwise_lr_decay_bound", FLOAT, 1.0, _FT, "Layer-wise LR decay lower bound; 1.0 = off."),
     Key("from_scratch", INT, 1, _PRE, "1 = random init, 0 = load model_name_or_path weights.", required=True, choices=(0, 1),
         danger="default 1 trains from RANDOM weights: set 0"),
-    Key("max_grad_norm", FLOAT, 1.0, _TA, "Gradient clipping norm."),
+    ta("max_grad_norm"),
     Key("freeze_config", STR, "", _PRE, "Space-separated freeze_vision / freeze_lm."),
     # --- optimizer --------------------------------------------------------------------------
-    Key("weight_decay", FLOAT, 0.0, _TA, "AdamW weight decay."),
-    Key("adam_epsilon", FLOAT, 1e-08, _TA, "AdamW epsilon."),
-    Key("adam_beta1", FLOAT, 0.9, _TA, "AdamW beta1."),
-    Key("adam_beta2", FLOAT, 0.999, _TA, "AdamW beta2.", danger=f"default 0.999; {_REF} 0.95"),
+    ta("weight_decay"),
+    ta("adam_epsilon"),
+    ta("adam_beta1"),
+    ta("adam_beta2", danger=f"default 0.999; {_REF} 0.95"),
     # --- performance ------------------------------------------------------------------------
     Key("tensor_parallel_degree", INT, -1, _TA, "Tensor parallel ways (1 = off)."),
     Key("pipeline_parallel_degree", INT, -1, _TA, "Pipeline parallel ways; PaddleOCR-VL raises NotImplementedError above 1.", choices=(-1, 1)),
     Key("sharding_parallel_degree", INT, -1, _TA, "Sharding group size (1 = plain data parallel)."),
-    Key("sharding", STR, "", _TA, "Sharding stage (stage1/stage2/stage3, optional ' offload')."),
+    ta("sharding", default=""),  # PaddleFormers 0.3.2
     Key("sequence_parallel", BOOL, False, _TA, "Sequence parallelism (needs tensor parallel)."),
     Key("pipeline_parallel_config", STR, "", _TA, "Space-separated pipeline/AMP options."),
     Key("recompute", BOOL, False, _TA, "Activation recomputation (saves memory)."),
     Key("compute_type", STR, "bf16", _FT, "Precision; there is no fp32 path.", choices=("bf16", "fp16", "fp8", "wint8", "wint4/8", "nf4")),
-    Key("fp16_opt_level", STR, "O1", _TA, "AMP level O0/O1/O2.", choices=("O0", "O1", "O2")),
+    ta("fp16_opt_level"),
     Key("disable_ckpt_quant", BOOL, False, _FT.replace("FinetuningArguments", "CheckPointArguments"), "Do not quantize checkpoints."),
-    Key("amp_master_grad", BOOL, False, _TA, "float32 master gradients under O2."),
+    ta("amp_master_grad", default=False),  # PaddleFormers 0.3.2
     Key("amp_custom_white_list", STR_LIST, UNSET, _TA, "Ops always run in bf16/fp16."),
     Key("amp_custom_black_list", STR_LIST, UNSET, _TA, "Ops kept in fp32."),
-    Key("unified_checkpoint", BOOL, False, _TA, "Save checkpoints in the unified (safetensors) layout."),
+    ta("unified_checkpoint"),
     Key("unified_checkpoint_config", STR, "", _TA, "Unified-checkpoint options, e.g. async_save."),
     Key("convert_from_hf", BOOL, True, _TA, "Load Hugging Face-layout weights."),
     Key("save_to_hf", BOOL, True, _TA, "Save Hugging Face-layout safetensors."),
     Key("pre_alloc_memory", FLOAT, 0.0, _PRE, "GB to pre-allocate and free (fights fragmentation)."),
-    Key("device", STR, "gpu", _TA, "gpu, or cpu for tiny models with the CPU patches (backends/cpu/erniekit.py).", choices=("gpu", "cpu")),
+    ta("device", meaning="gpu, or cpu for tiny models with the CPU patches (backends/cpu/erniekit.py)."),
     Key("use_sparse_head_and_loss_fn", BOOL, False, _MODEL, "Sparse LM head + fused loss (GPU kernels)."),
-    Key("report_to", STR, UNSET, _TA, "Where metrics go: visualdl (default), tensorboard, none.",
-        danger="visualdl 2.5.3 with protobuf >= 5 fails at start-up on CPU setups: 'none' there"),
+    ta("report_to", danger="visualdl 2.5.3 with protobuf >= 5 fails at start-up on CPU setups: 'none' there"),
 )
 # fmt: on
 
@@ -281,8 +284,13 @@ class ErnieKit(Backend):
     pixel_bounds_note = ("min_pixels/max_pixels: ERNIEKit resizes training images within these bounds (variable_resolution: True), "
                          "but PaddleX and transformers read the model dir's preprocessor_config.json at inference: set the same "
                          "bounds in the exported bundle's preprocessor_config.json. Token counts here use the given bounds.")
-    tokens_per_second_key = "tokens_per_sec_per_card"
-    checkpoint_layouts = (("trainer_state.json", "model.safetensors.index.json", "optimizer.safetensors.index.json", "scheduler.pdparams"),)
+    # tokens_per_sec_per_card = max_seq_len x sequences per step / time (pretraining_trainer.py): what full packs
+    # would give, not the tokens trained
+    tokens_per_second_key, tokens_per_second_nominal = "tokens_per_sec_per_card", True
+    dataset_type = "erniekit"
+    # unified (safetensors) checkpoints: PaddleFormers 0.3.2's _save_checkpoint writes scheduler.pdparams last
+    checkpoint_layouts = (Layout("unified", files=("trainer_state.json", "scheduler.pdparams"),
+                                 indexes=("model.safetensors.index.json", "optimizer.safetensors.index.json")),)
     # CPU_TRAINING.md B: the keys a CPU run needs; packing off makes B = packing_size = 1 sample a step
     cpu_keys = {
         "device": "cpu", "use_flash_attention": False, "use_sparse_flash_attn": False, "fuse_rope": False,
@@ -300,40 +308,26 @@ class ErnieKit(Backend):
     def release_env(self, plan_dir, release: str) -> dict[str, str]:
         return erniekit_release.launch_env(plan_dir) if erniekit_release.needs_fix(release) else {}
 
-    def render_config(self, base: dict, values: PlanValues, prepared: Prepared) -> dict:
-        n = len(prepared.train)
-        computed = {
-            "train_dataset_type": ",".join(["erniekit"] * n),
-            "train_dataset_path": ",".join(prepared.train),
-            "train_dataset_prob": ",".join(format_float(float(p)) for p in (values.probs or [1.0] * n)),
-            "max_seq_len": values.max_seq_len,
-            "model_name_or_path": prepared.model_dir,
-            "num_train_epochs": _number_or_int(values.epochs),
-            "max_steps": values.max_steps,
-            "warmup_steps": values.warmup_steps,
-            "learning_rate": values.learning_rate,
-            "packing_size": values.batch,
-            "gradient_accumulation_steps": values.grad_accum,
-            "output_dir": values.output_dir,
-            # beside output_dir, not inside: a leftover log dir makes ERNIEKit refuse output_dir (FACTS)
-            "logging_dir": values.logging_dir,
-        }
-        config = dict(base)
-        if prepared.eval:
-            computed.update(eval_dataset_type="erniekit", eval_dataset_path=",".join(prepared.eval),
-                            eval_dataset_prob=",".join(["1.0"] * len(prepared.eval)))
-        else:
-            for k in ("eval_dataset_path", "eval_dataset_prob"):
-                config.pop(k, None)  # the preset's example paths would point nowhere
+    def backend_keys(self, base: dict, values: PlanValues, prepared: Prepared) -> dict:
         if values.pixel_bounds:
             # ERNIEKit applies YAML min/max_pixels only with variable_resolution (set_pixels)
-            computed.update(min_pixels=values.pixel_bounds[0], max_pixels=values.pixel_bounds[1], variable_resolution=True)
-        config.update(computed)
-        return config
+            return {"min_pixels": values.pixel_bounds[0], "max_pixels": values.pixel_bounds[1], "variable_resolution": True}
+        return {}
+
+    def device_problems(self, config: dict, device: str) -> list[str]:
+        """v1.4 without flash attention builds its causal mask one key too long (``_update_causal_mask``:
+        ``past_seen_tokens + sequence_length + 1``): "Broadcast dimension mismatch" on any device. Only
+        the CPU path patches it (backends/cpu/erniekit.py ``causal-mask``), so a GPU plan keeps it on."""
+        if device == "gpu" and config.get("use_flash_attention") is False:
+            return [f"use_flash_attention: False on a GPU hits {CAUSAL_MASK_BUG}; only the CPU path patches it. On a "
+                    "pre-Ampere GPU (no flash attention) train with --backend paddleformers and _attn_implementation=sdpa, "
+                    "or use an Ampere or newer GPU"]
+        return []
 
 
-def _number_or_int(value: float) -> int | float:
-    return int(value) if float(value).is_integer() else float(value)
+# ERNIEKit v1.4's upstream bug with use_flash_attention False (docs/train.md, diagnose.py "causal-mask")
+CAUSAL_MASK_BUG = ("an ERNIEKit v1.4 bug: without flash attention the causal mask is built one key too long "
+                   "(Broadcast dimension mismatch [.., N, N] and [.., N, N+1])")
 
 
 BACKEND = ErnieKit()

@@ -13,20 +13,20 @@ used by the PdArgumentParser"), but only once the run has started; this schema s
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from paddle_ocrvl_sft.backends import paddleformers_template
 from paddle_ocrvl_sft.backends.base import Backend, PlanValues, Prepared, link_or_copy
+from paddle_ocrvl_sft.backends.checkpoints import Layout
 from paddle_ocrvl_sft.backends.paddleformers_template import BUILTIN as BUILTIN_TEMPLATE
 from paddle_ocrvl_sft.backends.paddleformers_template import TEMPLATE_NAMES
-from paddle_ocrvl_sft.backends.schema import (BOOL, FLOAT, INT, NUMBER, STR, UNSET, Key, KeySchema,
-                                              dataset_list_problems)
+from paddle_ocrvl_sft.backends.schema import BOOL, INT, STR, UNSET, Key, KeySchema, dataset_list_problems
+from paddle_ocrvl_sft.backends.training_args import ta
 from paddle_ocrvl_sft.errors import UserError
 
 _DATA = "paddleformers/cli/hparams/data_args.py DataArguments"
 _MODEL = "paddleformers/cli/hparams/model_args.py ModelArguments"
 _FT = "paddleformers/cli/hparams/finetuning_args.py FinetuningArguments"
-_TA = "paddleformers/trainer/training_args.py TrainingArguments"
+_TA = "paddleformers/trainer/training_args.py TrainingArguments"  # keys only this table has; shared ones: ta()
 _RECIPE = "the upstream PaddleOCR-VL recipe sets"
 
 # fmt: off
@@ -58,70 +58,70 @@ KEYS: tuple[Key, ...] = (
     Key("fine_tuning", STR, "LoRA", _MODEL, "full or lora (sets `lora`).", required=True, choices=("full", "lora"),
         danger="default LoRA: set it explicitly"),
     Key("lora", BOOL, False, _MODEL, "LoRA adapters (derived from fine_tuning)."),
-    Key("lora_rank", INT, 8, _MODEL, "LoRA rank r (lora_alpha defaults to 2r: scale 2)."),
-    Key("lora_alpha", INT, -1, _MODEL, "LoRA alpha (-1: 2 x lora_rank)."),
+    Key("lora_rank", INT, 8, _MODEL, "LoRA rank r (VL-SFT sets lora_alpha = 2r: scale 2)."),
+    Key("lora_alpha", INT, -1, _MODEL, "LoRA alpha; VL-SFT does not read it (the scale is 2: alpha = 2·lora_rank).",
+        no_effect="VL-SFT builds its LoRAConfig with lora_alpha = 2·lora_rank (4 with rslora) itself "
+                  "(cli/train/sft/workflow.py create_peft_model)"),
     Key("copy_custom_file_list", STR, "", _MODEL, "Space-separated files copied from the base dir into the output."),
     # --- finetuning -------------------------------------------------------------------------
-    Key("seed", INT, 42, _TA, "Random seed."),
-    Key("do_train", BOOL, False, _TA, "Run training.", required=True, danger="default False: nothing is trained, no error"),
-    Key("do_eval", BOOL, False, _TA, "Evaluate on the eval files (eval_loss in the log)."),
+    ta("seed"),
+    ta("do_train"),
+    ta("do_eval", meaning="Evaluate on the eval files (eval_loss in the log)."),
     Key("per_device_train_batch_size", INT, 8, _TA, "B: samples per GPU per micro-step.", required=True),
     Key("per_device_eval_batch_size", INT, 8, _TA, "Eval samples per GPU."),
-    Key("num_train_epochs", NUMBER, 1.0, _TA, "E (informational: max_steps ends training)."),
-    Key("max_steps", INT, -1, _TA, "Optimizer steps = ceil(D*E/(G*B*A)).", required=True,
-        danger="-1 estimates from max_estimate_samples samples; plan computes it from the data"),
-    Key("max_estimate_samples", INT, 100000, _FT, "Samples read to estimate steps when max_steps is -1."),
-    Key("eval_steps", INT, UNSET, _TA, "Steps between evaluations."),
-    Key("evaluation_strategy", STR, "no", _TA, "no, steps or epoch.", choices=("no", "steps", "epoch")),
+    ta("num_train_epochs"),
+    ta("max_steps", danger="-1 estimates from max_estimate_samples samples; plan computes it from the data"),
+    Key("max_estimate_samples", INT, 100000, _FT, "Samples read to estimate steps when max_steps is -1.",
+        no_effect="read only when max_steps is -1, and plan always computes max_steps"),
+    ta("eval_steps"),
+    ta("evaluation_strategy"),
     Key("eval_accumulation_steps", INT, UNSET, _TA, "Eval steps accumulated before moving outputs."),
-    Key("save_steps", INT, 500, _TA, "Steps between checkpoints."),
-    Key("save_strategy", STR, "steps", _TA, "no, steps or epoch.", choices=("no", "steps", "epoch")),
-    Key("save_total_limit", INT, UNSET, _TA, "Checkpoints kept (older ones deleted)."),
-    Key("logging_steps", INT, 500, _TA, "Steps between log lines."),
-    Key("logging_dir", STR, UNSET, _TA, "VisualDL/TensorBoard event dir."),
-    Key("output_dir", STR, UNSET, _TA, "Where checkpoints and the final model go.", required=True),
-    Key("overwrite_output_dir", BOOL, False, _TA, "Accept a non-empty output_dir (and do not auto-resume)."),
-    Key("resume_from_checkpoint", STR, UNSET, _TA, "Checkpoint dir to resume from."),
-    Key("disable_tqdm", BOOL, True, _TA, "No progress bar (log lines only)."),
-    Key("report_to", STR, UNSET, _TA, "visualdl, tensorboard, none."),
-    Key("gradient_accumulation_steps", INT, 1, _TA, "A: micro-batches per GPU per optimizer step.", required=True),
-    Key("dataloader_num_workers", INT, 0, _TA, "Data loader worker processes per GPU."),
+    ta("save_steps"),
+    ta("save_strategy"),
+    ta("save_total_limit"),
+    ta("logging_steps"),
+    ta("logging_dir"),
+    ta("output_dir"),
+    ta("overwrite_output_dir"),
+    ta("resume_from_checkpoint"),
+    ta("disable_tqdm"),
+    ta("report_to"),
+    ta("gradient_accumulation_steps"),
+    ta("dataloader_num_workers"),
     # --- train ------------------------------------------------------------------------------
-    Key("learning_rate", FLOAT, 5e-05, _TA, "Peak learning rate (recipe: 5.0e-06 full, 5.0e-04 LoRA).", required=True,
-        danger="write 5.0e-06, not 5e-6: PyYAML reads the latter as a string"),
-    Key("lr_scheduler_type", STR, "linear", _TA, "linear, cosine, constant, ...", danger=f"default linear; {_RECIPE} cosine"),
-    Key("warmup_steps", INT, 0, _TA, "Linear warmup steps = max(1, ceil(0.01*max_steps)) (wins over warmup_ratio)."),
-    Key("warmup_ratio", FLOAT, 0.0, _TA, "Warmup as a fraction of max_steps."),
-    Key("min_lr", FLOAT, 0.0, _TA, "Floor of the cosine schedule."),
-    Key("max_grad_norm", FLOAT, 1.0, _TA, "Gradient clipping norm."),
+    ta("learning_rate", meaning="Peak learning rate (recipe: 5.0e-06 full, 5.0e-04 LoRA)."),
+    ta("lr_scheduler_type", danger=f"default linear; {_RECIPE} cosine"),
+    ta("warmup_steps"),
+    ta("warmup_ratio"),
+    ta("min_lr"),
+    ta("max_grad_norm"),
     Key("freeze_config", STR, "", _TA, "Space-separated freeze_vision / freeze_lm."),
     # --- optimizer --------------------------------------------------------------------------
-    Key("weight_decay", FLOAT, 0.0, _TA, "AdamW weight decay."),
-    Key("adam_epsilon", FLOAT, 1e-08, _TA, "AdamW epsilon."),
-    Key("adam_beta1", FLOAT, 0.9, _TA, "AdamW beta1."),
-    Key("adam_beta2", FLOAT, 0.999, _TA, "AdamW beta2.", danger=f"default 0.999; {_RECIPE} 0.95"),
+    ta("weight_decay"),
+    ta("adam_epsilon"),
+    ta("adam_beta1"),
+    ta("adam_beta2", danger=f"default 0.999; {_RECIPE} 0.95"),
     # --- performance ------------------------------------------------------------------------
     Key("tensor_model_parallel_size", INT, -1, _TA, "Tensor parallel ways (1 = off)."),
     Key("pipeline_model_parallel_size", INT, -1, _TA, "Pipeline parallel ways (1 = off)."),
     Key("sharding_parallel_size", INT, -1, _TA, "Sharding group size."),
-    Key("sharding", STR, "stage1", _TA, "Sharding stage."),
+    ta("sharding"),
     Key("recompute_granularity", STR, UNSET, _TA, "full, full_attn or core_attn.", choices=("full", "full_attn", "core_attn")),
     Key("recompute_method", STR, UNSET, _TA, "uniform or block."),
     Key("recompute_num_layers", INT, UNSET, _TA, "Layers per recompute chunk."),
     Key("bf16", BOOL, False, _TA, "bfloat16 mixed precision (a no-op autocast on CPU).", danger=f"{_RECIPE} true"),
     Key("fp16", BOOL, False, _TA, "float16 mixed precision."),
-    Key("fp16_opt_level", STR, "O1", _TA, "AMP level O0/O1/O2.", choices=("O0", "O1", "O2")),
-    Key("amp_master_grad", BOOL, True, _TA, "float32 master gradients (float32 runs need False)."),
+    ta("fp16_opt_level"),
+    ta("amp_master_grad"),
     Key("pre_alloc_memory", INT, 0, _TA, "GB pre-allocated on the GPU."),
-    Key("unified_checkpoint", BOOL, False, _TA, "Unified (safetensors) checkpoints."),
+    ta("unified_checkpoint"),
     Key("save_checkpoint_format", STR, "flex_checkpoint", _TA, "Checkpoint format (flex_checkpoint: *.distcp shards)."),
     Key("load_checkpoint_format", STR, "flex_checkpoint", _TA, "Format checkpoints are resumed from."),
-    Key("device", STR, "gpu", _TA, "gpu, or cpu for tiny models.", choices=("gpu", "cpu"),
-        danger="on a CPU-only Paddle build 'gpu' fails: 'PaddlePaddle is not compiled with CUDA'"),
+    ta("device", danger="on a CPU-only Paddle build 'gpu' fails: 'PaddlePaddle is not compiled with CUDA'"),
 )
 # fmt: on
 
-_LAYOUT = """\\
+_LAYOUT = """\
 ### data
 train_dataset_type
 eval_dataset_type
@@ -239,11 +239,15 @@ class PaddleFormers(Backend):
     pixel_bounds_note = ("min_pixels/max_pixels: PaddleFormers reads the model dir's preprocessor_config.json; token counts "
                          "here use the given bounds, training does not")
     tokens_per_second_key = "interval_tokens_per_second_per_device"
+    dataset_type = "messages"
     checkpoint_layouts = (
-        # flex checkpoints (*.distcp, GPU default); saved_signal_0 is written once rank 0 has saved everything
-        ("trainer_state.bin", "model_state", "optimizer_state", "scheduler.pdparams", "saved_signal_0"),
+        # flex checkpoints (*.distcp, GPU default): each rank writes saved_signal_<rank> after its optimizer
+        # shards; PaddleFormers 1.2's _save_checkpoint writes scheduler.pdparams after that
+        Layout("flex", files=("trainer_state.bin", "scheduler.pdparams"), state_dirs=("model_state", "optimizer_state"),
+               signal_dirs=("optimizer_state",)),
         # unified checkpoints (safetensors, the CPU keys): resumable without paddle.distributed, exportable
-        ("trainer_state.bin", "model.safetensors.index.json", "optimizer.safetensors.index.json", "scheduler.pdparams"),
+        Layout("unified", files=("trainer_state.bin", "scheduler.pdparams"),
+               indexes=("model.safetensors.index.json", "optimizer.safetensors.index.json")),
     )
     supports_lora = True
     # CPU_TRAINING.md A: the keys a CPU run needs: eager attention, float32 (paddle's CPU build has no bf16
@@ -291,40 +295,21 @@ class PaddleFormers(Backend):
         prepared.notes.append(paddleformers_template.write_module(Path(prepared.template_module), values.release, values.augment))
         return prepared
 
-    def render_config(self, base: dict, values: PlanValues, prepared: Prepared) -> dict:
-        n = len(prepared.train)
+    def backend_keys(self, base: dict, values: PlanValues, prepared: Prepared) -> dict:
         lora = values.lora_rank is not None or base.get("fine_tuning") == "lora"
-        computed = {
-            "train_dataset_type": ",".join(["messages"] * n),
-            "train_dataset_path": ",".join(prepared.train),
-            "train_dataset_prob": ",".join(["1.0"] * n),
-            "max_seq_len": values.max_seq_len,
-            "model_name_or_path": prepared.model_dir,
-            "num_train_epochs": float(values.epochs),
-            "max_steps": values.max_steps,
-            "warmup_steps": values.warmup_steps,
-            "learning_rate": values.learning_rate,
-            "per_device_train_batch_size": values.batch,
-            "gradient_accumulation_steps": values.grad_accum,
-            "output_dir": values.output_dir,
-            "logging_dir": values.logging_dir,
+        keys = {
+            "train_dataset_prob": ",".join(["1.0"] * len(prepared.train)),  # mix_strategy concat: equal weights
             "fine_tuning": "lora" if lora else "full",
             "lora": lora,
         }
         if values.lora_rank is not None:
-            computed["lora_rank"] = values.lora_rank
-        computed.update(paddleformers_template.config_keys(prepared.template_module, values.release))
-        config = dict(base)
+            keys["lora_rank"] = values.lora_rank
+        keys.update(paddleformers_template.config_keys(prepared.template_module, values.release))
         if prepared.eval:
-            computed.update(eval_dataset_type="messages", eval_dataset_path=",".join(prepared.eval),
-                            eval_dataset_prob=",".join(["1.0"] * len(prepared.eval)), do_eval=True,
-                            evaluation_strategy="steps", eval_steps=base.get("save_steps", 500))
+            keys.update(do_eval=True, evaluation_strategy="steps", eval_steps=base.get("save_steps", 500))
         else:
-            for k in ("eval_dataset_path", "eval_dataset_prob", "eval_dataset_type", "eval_steps"):
-                config.pop(k, None)
-            computed.update(do_eval=False, evaluation_strategy="no")
-        config.update(computed)
-        return config
+            keys.update(do_eval=False, evaluation_strategy="no", eval_steps=None)
+        return keys
 
 
 def prepare_model_dir(base: Path, dest: Path, *, cpu: bool) -> list[str]:
@@ -369,99 +354,3 @@ def _read_json(path: Path) -> dict:
 
 BACKEND = PaddleFormers()
 
-
-# --- outputs: what `export` needs from a PaddleFormers run ----------------------------------------
-
-# PaddleFormers' PaddleOCR-VL has no SigLIP pooling head, so its saved weights lack these tensors,
-# which PaddleX's loader requires (set_hf_state_dict AssertionError): CPU_TRAINING.md A.5.
-HEAD_PREFIX = "visual.vision_model.head."
-ADAPTER_CONFIG = "lora_config.json"
-
-
-def missing_head(run_names: set[str], base_names: set[str]) -> list[str]:
-    """The base tensors a PaddleFormers output lacks, when they are exactly the SigLIP head (else [])."""
-    missing = sorted(base_names - run_names)
-    return missing if missing and all(n.startswith(HEAD_PREFIX) for n in missing) else []
-
-
-def is_lora_output(src: Path) -> bool:
-    return (src / ADAPTER_CONFIG).is_file() and any(src.glob("peft_model*.safetensors"))
-
-
-def merge_lora(src: Path, base_files: list[Path], work: Path, log=print) -> Path:
-    """Merge a LoRA run with PaddleFormers' own exporter (in its environment), then VERIFY the merge.
-
-    ``base_files``: the base model's safetensors file(s) (as export found them). The adapter files
-    are copied into ``work`` (the exporter writes next to them: RUN_DIR stays untouched); returns the
-    merged safetensors file. safetensors 0.8 makes this exporter write
-    transposed garbage without an error (CPU_TRAINING.md A.6): the environment pins 0.7, and
-    :func:`verify_lora_merge` checks every target anyway.
-    """
-    import shutil
-    import subprocess
-
-    from paddle_ocrvl_sft.backends import envs
-
-    adapter = work / "adapter"
-    adapter.mkdir(parents=True)
-    for path in [src / ADAPTER_CONFIG, *src.glob("peft_model*")]:
-        shutil.copy2(path, adapter / path.name)
-    config = _read_json(src / ADAPTER_CONFIG)
-    trained_on = Path(config.get("base_model_name_or_path") or "")
-    model = trained_on if trained_on.is_dir() else base_files[0].parent
-    (work / "export.yaml").write_text(
-        f"fine_tuning: LoRA\nmodel_name_or_path: {json.dumps(str(model))}\noutput_dir: {json.dumps(str(adapter))}\ndevice: cpu\n",
-        encoding="utf-8")
-    trainer = envs.require("paddleformers")
-    cmd = [str(trainer.python), "-m", PaddleFormers.cpu_module, "export", str(work / "export.yaml")]
-    log(f"merging LoRA with PaddleFormers' exporter: {' '.join(cmd)}")
-    proc = subprocess.run(cmd, env=trainer.env({**os.environ, "PYTHONPATH": str(envs.PACKAGE_PARENT), "NO_COLOR": "1"}),
-                          capture_output=True, text=True)
-    merged = sorted((adapter / "export").glob("model-*.safetensors")) or sorted((adapter / "export").glob("model.safetensors"))
-    if proc.returncode or len(merged) != 1:
-        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-12:])
-        raise UserError(f"{src}: PaddleFormers' LoRA export failed (exit {proc.returncode}):\n{tail}")
-    log(verify_lora_merge(src, base_files, merged[0]))
-    return merged[0]
-
-
-def verify_lora_merge(run_dir: Path, base_files: list[Path], merged_file: Path) -> str:
-    """merged == W + scale·(A·B)ᵀ on every LoRA target, and == W elsewhere; raises UserError if not.
-
-    PaddleFormers stores ``lora_A`` as [in, r] and ``lora_B`` as [r, out] (Paddle's [in, out]
-    layout); the weights are in the original [out, in] layout, hence the transpose. The merged
-    file is rounded to bfloat16 precision, so values must agree to bf16 rounding (2^-8 relative).
-    """
-    import numpy as np
-
-    from paddle_ocrvl_sft.safetensors_file import read_tensors
-
-    config = _read_json(run_dir / ADAPTER_CONFIG)
-    scale = float(config.get("scaling") or config["lora_alpha"] / config["r"])
-    adapter = {}
-    for path in sorted(run_dir.glob("peft_model*.safetensors")):
-        adapter.update(read_tensors(path))
-    base = {name: w for path in base_files for name, w in read_tensors(path).items()}
-    merged = read_tensors(merged_file)
-    targets = {name[: -len("lora_A")] + "weight": name for name in adapter if name.endswith(".lora_A")}
-    if not targets:
-        raise UserError(f"{run_dir}: no lora_A tensors in the adapter: nothing to verify")
-    bad = []
-    for name, w in base.items():
-        got = merged.get(name)
-        if got is None or got.shape != w.shape:
-            bad.append(f"{name}: {'missing' if got is None else f'shape {got.shape} != {w.shape}'}")
-            continue
-        expected = w.astype(np.float64)
-        if name in targets:
-            a, b = adapter[targets[name]], adapter[targets[name][:-1] + "B"]
-            expected = expected + scale * (a.astype(np.float64) @ b.astype(np.float64)).T
-        error = np.abs(got.astype(np.float64) - expected)
-        if not np.all(error <= 2.0 ** -8 * np.abs(expected) + 1e-6):
-            bad.append(f"{name}: differs by up to {float(error.max()):.3g}")
-    if bad:
-        raise UserError(f"{merged_file}: the LoRA merge is WRONG ({len(bad)} tensor(s); expected W + {scale:g}·(A·B)ᵀ): "
-                        + "; ".join(bad[:3]) + (" ..." if len(bad) > 3 else "")
-                        + " — is safetensors 0.8 installed in the PaddleFormers environment? (CPU_TRAINING.md A.6)")
-    return (f"verified the LoRA merge: {len(targets)} target tensors == W + {scale:g}·(A·B)ᵀ and "
-            f"{len(base) - len(targets)} others == W (to bfloat16 rounding)")

@@ -41,6 +41,8 @@ class Key:
     danger: str = ""  # what goes wrong with the trainer's default or a wrong value
     choices: tuple = ()
     ignored: str = ""  # non-empty: the trainer does not read this key (why)
+    no_effect: str = ""  # non-empty: read, but setting it changes nothing for this trainer/plan (why): refused as an override
+    use_instead: str = ""  # the key the trainer reads for this setting: an override is moved there, with a note
 
 
 _COMMENTED = re.compile(r"^# (\w+): (.*)$")
@@ -162,6 +164,34 @@ class KeySchema:
             raise UserError(f"override {item!r}: {name}: {value!r} is not one of {', '.join(map(repr, key.choices))}")
         return name, value
 
+    def effective_overrides(self, overrides: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+        """Overrides as the trainer will read them, with a note for each one moved.
+
+        A key the trainer does not read for this setting is moved to the key it does read
+        (ERNIEKit's ``lr_scheduler_type`` -> ``lr_scheduler``); a key whose setting changes
+        nothing (its ``no_effect``) is refused with why. Every such key is refused or moved,
+        never written silently.
+        """
+        out, notes, refused = {}, [], []
+        for name, value in overrides.items():
+            key = self.by_name[name]
+            if key.use_instead:
+                target = self.by_name[key.use_instead]
+                if value is not None and not (type_ok(target.type, value) and (not target.choices or value in target.choices)):
+                    refused.append(f"{name}={value}: {self.trainer} reads {target.name} for this ({key.no_effect}), and "
+                                   f"{value!r} is not one of its values: {', '.join(map(repr, target.choices))}")
+                    continue
+                out[target.name] = value
+                notes.append(f"{name}={value} set as {target.name}={value}: {self.trainer} does not read {name} "
+                             f"({key.no_effect})")
+            elif key.no_effect:
+                refused.append(f"{name}: setting it changes nothing for {self.trainer} ({key.no_effect})")
+            else:
+                out[name] = value
+        if refused:
+            raise UserError("\n".join(refused))
+        return out, notes
+
     def parse_overrides(self, items: Iterable[str]) -> dict[str, Any]:
         """All overrides at once; every bad one is reported, not just the first."""
         out, errors = {}, []
@@ -224,6 +254,10 @@ class KeySchema:
         for k in self.keys:
             default = "—" if k.default is None else f"`{format_scalar(k.default)}`"
             note = k.danger or (f"{self.trainer} ignores it: {k.ignored}" if k.ignored else "")
+            if k.use_instead:
+                note = f"{note}; an override is set as `{k.use_instead}`" if note else f"an override is set as `{k.use_instead}`"
+            elif k.no_effect:
+                note = f"{note}; refused as an override: {k.no_effect}" if note else f"refused as an override: {k.no_effect}"
             cells = [f"`{k.name}`", k.type, default, "yes" if k.required else "", k.meaning, note, k.source]
             rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
         return "\n".join(rows) + "\n"
@@ -297,6 +331,11 @@ def dataset_list_problems(config: dict) -> list[str]:
 
 
 # --- YAML scalars ---------------------------------------------------------------------------
+
+
+def number_or_int(value: float) -> int | float:
+    """A whole number as an int (``2`` rather than ``2.0`` in the YAML and the plan record)."""
+    return int(value) if float(value).is_integer() else float(value)
 
 
 def format_float(value: float) -> str:

@@ -24,7 +24,8 @@ def register(subparsers) -> None:
     p.add_argument("plan_dir", metavar="PLAN_DIR", help="a dir written by `plan`")
     p.add_argument("--gpus", metavar="IDS", help="this node's cards, e.g. 0,1,2,3 (as many as the plan's --gpus)")
     p.add_argument("--nodes", type=positive_int, metavar="N", help="nodes in the job (must be the plan's)")
-    p.add_argument("--node-rank", type=int, default=0, metavar="R", help="this node's rank, 0..N-1 (node 0 is the master)")
+    p.add_argument("--node-rank", type=int, default=None, metavar="R",
+                   help="this node's rank, 0..N-1 (node 0 is the master); required with --nodes > 1")
     p.add_argument("--master", metavar="HOST:PORT", help="node 0's address and port (multi-node; the same on every node)")
     p.add_argument("--docker", action="store_true", help="run the same inside the Docker image (docker run --gpus ...)")
     p.add_argument("--image", default=None, metavar="IMG", help="the image for --docker (default paddle-ocrvl-sft:latest)")
@@ -37,6 +38,8 @@ def register(subparsers) -> None:
     p.add_argument("--skip-agreement-check", action="store_true",
                    help="start without building the first sample with the trainer's code and comparing it with "
                         "PaddleX's inference prompt (docs/releases.md); recorded in the run's record.json")
+    p.add_argument("--stop-grace", type=float, default=None, metavar="SECONDS",
+                   help="after Ctrl-C/SIGTERM, SIGKILL what of the trainer is still running after this long (default 60)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="trainer keys for this run, right after PLAN_DIR (checked by the backend's schema; "
                         "plan-computed keys need `plan`)")
@@ -49,6 +52,7 @@ def run_train(args) -> int:
     options = train.Options(resume=args.resume, force=args.force, dry_run=args.dry_run, gpus=args.gpus, nodes=args.nodes,
                             node_rank=args.node_rank, master=args.master, docker=args.docker,
                             image=args.image or train.DEFAULT_IMAGE, overrides=tuple(args.overrides),
-                            export=not args.no_export, check_agreement=not args.skip_agreement_check)
+                            export=not args.no_export, check_agreement=not args.skip_agreement_check,
+                            stop_grace=train.STOP_GRACE_SECONDS if args.stop_grace is None else args.stop_grace)
     train.run(args.plan_dir, options)
     return 0

@@ -300,16 +300,20 @@ def create_app(workdir: str | os.PathLike = ".", *, allow=(), api_key: str | Non
         launch = record.get("train") or {}
         lines: list[str] = []
         state = runs.plan_state(path, roots.workdir)
-        options = train.Options(dry_run=True, resume="last" if state["can_resume"] else None)
+        nodes = int(launch.get("nodes", 1) or 1)
+        env = launch.get("env", {})
+        master = f"{env.get('MASTER_ADDR', 'HOST')}:{env.get('MASTER_PORT', 'PORT')}"
+        if nodes > 1:  # node 0's command; every node names its rank and the same checkpoint to resume (docs/train.md)
+            options = train.Options(dry_run=True, nodes=nodes, node_rank=0, master=master)
+        else:
+            options = train.Options(dry_run=True, resume="last" if state["can_resume"] else None)
         try:
             train.run(path, options, echo=lines.append)
             dry_run = {"ok": True, "lines": lines, "resume": bool(options.resume)}
         except UserError as exc:
             dry_run = {"ok": False, "lines": lines, "error": str(exc), "resume": bool(options.resume)}
-        nodes = int(launch.get("nodes", 1) or 1)
         per_node = []
         if nodes > 1:
-            master = f"{launch.get('env', {}).get('MASTER_ADDR', 'HOST')}:{launch.get('env', {}).get('MASTER_PORT', 'PORT')}"
             per_node = [forms.command_line(("train",), [str(path), "--nodes", str(nodes), "--node-rank", str(r),
                                                          "--master", master]) for r in range(nodes)]
         return {"plan": roots.shown(path), "nodes": nodes, "gpus_per_node": launch.get("gpus_per_node"),

@@ -172,7 +172,9 @@ def progress(points: list[dict], max_steps: int | None) -> dict:
         return {"step": None, "max_steps": max_steps}
     first, last = points[0], points[-1]
     out = {"step": last["step"], "max_steps": max_steps, "loss": last.get("loss"), "lr": last.get("lr"),
-           "tokens_per_second": last.get("tokens_per_second")}
+           "tokens_per_second": last.get("tokens_per_second"),
+           # ERNIEKit logs upstream's nominal rate (max_seq_len per sequence), not the tokens trained
+           "nominal_tokens_per_second": last.get("nominal_tokens_per_second")}
     done = last["step"] - first["step"]
     if max_steps and done > 0 and "time" in last and "time" in first:
         out["eta_seconds"] = round((last["time"] - first["time"]) / done * max(0, max_steps - last["step"]), 1)

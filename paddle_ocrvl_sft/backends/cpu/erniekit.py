@@ -113,4 +113,6 @@ def patches() -> list[Patch]:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] != ["train"]:
+        sys.exit("usage: python -m paddle_ocrvl_sft.backends.cpu.erniekit train CONFIG.yaml [key=value ...]")
     sys.exit(main(patches, "erniekit.launcher:launch", sys.argv[1:]))

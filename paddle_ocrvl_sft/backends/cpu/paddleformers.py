@@ -1,8 +1,9 @@
 """PaddleFormers 1.2 ``VL-SFT`` on paddle's CPU build: the triton import (CPU_TRAINING.md A.2).
 
-Run as ``python -m paddle_ocrvl_sft.backends.cpu.paddleformers train|export CONFIG`` in the
-PaddleFormers environment. The other CPU needs are keys (``plan --device cpu``) and a prepared copy
-of the model dir (``backends/paddleformers.py`` ``prepare_model_dir``), not code patches.
+Run as ``python -m paddle_ocrvl_sft.backends.cpu.paddleformers train CONFIG`` in the PaddleFormers
+environment (`export`'s LoRA merge runs :mod:`paddle_ocrvl_sft.backends.cpu.paddleformers_export`).
+The other CPU needs are keys (``plan --device cpu``) and a prepared copy of the model dir
+(``backends/paddleformers.py`` ``prepare_model_dir``), not code patches.
 """
 
 from __future__ import annotations
@@ -34,15 +35,21 @@ def _kernels_unavailable(owner, module_name, source):
 
 
 def patches() -> list[Patch]:
+    """The triton stand-in, when triton is not installed. Its hash covers what it stands in for: every
+    file of ``paddleformers.triton_kernels`` (the two kernels and their ``is_available``) and
+    ``dispatch_to``, whose ``cond`` check sends a call to the plain Paddle path when it is False."""
     try:
         import triton  # noqa: F401 - installed: the real kernels import, no patch needed
     except ImportError:
         return [Patch("triton-kernels", "paddleformers.triton_kernels",
-                      "4125334c6945acb0cca1b59b1366a8bb76750f3a81e879065daa30614e346073",
+                      "3a28439ba41ded2199f38553def9cf1021425329390c188054ee64c82f6e1a72",
                       "NameError: name 'triton' is not defined (paddleformers/triton_kernels/rope_triton.py:48)",
-                      apply=_kernels_unavailable)]
+                      apply=_kernels_unavailable, covers=("paddleformers.utils.tools:dispatch_to",))]
     return []
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] != ["train"]:
+        sys.exit("usage: python -m paddle_ocrvl_sft.backends.cpu.paddleformers train CONFIG.yaml [key=value ...] "
+                 "(the LoRA export: paddle_ocrvl_sft.backends.cpu.paddleformers_export)")
     sys.exit(main(patches, "paddleformers.cli.launcher:launch", sys.argv[1:]))

@@ -542,7 +542,8 @@ async function refreshRun() {
   $("run-bar").style.width = p.step && p.max_steps ? `${Math.min(100, 100 * p.step / p.max_steps)}%` : "0";
   $("run-progress").textContent = p.step ? [`run ${m.run}: step ${p.step}/${p.max_steps}`, `loss ${fmt(p.loss)}`,
     p.lr !== undefined && p.lr !== null ? `lr ${fmt(p.lr)}` : null,
-    p.tokens_per_second ? `${Math.round(p.tokens_per_second)} tokens/s` : null,
+    p.tokens_per_second ? `${Math.round(p.tokens_per_second)} tokens/s`
+      : p.nominal_tokens_per_second ? `${Math.round(p.nominal_tokens_per_second)} tokens/s nominal` : null,
     p.eta_seconds !== undefined && state.state === "training" ? `ETA ${clock(p.eta_seconds)}` : null].filter(Boolean).join(" · ")
     : `run ${m.run}: no step logged yet`;
   drawCharts();
