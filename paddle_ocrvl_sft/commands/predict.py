@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from paddle_ocrvl_sft.commands import positive_int, positive_seconds
+from paddle_ocrvl_sft.commands import STOP_REPEATS_HELP, positive_int, positive_seconds
 
 DESCRIPTION = (
     "Run PaddleOCR-VL on images, folders of images or ERNIEKit .jsonl datasets (each line gives its image "
@@ -38,6 +38,7 @@ def register(subparsers) -> None:
     p.add_argument("--batch-size", type=positive_int, metavar="N",
                    help="images per model call (paddle, transformers) or requests in flight (genai-server); "
                         "default 16 for transformers, else 1")
+    p.add_argument("--stop-repeats", type=positive_int, metavar="K", help=STOP_REPEATS_HELP)
     p.add_argument("-o", "--out", metavar="OUT.jsonl", help="write JSONL here (atomically); default: stdout")
     p.add_argument("--force", action="store_true", help="overwrite OUT")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
@@ -55,7 +56,7 @@ def run(args) -> int:
     backend = P.make_backend(args.backend, model_dir=args.model, server_url=args.server_url,
                              server_model=args.server_model, model_name=args.model_name, device=args.device,
                              max_new_tokens=args.max_new_tokens, timeout=args.timeout, batch_size=batch_size,
-                             dtype=args.dtype, kv_cache=args.kv_cache)
+                             dtype=args.dtype, kv_cache=args.kv_cache, stop_repeats=args.stop_repeats)
     # The transformers backend gets several batches per call so that it can sort them by length.
     per_call = batch_size * P.SORT_WINDOW_BATCHES if args.backend == "transformers" else batch_size
     records = P.run(jobs, backend, progress=not args.no_progress, batch_size=per_call)

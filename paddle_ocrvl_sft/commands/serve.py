@@ -6,7 +6,7 @@ import ipaddress
 import os
 import sys
 
-from paddle_ocrvl_sft.commands import positive_int, positive_seconds
+from paddle_ocrvl_sft.commands import STOP_REPEATS_HELP, positive_int, positive_seconds
 
 DESCRIPTION = (
     "Serve a (fine-tuned) PaddleOCR-VL over HTTP: POST /ocr (text), POST /extract (KIE JSON), the OpenAI "
@@ -31,6 +31,7 @@ def register(subparsers) -> None:
     p.add_argument("--device", help="paddle: cpu, gpu:0; transformers: cpu, cuda:0 (default: the GPU if there is one)")
     p.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), help="transformers (default: bfloat16 on GPU)")
     p.add_argument("--kv-cache", choices=("dynamic", "static"), default="dynamic", help="transformers KV cache")
+    p.add_argument("--stop-repeats", type=positive_int, metavar="K", help=STOP_REPEATS_HELP)
     p.add_argument("--model-name", help="PaddleX model name (default: from DIR/inference.yml)")
     limits = p.add_argument_group("limits")
     limits.add_argument("--max-batch", type=positive_int, default=16, metavar="N", help="requests per model call (default 16)")
@@ -66,7 +67,7 @@ def run(args) -> int:
     backend = make_backend(args.backend, model_dir=args.model, server_url=args.server_url,
                            server_model=args.server_model, model_name=args.model_name, device=args.device,
                            max_new_tokens=args.max_new_tokens, batch_size=args.max_batch, dtype=args.dtype,
-                           kv_cache=args.kv_cache)
+                           kv_cache=args.kv_cache, stop_repeats=args.stop_repeats)
     if args.served_model_name:
         name = args.served_model_name
     elif args.backend == "genai-server":
