@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from paddle_ocrvl_sft.loop_guard import (Answer, Guard, cut_ids, cut_text, ends_in_loop, find_loop,
@@ -94,3 +96,40 @@ def test_the_cli_help_states_the_guards_numbers():
     from paddle_ocrvl_sft.loop_guard import MAX_PERIOD, MIN_SPAN
 
     assert f"up to {MAX_PERIOD} tokens" in STOP_REPEATS_HELP and f"over {MIN_SPAN}+ tokens" in STOP_REPEATS_HELP
+
+
+@pytest.mark.parametrize("command", ["predict", "serve"])
+def test_stop_repeats_reaches_the_backend_from_predict_and_serve(command, tmp_path, monkeypatch):
+    import sys
+    import types
+
+    from paddle_ocrvl_sft import cli, predict
+
+    seen = {}
+
+    class Stub:
+        def __call__(self, job):
+            return Answer("1", "stop")
+
+    def make_backend(name, **options):
+        seen.update(options)
+        return Stub()
+
+    monkeypatch.setattr(predict, "make_backend", make_backend)
+    monkeypatch.setitem(sys.modules, "uvicorn", types.SimpleNamespace(run=lambda app, **kw: None))
+    image = tmp_path / "p.png"
+    receipt_image({"total": "1"}).save(image)
+    argv = {"predict": ["predict", str(image), "--model", str(tmp_path), "-o", str(tmp_path / "o.jsonl"), "--no-progress"],
+            "serve": ["serve", "--backend", "genai-server", "--server-url", "http://127.0.0.1:9/v1",
+                      "--served-model-name", "m"]}[command]
+    assert cli.main([*argv, "--stop-repeats", "5"]) == 0
+    assert seen["stop_repeats"] == 5
+    if command == "predict":
+        assert json.loads((tmp_path / "o.jsonl").read_text())["finish"] == "stop"
+
+
+def test_a_guard_below_two_repeats_is_a_usage_error():
+    from paddle_ocrvl_sft.errors import UsageError
+
+    with pytest.raises(UsageError, match="--stop-repeats must be >= 2"):
+        make_backend("paddle", model_dir="not-loaded", stop_repeats=1)  # refused before any model loads
