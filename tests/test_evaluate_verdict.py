@@ -51,4 +51,4 @@ def test_judge_run_writes_the_verdict_into_the_run_record(tmp_path):
                   max_new_tokens=8, echo=lines.append)
     record = json.loads((run / "record.json").read_text())
     assert record["exit"] == 0 and record["verdict"] == v == json.loads((tmp_path / "eval" / "verdict.json").read_text())
-    assert lines == [render(v)]
+    assert lines == [v["table"]] and v["table"] == render(v) and v["line"] in v["table"]

@@ -140,7 +140,8 @@ def judge_run(plan_record: dict, bundle, base, task_metrics: dict | None, eval_d
                                force=True, progress=False)
         echo(f"drift on general pages: {Path(eval_dir) / 'general' / 'report.html'}\n{drift_summary(drift)}")
     v = verdict(task_metrics, drift, (general or {}).get("max_drift"))
-    echo(render(v))
+    v["table"] = render(v)  # the printed table, as it was printed
+    echo(v["table"])
     write_json(Path(eval_dir) / "verdict.json", v)
     if run_dir is not None and (Path(run_dir) / "record.json").is_file():
         record = json.loads((Path(run_dir) / "record.json").read_text(encoding="utf-8"))
