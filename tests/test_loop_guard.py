@@ -133,3 +133,14 @@ def test_a_guard_below_two_repeats_is_a_usage_error():
 
     with pytest.raises(UsageError, match="--stop-repeats must be >= 2"):
         make_backend("paddle", model_dir="not-loaded", stop_repeats=1)  # refused before any model loads
+
+
+def test_a_servers_answer_says_how_it_ended_and_is_cut_as_text():
+    from paddle_ocrvl_sft.predict import server_answer
+
+    assert server_answer("12", "length", None).finish == "length"
+    assert server_answer("12", "tool_calls", None).finish is None  # not one this project knows
+    looping = "TOTAL " + "1234" * 20
+    cut = server_answer(looping, "length", Guard(4))
+    assert cut == "TOTAL 1234" and cut.finish == "repeats"
+    assert server_answer("TOTAL 12.50", "stop", Guard(4)).finish == "stop"  # nothing to cut
