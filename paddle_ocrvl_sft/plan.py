@@ -158,6 +158,142 @@ def passes_per_epoch(loaded: Sequence[int], probs: Sequence[float]) -> list[floa
     return [p * total / n if n else 0.0 for p, n in zip(probs, loaded)]
 
 
+# --- mixing in replay (or any dataset) at a fixed share ---------------------------------------
+
+SMALL_TASK_DATA = 2000  # below this many task samples and no replay, plan warns (ERNIE #1396, #1440)
+REPLAY_WARNING = (
+    "{n} task samples and no replay data: fine-tunes this small tend to forget what the base model did well "
+    "(general OCR, tables) while they learn the task — the most reported PaddleOCR-VL fine-tune complaint "
+    "(ERNIE issues #1396, #1440, where the maintainers advise mixing tasks and far more data). Write the base "
+    "model's own answers on your pages with `data replay --model BASE --images DIR -o replay.jsonl` and mix them "
+    "in with --replay replay.jsonl --replay-ratio 0.2; check with `eval --general PAGES` (docs/eval.md)")
+
+
+def parse_data_spec(text: str) -> tuple[str, float | None]:
+    """``--data FILE`` or ``--data FILE:RATIO`` (RATIO in (0, 1): FILE's share of the samples trained).
+    An existing file named with a colon is taken as it is."""
+    path, sep, ratio = text.rpartition(":")
+    if not sep or Path(text).is_file():
+        return text, None
+    try:
+        value = float(ratio)
+    except ValueError:
+        return text, None
+    if not (math.isfinite(value) and 0 < value < 1):
+        raise UserError(f"--data {text}: the share after ':' must be between 0 and 1 (e.g. replay.jsonl:0.2), got {ratio}")
+    return path, value
+
+
+def _absolute(location: str) -> str:
+    from paddle_ocrvl_sft.data.sample import is_remote
+
+    return location if is_remote(location) else os.path.abspath(location)
+
+
+@dataclass(frozen=True)
+class Mix:
+    """How the training files are mixed: D, ERNIEKit's weights, or the samples a concatenating
+    trainer takes from each share file, and each file's expected passes over E epochs."""
+
+    d: int
+    d_record: dict
+    probs: list[float]  # normalized weights (ERNIEKit train_dataset_prob)
+    take: list[int | None]  # concatenating trainers: samples taken from each share file per epoch
+    shares: list[float]  # each file's expected share of the samples trained
+    passes: list[float]  # expected reads of each file per epoch (times E: over the run)
+
+
+def mix_datasets(loaded: Sequence[int], kept: Sequence[int], probs: Sequence[float] | None,
+                 ratios: Sequence[float | None], *, weighted: bool) -> Mix:
+    """D and the weights when some files carry a fixed share (``--data FILE:R``, ``--replay``).
+
+    The files without a share are the task data: D_task and their weights are what
+    :func:`dataset_size` gives for them alone, and ``--epochs`` counts passes over them. Share
+    files add R = Σ r_i of the samples trained: D = D_task / (1 − R), file i trains r_i·D per epoch.
+    ``weighted`` (ERNIEKit): a file's weight p_i ∝ s_i · n_i / kept_i gives it the share s_i of
+    the samples trained (a draw of an invalid record is skipped; :func:`dataset_size`); otherwise
+    (PaddleFormers concatenates files) a share file contributes k_i = round(r_i · D) samples per
+    epoch, resampled from it by ``write_plan``, and D = D_task + Σ k_i.
+    """
+    if not any(r is not None for r in ratios):
+        weights = normalize_probs(probs, len(loaded))
+        d, record = dataset_size(loaded, kept, weights)
+        total = sum(loaded)
+        shares = [w * total * k / n / d if n and d else 0.0 for w, n, k in zip(weights, loaded, kept)]
+        return Mix(d, record, weights, [None] * len(loaded), shares, passes_per_epoch(loaded, weights))
+    if probs:
+        raise UserError("--prob with FILE:RATIO/--replay: give the mix one way (a share per replay file, or --prob weights)")
+    task = [i for i, r in enumerate(ratios) if r is None]
+    if not task:
+        raise UserError("every --data file has a share (FILE:RATIO): at least one is the task data, without a share")
+    r_total = sum(r for r in ratios if r is not None)
+    if r_total >= 1:
+        raise UserError(f"the shares of the replay/mixed files add up to {r_total:g}: they must leave room for the task data (< 1)")
+    task_weights = normalize_probs(None, len(task))
+    if weighted:
+        d_task, _ = dataset_size([loaded[i] for i in task], [kept[i] for i in task], task_weights)
+    else:
+        d_task = sum(kept[i] for i in task)
+        if d_task <= 0:
+            dataset_size([loaded[i] for i in task], [kept[i] for i in task], task_weights)  # raises the D = 0 error
+    for i, r in enumerate(ratios):
+        if r is not None and kept[i] == 0:
+            raise UserError(f"file {i + 1} of --data (share {r:g}): no valid sample to mix in")
+    n_task = sum(loaded[i] for i in task)
+    trained_task = {i: w * n_task * kept[i] / loaded[i] if loaded[i] else 0.0 for i, w in zip(task, task_weights)}
+    task_sum = sum(trained_task.values())
+    shares = [(1 - r_total) * trained_task[i] / task_sum if r is None else r for i, r in enumerate(ratios)]
+    if weighted:
+        d = round(d_task / (1 - r_total))
+        raw = [s * n / k if k else 0.0 for s, n, k in zip(shares, loaded, kept)]
+        weights = [w / sum(raw) for w in raw]
+        take = [None] * len(loaded)
+        passes = [s * d / k if k else 0.0 for s, k in zip(shares, kept)]
+        formula = "D = round(D_task / (1 - R)), R = sum of the shares; p_i ∝ s_i * n_i / kept_i"
+    else:
+        take = [None if r is None else max(1, round(r * d_task / (1 - r_total))) for r in ratios]
+        contributed = [kept[i] if t is None else t for i, t in enumerate(take)]
+        d = sum(contributed)
+        weights = normalize_probs(None, len(loaded))
+        shares = [c / d for c in contributed]
+        passes = [1.0 if t is None else t / kept[i] for i, t in enumerate(take)]
+        formula = "D = D_task + sum_i k_i, D_task = sum of the task files' kept samples, k_i = round(r_i * D_task / (1 - R))"
+    record = num(d, formula, D_task=d_task, R=round(r_total, 6), shares=[None if r is None else r for r in ratios],
+                 n_i=list(loaded), kept_i=list(kept), **({"p_i": [round(w, 6) for w in weights]} if weighted else
+                                                          {"k_i": take}))
+    return Mix(d, record, weights, take, shares, passes)
+
+
+def resample(path: str | os.PathLike, count: int, dest: Path, seed: int = 0) -> int:
+    """``count`` valid samples of an ERNIEKit file written to ``dest`` (all of them, then a seeded draw
+    of the rest, repeated when the file has fewer), image paths made absolute: what a concatenating
+    trainer reads to give the file its share."""
+    import json
+    import random
+
+    from paddle_ocrvl_sft.data.sample import image_location
+    from paddle_ocrvl_sft.data.validate import ValidateOptions, validate_paths
+    from paddle_ocrvl_sft.io import iter_records
+
+    report = validate_paths([path], ValidateOptions(max_seq_len=None, decode=False))
+    bad = {p.line for p in report.problems if p.severity == "error"}
+    rows = [r.value for r in iter_records(path) if r.error is None and r.line not in bad]
+    rng = random.Random(seed)
+    order = []
+    while len(order) < count:
+        batch = list(range(len(rows)))
+        rng.shuffle(batch)
+        order += batch
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with open(dest, "w", encoding="utf-8") as fh:
+        for i in order[:count]:
+            sample = dict(rows[i])
+            sample["image_info"] = [{**info, "image_url": _absolute(image_location(info["image_url"], path))}
+                                    for info in sample["image_info"]]
+            fh.write(json.dumps(sample, ensure_ascii=False) + "\n")
+    return count
+
+
 # --- the guide's formulas -------------------------------------------------------------------
 
 
@@ -373,6 +509,7 @@ class Plan:
     backend: str = backends.DEFAULT
     values: PlanValues | None = None  # what the backend's prepare() turns into trainer inputs
     device: str = "gpu"
+    take: tuple[int | None, ...] = ()  # concatenating trainers: samples resampled from each share file
 
 
 def check_overrides(overrides: dict) -> None:
@@ -442,6 +579,8 @@ def make_plan(
     overrides: dict | None = None,
     release: releases.Detection | str | None = None,
     augment: str | None = None,
+    ratios: Sequence[float | None] | None = None,
+    general: dict | None = None,
 ) -> Plan:
     """The config dict and the plan record; raises :class:`UserError` on any bad input.
 
@@ -488,20 +627,28 @@ def make_plan(
     if dropped:
         warnings.append(f"--allow-drop: {trainer.title} will drop {dropped} sample(s) longer than max_seq_len={seq_len}")
 
-    # D (several files: ERNIEKit's weighted draws of whole files; PaddleFormers concatenates: equal weights)
-    weights = normalize_probs(probs, len(train))
+    # D (several files: ERNIEKit's weighted draws of whole files; PaddleFormers concatenates: equal weights;
+    # files with a share (replay) are mixed in at that share: mix_datasets)
     kept = [s.valid - too_long(s.token_lengths, seq_len) for s in train]
     loaded = [s.samples for s in train]
-    d, d_record = dataset_size(loaded, kept, weights)
+    ratios = list(ratios) if ratios else [None] * len(train)
+    if len(ratios) != len(train):
+        raise ValueError("one ratio (or None) per training file")
+    mix = mix_datasets(loaded, kept, probs, ratios, weighted=weighted_mixing(trainer))
+    d, d_record, weights = mix.d, mix.d_record, mix.probs
     steps = max_steps(d, epochs, g, batch_set.packing_size, batch_set.grad_accum)
     warmup = warmup_steps(steps)
 
     warnings += data_warnings(train, eval_sets, trainer)
+    task_samples = sum(s.valid for s, r in zip(train, ratios) if r is None)
+    if task_samples < SMALL_TASK_DATA and all(r is None for r in ratios):
+        warnings.append(REPLAY_WARNING.format(n=task_samples))
     packing = simulate_packing(all_lengths, batch_set.packing_size, seq_len)
     warnings += packing_warning(packing, trainer, batch_set, d, epochs, g, steps)
 
     values = PlanValues(
-        train=tuple(s.path for s in train), probs=tuple(probs) if probs else None, eval=tuple(s.path for s in eval_sets),
+        train=tuple(s.path for s in train), eval=tuple(s.path for s in eval_sets),
+        probs=tuple(probs) if probs else (tuple(weights) if any(r is not None for r in ratios) and weighted_mixing(trainer) else None),
         model_dir=str(Path(model_dir).resolve()), epochs=epochs, max_steps=steps, warmup_steps=warmup,
         learning_rate=batch_set.learning_rate, batch=batch_set.packing_size, grad_accum=batch_set.grad_accum,
         max_seq_len=seq_len, output_dir=str(Path(output_dir).resolve() if output_dir else plan_dir / "output"),
@@ -556,7 +703,7 @@ def make_plan(
         "release": detection.to_record(),  # what the base model is (releases.py): other stages read ["release"]["name"]
         "preset": {"name": preset, "path": str(preset_file), "base_gpus": g_base},
         "scaling": scaling,
-        "datasets": datasets_record(train, eval_sets, kept, weights, epochs),
+        "datasets": datasets_record(train, eval_sets, kept, weights, epochs, mix=mix, ratios=ratios),
         "numbers": numbers,
         "packing": {"mean_samples_per_pack": round(packing.mean_samples, 3), "mean_tokens_per_pack": round(packing.mean_tokens, 1),
                     "max_tokens_per_pack": packing.max_tokens, "note": "greedy packing of the valid samples in file order (estimate)"},
@@ -569,7 +716,15 @@ def make_plan(
         "config": str(config_path),
         "prepared": [],
     }
-    return Plan(config, record, warnings, backend, values, device)
+    if general:
+        record["general"] = general  # train's verdict: drift on these pages (eval --general)
+    return Plan(config, record, warnings, backend, values, device, take=tuple(mix.take))
+
+
+def weighted_mixing(trainer: Backend) -> bool:
+    """Whether the trainer mixes files by weight (ERNIEKit's train_dataset_prob) rather than
+    concatenating them (PaddleFormers' mix_strategy concat, the only one its key table allows)."""
+    return trainer.name == "erniekit"
 
 
 def data_warnings(train: Sequence[FileSummary], eval_sets: Sequence[FileSummary], trainer: Backend) -> list[str]:
@@ -589,15 +744,23 @@ def packing_warning(packing: Packing, trainer: Backend, batch_set: Batch, d: int
 
 
 def datasets_record(train: Sequence[FileSummary], eval_sets: Sequence[FileSummary], kept: Sequence[int],
-                    weights: Sequence[float], epochs: float) -> dict:
+                    weights: Sequence[float], epochs: float, mix: Mix | None = None,
+                    ratios: Sequence[float | None] | None = None) -> dict:
     loaded = [s.samples for s in train]
+    passes = mix.passes if mix else passes_per_epoch(loaded, weights)
+    ratios = ratios or [None] * len(train)
+    rows = []
+    for i, (s, k, w, p) in enumerate(zip(train, kept, weights, passes)):
+        row = {"path": s.path, "samples": s.samples, "valid": s.valid, "errors": s.errors, "kept": k,
+               "dropped_too_long": s.valid - k, "longest_tokens": s.max_tokens, "prob": round(w, 6),
+               "expected_passes": round(epochs * p, 3)}
+        if mix is not None and any(r is not None for r in ratios):
+            row.update(share=round(mix.shares[i], 6), ratio=ratios[i])
+            if mix.take[i] is not None:
+                row["samples_per_epoch"] = mix.take[i]
+        rows.append(row)
     return {
-        "train": [
-            {"path": s.path, "samples": s.samples, "valid": s.valid, "errors": s.errors, "kept": k,
-             "dropped_too_long": s.valid - k, "longest_tokens": s.max_tokens, "prob": round(w, 6),
-             "expected_passes": round(epochs * passes, 3)}
-            for s, k, w, passes in zip(train, kept, weights, passes_per_epoch(loaded, weights))
-        ],
+        "train": rows,
         "eval": [{"path": s.path, "samples": s.samples, "valid": s.valid, "errors": s.errors} for s in eval_sets],
         "tokens_exact": all(s.tokens_exact for s in train),
     }
@@ -619,6 +782,24 @@ def gpu_estimates(packing: Packing, seq_len: int, batch_set: Batch, steps: int, 
 
 def _pick(scaling: dict, *keys: str) -> dict:
     return {k: scaling[k] for k in keys if k in scaling}
+
+
+def _resampled_shares(plan: Plan, stage: Path) -> tuple[PlanValues, list[str]]:
+    """For a concatenating trainer, each share file resampled to its k_i samples in the plan dir
+    (``data/share<i>/<name>``: same file name, so the trainer's prepared names do not change)."""
+    import dataclasses
+
+    if not any(plan.take):
+        return plan.values, []
+    train, notes = list(plan.values.train), []
+    for i, count in enumerate(plan.take):
+        if count:
+            copy = stage / "data" / f"share{i}" / Path(train[i]).name
+            resample(train[i], count, copy)
+            notes.append(f"data: {train[i]} -> data/share{i}/{copy.name} ({count} samples per epoch, drawn with a "
+                         "fixed seed: its share of the concatenated data)")
+            train[i] = str(copy)
+    return dataclasses.replace(plan.values, train=tuple(train)), notes
 
 
 def write_plan(plan: Plan, out_dir: str | os.PathLike, force: bool = False, report=lambda line: None,
@@ -643,7 +824,8 @@ def write_plan(plan: Plan, out_dir: str | os.PathLike, force: bool = False, repo
     text = trainer.schema.dump_yaml(plan.config, header=header)
     with staged_dir(out_dir, force=force) as tmp:
         # paths inside are relative to the plan dir or absolute, so they hold after the rename
-        notes = trainer.prepare(tmp, plan.values, plan.device).notes
+        values, mixed = _resampled_shares(plan, tmp)
+        notes = mixed + trainer.prepare(tmp, values, plan.device).notes
         for line in notes:
             report(line)
         atomic_write_text(tmp / "config.yaml", text)

@@ -43,6 +43,7 @@ from paddle_ocrvl_sft.data.sample import (
 from paddle_ocrvl_sft.data.validate import DATASET_SUFFIXES
 from paddle_ocrvl_sft.errors import UsageError, UserError
 from paddle_ocrvl_sft.io import atomic_open, iter_records
+from paddle_ocrvl_sft.loop_guard import Answer, Guard, finish_of
 from paddle_ocrvl_sft.prompts import (
     BUILTIN_PROMPTS,
     kie_prompt,
@@ -157,8 +158,11 @@ def parse_kie(text: str) -> dict | None:
 
 
 def to_record(job: Job, text: str) -> dict:
-    """The output line: image, prompt, raw text, and for KIE prompts the parsed ``fields``."""
-    record = {"image": job.image, "prompt": job.prompt, "text": text}
+    """The output line: image, prompt, raw text, for KIE prompts the parsed ``fields``, and
+    ``finish`` (stop / length / repeats) when the backend says how generation ended."""
+    record = {"image": job.image, "prompt": job.prompt, "text": str(text)}
+    if finish_of(text) is not None:
+        record["finish"] = finish_of(text)
     if prompt_kind(job.prompt) == "kie":
         record["fields"] = parse_kie(text)
     if job.where:
@@ -187,7 +191,10 @@ def paddle_predictor(model_dir: str | os.PathLike, model_name: str | None = None
 
 
 class PaddleBackend:
-    def __init__(self, model_dir, *, model_name=None, device=None, max_new_tokens=None, release=None):
+    def __init__(self, model_dir, *, model_name=None, device=None, max_new_tokens=None, release=None,
+                 guard: Guard | None = None):
+        from paddle_ocrvl_sft.loop_guard import watch_paddlex
+
         check_model_dir(model_dir)
         self.release = None  # unknown when --model-name is given
         if model_name is None:  # the bundle's release names it; files at odds with each other are refused
@@ -198,6 +205,7 @@ class PaddleBackend:
         self.model_name = model_name
         self.predictor = paddle_predictor(model_dir, model_name, device)
         self.max_new_tokens = max_new_tokens
+        self.finishes = watch_paddlex(self.predictor, guard)  # filled by each generate() call, in order
 
     def __call__(self, job: Job) -> str:
         return self.batch([job])[0]
@@ -210,8 +218,11 @@ class PaddleBackend:
             if pixels is not None:
                 kwargs.update(min_pixels=pixels.min_pixels, max_pixels=pixels.max_pixels)
             inputs = [{"image": paddle_image(jobs[i].image), "query": jobs[i].prompt} for i in indices]
-            for i, result in zip(indices, self.predictor.predict(inputs, **kwargs)):
-                texts[i] = result["result"]
+            self.finishes.clear()
+            results = [result["result"] for result in self.predictor.predict(inputs, **kwargs)]
+            finishes = list(self.finishes) if len(self.finishes) == len(results) else [None] * len(results)
+            for i, text, finish in zip(indices, results, finishes):
+                texts[i] = Answer(text, finish)
         return texts
 
 
@@ -249,7 +260,7 @@ class GenAIServerBackend:
 
     def __init__(self, server_url: str, *, model: str | None = None, max_new_tokens: int | None = None,
                  timeout: float = 600.0, concurrency: int = 16, retries: int = 5, backoff: float = 0.5,
-                 max_backoff: float = 30.0):
+                 max_backoff: float = 30.0, guard: Guard | None = None):
         if concurrency < 1 or retries < 0:
             raise UsageError(f"--concurrency {concurrency} / --retries {retries}: need >= 1 / >= 0")
         self.base = server_url.rstrip("/")
@@ -260,6 +271,7 @@ class GenAIServerBackend:
         self.backoff = backoff
         self.max_backoff = max_backoff
         self.retried = 0  # requests asked again (all jobs): what a run reports
+        self.guard = guard  # the server's tokens are not seen: its answers are cut as text (loop_guard.cut_text)
         self.model = model or self._first_model()
 
     def _request(self, path: str, body: dict | None = None) -> dict:
@@ -323,9 +335,11 @@ class GenAIServerBackend:
             body["mm_processor_kwargs"] = {"min_pixels": job.pixels.min_pixels, "max_pixels": job.pixels.max_pixels}
         answer = self._request("/chat/completions", body)
         try:
-            return answer["choices"][0]["message"]["content"]
+            choice = answer["choices"][0]
+            text = choice["message"]["content"]
         except (KeyError, IndexError, TypeError):
             raise UserError(f"--server-url {self.base}/chat/completions: unexpected answer {str(answer)[:200]}") from None
+        return server_answer(text, choice.get("finish_reason"), self.guard)
 
     def _outcome(self, job: Job):
         try:
@@ -358,6 +372,18 @@ class GenAIServerBackend:
                 raise outcome
             texts.append(outcome)
         return texts
+
+
+def server_answer(text: str, finish_reason, guard: Guard | None) -> Answer:
+    """An OpenAI answer's text and how it ended (``finish_reason`` stop / length), cut by the guard."""
+    from paddle_ocrvl_sft.loop_guard import cut_text
+
+    finish = finish_reason if finish_reason in ("stop", "length") else None
+    if guard is not None:
+        cut = cut_text(text, guard)
+        if cut != text:
+            return Answer(cut, "repeats")
+    return Answer(text, finish)
 
 
 def image_url(image) -> str:
@@ -405,7 +431,7 @@ class TransformersBackend:
 
     def __init__(self, model_dir, *, device=None, dtype=None, batch_size: int = 16,
                  max_new_tokens: int | None = None, kv_cache: str = "static", generate_kwargs: dict | None = None,
-                 batch_buckets=None):
+                 batch_buckets=None, guard: Guard | None = None):
         if kv_cache not in KV_CACHES:
             raise UsageError(f"--kv-cache {kv_cache}: must be one of {', '.join(KV_CACHES)}")
         self.model, self.processor = load_hf(model_dir, device=device or default_torch_device(), dtype=dtype)
@@ -415,8 +441,10 @@ class TransformersBackend:
         self.kv_cache = kv_cache
         options = dict(generate_kwargs or {})
         self.min_new_tokens = int(options.get("min_new_tokens") or 0)
-        # A hook that may end a row early (called with the row's new token ids so far, at checks).
-        self.row_stop = None
+        # the loop guard (loop_guard.py): the static decoder checks open rows every few steps and stops
+        # a looping one; the dynamic path gives it to generate() as a stopping criterion
+        self.guard = guard
+        self.row_stop = None if guard is None else (lambda ids: guard.loop(ids[-guard.window:]) is not None)
         self.decoder = None
         if kv_cache == "static":
             options.pop("min_new_tokens", None)
@@ -454,9 +482,15 @@ class TransformersBackend:
             for i, text in enumerate(self.batch(items)):
                 on_done(i, text)
             return
-        decode = self.processor.decode
-        self.decoder.run(items, lambda i, ids: on_done(i, decode(ids, skip_special_tokens=True)),
-                         min_new_tokens=self.min_new_tokens, row_stop=self.row_stop)
+        from paddle_ocrvl_sft.loop_guard import cut_ids
+
+        eos = self.processor.tokenizer.eos_token_id
+
+        def done(i: int, ids: list[int]) -> None:  # how the row ended (stop, length, repeats), cut by the guard
+            kept, finish = cut_ids(ids, self.guard, eos)
+            on_done(i, Answer(self.processor.decode(ids[:kept], skip_special_tokens=True), finish))
+
+        self.decoder.run(items, done, min_new_tokens=self.min_new_tokens, row_stop=self.row_stop)
 
     def warmup(self) -> None:
         """The first model call and the decoding graphs of every batch bucket, before any request."""
@@ -483,7 +517,8 @@ class TransformersBackend:
                         pending = ahead.submit(self._inputs, jobs, images, batches[k + 1])
                     if self.decoder is None:
                         caps = [jobs[i].max_new_tokens or self.max_new_tokens for i in rows]
-                        answers = hf_decode(self.model, self.processor, inputs, caps, **self.generate_kwargs)
+                        answers = hf_decode(self.model, self.processor, inputs, caps, guard=self.guard,
+                                            **self.generate_kwargs)
                         for i, text in zip(rows, answers):
                             texts[i] = text
                     else:
@@ -560,25 +595,37 @@ SORT_WINDOW_BATCHES = 8
 
 def make_backend(backend: str, *, model_dir=None, server_url=None, server_model=None, model_name=None,
                  device=None, max_new_tokens=None, timeout=600.0, batch_size=16, dtype=None, kv_cache="static",
-                 concurrency: int = 16, retries: int = 5, release=None):
+                 concurrency: int = 16, retries: int = 5, release=None, stop_repeats: int | None = None):
+    """A predict backend; ``stop_repeats`` K turns on the loop guard (:mod:`paddle_ocrvl_sft.loop_guard`)."""
     if backend in ("paddle", "transformers") and model_dir is None:
         raise UsageError(f"--backend {backend} needs --model DIR")
     if model_name is not None and release is not None:
         raise UsageError("--model-name and --release: give one (the release names the model)")
     if release is not None and backend != "paddle":
         raise UsageError(f"--release names the PaddleX model of the paddle backend; --backend {backend} has none")
+    guard = loop_guard(stop_repeats)
     if backend == "paddle":
         return PaddleBackend(model_dir, model_name=model_name, device=device, max_new_tokens=max_new_tokens,
-                             release=release)
+                             release=release, guard=guard)
     if backend == "transformers":
         return TransformersBackend(model_dir, device=device, dtype=dtype, batch_size=batch_size,
-                                   max_new_tokens=max_new_tokens, kv_cache=kv_cache)
+                                   max_new_tokens=max_new_tokens, kv_cache=kv_cache, guard=guard)
     if backend == "genai-server":
         if not server_url:
             raise UsageError("--backend genai-server needs --server-url http://HOST:PORT/v1")
         return GenAIServerBackend(server_url, model=server_model, max_new_tokens=max_new_tokens, timeout=timeout,
-                                  concurrency=concurrency, retries=retries)
+                                  concurrency=concurrency, retries=retries, guard=guard)
     raise UsageError(f"--backend {backend}: must be one of {', '.join(BACKENDS)}")
+
+
+def loop_guard(stop_repeats: int | None) -> Guard | None:
+    """``--stop-repeats K`` as a guard (None: off), refused below 2."""
+    if stop_repeats is None:
+        return None
+    try:
+        return Guard(stop_repeats)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 # --- running ------------------------------------------------------------------------------------
@@ -850,13 +897,17 @@ def _join_inputs(parts: list, pad_id: int):
     return BatchFeature(joined)
 
 
-def hf_decode(model, processor, inputs, caps: list[int], **generate_kwargs) -> list[str]:
+def hf_decode(model, processor, inputs, caps: list[int], guard: Guard | None = None, **generate_kwargs) -> list[str]:
     """Greedy decoding with the KV cache; row i keeps at most ``caps[i]`` new tokens.
 
     ``use_cache`` is passed explicitly: the released generation_config.json says false, which
     makes ``generate`` recompute the whole sequence (vision tower included) for every token.
+    Each answer says how it ended (:class:`~paddle_ocrvl_sft.loop_guard.Answer`); with a ``guard``
+    a row that loops is stopped during generation and cut after the loop's first copy.
     """
     import torch
+
+    from paddle_ocrvl_sft.loop_guard import cut_ids, transformers_stopping_criteria
 
     image_processor = processor.image_processor
     inputs = inputs.to(model.device)
@@ -864,10 +915,21 @@ def hf_decode(model, processor, inputs, caps: list[int], **generate_kwargs) -> l
     std = torch.tensor(image_processor.image_std, device=model.device).view(1, -1, 1, 1)
     pixels = inputs["pixel_values"].float() * image_processor.rescale_factor  # what hf_inputs left undone
     inputs["pixel_values"] = ((pixels - mean) / std).to(model.dtype)
+    if guard is not None:
+        from transformers import StoppingCriteriaList
+
+        generate_kwargs["stopping_criteria"] = StoppingCriteriaList(
+            [transformers_stopping_criteria(guard, inputs["input_ids"].shape[1])])
     with torch.no_grad():
         out = model.generate(**inputs, max_new_tokens=max(caps), do_sample=False, use_cache=True, **generate_kwargs)
     new = out[:, inputs["input_ids"].shape[1]:].cpu()
-    return [processor.decode(row[:cap], skip_special_tokens=True) for row, cap in zip(new, caps)]
+    eos = processor.tokenizer.eos_token_id
+    answers = []
+    for row, cap in zip(new, caps):
+        kept, finish = cut_ids(row[:cap].tolist(), guard, eos)
+        answers.append(Answer(processor.decode(row[:kept] if guard is not None else row[:cap], skip_special_tokens=True),
+                              finish))
+    return answers
 
 
 def hf_generate(model, processor, image, query: str, max_new_tokens: int) -> str:

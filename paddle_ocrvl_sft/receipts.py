@@ -65,3 +65,50 @@ def make_receipts(root: str | Path, count: int = 24, seed: int = 0) -> Path:
             render_receipt(fields, root / name)
             fh.write(json.dumps({"image": name, "data": fields}, ensure_ascii=False) + "\n")
     return annotations
+
+
+# --- the demo's learnable task: one field in one large digit ------------------------------------------
+
+TICKET_SIZE = (56, 56)  # 2 x 2 image tokens of 28 x 28 pixels, every one of them part of the digit
+TICKET_FIELD = "TABLE"
+
+
+def render_ticket(table: str, path: Path) -> None:
+    """A restaurant table ticket: the table number in one large digit filling the ticket (PIL's
+    bundled FreeType font, no font files). Nothing else is printed on it: every image token the
+    tiny model sees carries part of the digit, which is what lets it learn to read in minutes."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    image = Image.new("RGB", TICKET_SIZE, "white")
+    draw = ImageDraw.Draw(image)
+    draw.text((TICKET_SIZE[0] // 2, TICKET_SIZE[1] // 2), table, fill="black",
+              font=ImageFont.load_default(size=60), anchor="mm")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+
+
+def make_tickets(root: str | Path, count: int = 16, seed: int = 0) -> Path:
+    """Render ``count`` table tickets under ``root/imgs`` (table numbers 0-9, seeded) and return
+    ``root/annotations.jsonl`` (``{"image": ..., "data": {"TABLE": "7"}}`` per ticket)."""
+    root = Path(root)
+    rng = random.Random(seed)
+    annotations = root / "annotations.jsonl"
+    root.mkdir(parents=True, exist_ok=True)
+    with open(annotations, "w", encoding="utf-8") as fh:
+        for i in range(count):
+            table = str(rng.randint(0, 9))
+            name = f"imgs/ticket_{i:03d}.png"
+            render_ticket(table, root / name)
+            fh.write(json.dumps({"image": name, "data": {TICKET_FIELD: table}}, ensure_ascii=False) + "\n")
+    return annotations
+
+
+def make_general_pages(root: str | Path) -> Path:
+    """A few general pages (a text receipt, a small table) for the demo's drift check: the kind of
+    page the base model should still read after a fine-tune on tickets."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    draw_lines(["CAFE LUMEN", "NO. 4821   03.04.2024", "2x LATTE   9.00", "TOTAL CHF 9.00"], width=224).save(
+        root / "receipt.png")
+    draw_lines(["ITEM   QTY   PRICE", "TEA    2     3.00", "CAKE   1     4.50"], width=224).save(root / "table.png")
+    return root

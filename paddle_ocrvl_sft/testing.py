@@ -51,6 +51,7 @@ PACKING_POSITIONS = 32768  # PaddleX's SigLIP keeps a fixed 32768-row packing po
 DIGITS = [str(d) for d in range(10)]
 SPECIAL_PIECES = {100272: "<|end_of_sentence|>", 100273: "<|begin_of_sentence|>",
                   **{100273 + k: f"<mask:{k}>" for k in range(1, 8)}}
+EOS_ID = 2  # </s>, the end of an answer (tokenizer_config.json eos_token)
 SP_VOCAB_SIZE = 100295  # first added token (<|IMAGE_PLACEHOLDER|>) follows the SentencePiece pieces
 TRAINED_PIECES = 800
 
@@ -133,8 +134,14 @@ def _siglip_block(p: str, d: int, inter: int) -> dict[str, tuple[int, ...]]:
     return out
 
 
-def random_weights(cfg: dict, seed: int, lm_head_std: float = 0.02) -> dict[str, np.ndarray]:
+def random_weights(cfg: dict, seed: int, lm_head_std: float = 0.02, matrix_std: float = 0.02) -> dict[str, np.ndarray]:
     """Deterministic float32 weights: N(0, 0.02) matrices, unit norms, zero biases.
+
+    ``matrix_std`` is the std of every matrix but the token embeddings, ``lm_head`` and the packing
+    position table. The release's 0.02 (initializer_range) suits 1024-wide layers; in 32-wide ones
+    it leaves each layer's output small beside the token embedding, so what attention brings from
+    the image barely moves an answer and full fine-tuning takes thousands of steps to start
+    reading. About 1/sqrt(width) (0.1 here) is what the demo's model uses.
 
     ``lm_head`` rows are zero except for the trained text pieces and ``</s>``, so greedy decoding
     emits readable pieces of the tiny vocabulary instead of padding, byte or special pieces. Their
@@ -150,7 +157,8 @@ def random_weights(cfg: dict, seed: int, lm_head_std: float = 0.02) -> dict[str,
         elif name.endswith("bias"):
             weights[name] = np.zeros(shape, np.float32)
         else:
-            weights[name] = rng.normal(0.0, 0.02, shape).astype(np.float32)
+            plain = name in ("model.embed_tokens.weight", "lm_head.weight") or "packing_position" in name
+            weights[name] = rng.normal(0.0, 0.02 if plain else matrix_std, shape).astype(np.float32)
     readable = _readable_ids(cfg["vocab_size"])
     if lm_head_std != 0.02:
         weights["lm_head.weight"][readable] = rng.normal(0.0, lm_head_std, (int(readable.sum()), cfg["hidden_size"]))
@@ -250,7 +258,7 @@ def release_file(name: str, release: str = "v1") -> Path:
 
 
 def build_tiny_model(dest: str | Path, layout: str = "base", *, checkpoints: tuple[int, ...] = (5, 10),
-                     seed: int = 0, lm_head_std: float = 0.02, release: str = "v1") -> Path:
+                     seed: int = 0, lm_head_std: float = 0.02, release: str = "v1", matrix_std: float = 0.02) -> Path:
     """Write a tiny PaddleOCR-VL dir in ``layout`` ("base" or "erniekit_output") to ``dest``.
 
     ``release`` (v1, v1.5, v1.6) picks the released text files: 1.5/1.6 are the v1 config and
@@ -267,7 +275,7 @@ def build_tiny_model(dest: str | Path, layout: str = "base", *, checkpoints: tup
         _write_common(dest, cfg)
         for name in BASE_FILES:
             shutil.copyfile(release_file(name, release), dest / name)
-        save_weights(dest / "model.safetensors", random_weights(cfg, seed, lm_head_std), "pt")
+        save_weights(dest / "model.safetensors", random_weights(cfg, seed, lm_head_std, matrix_std), "pt")
         return dest
 
     # ERNIEKit/PaddleFormers saves a dtype with the config and no chat template or inference.yml.
@@ -419,3 +427,69 @@ def write_standin_program(bin_dir: str | Path, name: str, source: str) -> Path:
                       f"trains nothing\n{source}", encoding="utf-8")
     script.chmod(script.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
     return script
+
+
+# --- models with a known behaviour: a planted loop, a perturbed copy ---------------------------------
+
+
+def _rewrite_weights(src: Path, dest: Path, change) -> Path:
+    """A copy of the tiny base model dir ``src`` at ``dest`` whose weights ``change(weights)`` edits."""
+    from paddle_ocrvl_sft.safetensors_file import read_tensors
+
+    shutil.copytree(src, dest)
+    weights = {k: np.asarray(v, np.float32).copy() for k, v in read_tensors(src / "model.safetensors").items()}
+    change(weights)
+    save_weights(dest / "model.safetensors", weights, "pt")
+    return dest
+
+
+def build_scripted_model(dest: str | Path, digits: str = "123", *, loop: bool = True, **base_options) -> Path:
+    """A tiny base model whose greedy answer to any image and prompt is ``digits`` — repeated until
+    the token cap (``loop``: a planted runaway) or followed by end-of-sequence.
+
+    Every layer's attention and MLP output projections are zero, so the last hidden state is the
+    last token's own embedding; every token embeds to the direction that predicts ``digits[0]``,
+    and ``digits[i]`` to the one that predicts ``digits[i + 1]`` (then ``digits[0]`` again, or
+    ``</s>``). Digits are single pieces of the tiny tokenizer, so the answer is exactly ``digits``.
+    """
+    dest = Path(dest)
+    base = build_tiny_model(dest.with_name(dest.name + ".base"), "base", **base_options)
+    ids = [3 + DIGITS.index(c) for c in digits]  # digits are pieces 3..12
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"digits {digits!r}: distinct digits only")
+    following = ids[1:] + ([ids[0]] if loop else [EOS_ID])
+
+    def plant(weights):
+        hidden = weights["model.embed_tokens.weight"].shape[1]
+        basis = np.eye(hidden, dtype=np.float32)
+        for name in weights:
+            if name.startswith("model.layers.") and name.endswith(("self_attn.o_proj.weight", "mlp.down_proj.weight")):
+                weights[name][:] = 0.0
+        weights["model.embed_tokens.weight"][:] = basis[len(ids)]  # anything -> digits[0]
+        weights["lm_head.weight"][:] = 0.0
+        weights["lm_head.weight"][ids[0]] = 10.0 * basis[len(ids)]
+        for i, (token, after) in enumerate(zip(ids, following)):
+            weights["model.embed_tokens.weight"][token] = basis[i]
+            weights["lm_head.weight"][after] += 10.0 * basis[i]
+
+    model = _rewrite_weights(base, dest, plant)
+    shutil.rmtree(base)
+    return model
+
+
+def build_looping_model(dest: str | Path, cycle: str = "123", **base_options) -> Path:
+    """:func:`build_scripted_model` that answers ``cycle`` over and over until the token cap."""
+    return build_scripted_model(dest, cycle, loop=True, **base_options)
+
+
+def perturbed_copy(src: str | Path, dest: str | Path, scale: float, seed: int = 1) -> Path:
+    """A copy of a tiny base model with N(0, scale) noise added to every weight matrix: a stand-in
+    for a fine-tune that moved away from its base (``scale`` 0 gives the same answers)."""
+    rng = np.random.default_rng(seed)
+
+    def perturb(weights):
+        for name, value in weights.items():
+            if value.ndim >= 2:
+                value += rng.normal(0.0, scale, value.shape).astype(np.float32)
+
+    return _rewrite_weights(Path(src), Path(dest), perturb)

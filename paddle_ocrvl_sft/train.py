@@ -662,6 +662,7 @@ def export_and_evaluate(plan: PlanRun, result: Result, options: Options, echo) -
     result.bundle = report.out
     echo(f"inference bundle: {report.out}")
     evals = [item["path"] for item in plan.record.get("datasets", {}).get("eval", [])]
+    metrics = None
     if options.evaluate and evals:
         from paddle_ocrvl_sft.evaluate import evaluate, summary
 
@@ -670,3 +671,10 @@ def export_and_evaluate(plan: PlanRun, result: Result, options: Options, echo) -
                            device="cpu" if plan.device == "cpu" else None, progress=False,
                            max_new_tokens=answer_token_cap(evals[0]))
         echo(f"eval of {evals[0]} (base vs fine-tuned): {result.eval_dir / 'report.html'}\n{summary(metrics)}")
+    if options.evaluate and (evals or plan.record.get("general")):  # the verdict table (docs/eval.md)
+        from paddle_ocrvl_sft.evaluate.verdict import CPU_TOKEN_CAP, judge_run
+
+        result.eval_dir = plan.plan_dir / "eval"
+        cpu = plan.device == "cpu"
+        judge_run(plan.record, report.out, base, metrics, result.eval_dir, result.run_dir, device="cpu" if cpu else None,
+                  max_new_tokens=(answer_token_cap(evals[0]) if evals else CPU_TOKEN_CAP) if cpu else None, echo=echo)

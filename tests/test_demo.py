@@ -58,38 +58,38 @@ def test_demo_trains_for_real_and_runs_every_stage(demo_run, capsys):
     (run,) = (demo_run / "plan" / "runs").iterdir()
     losses = [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert len(losses) >= 30 and all(loss == loss and abs(loss) != float("inf") for loss in losses)
-    assert losses[-1] < losses[0] / 2  # the loss clearly falls
+    assert losses[-1] < losses[0] / 20  # the loss falls from about 11 to well under 1
     assert (run / "loss.png").read_bytes().startswith(b"\x89PNG")
     (res,) = (demo_run / "doc_parser").glob("*_res.json")
     assert json.loads(res.read_text())["parsing_res_list"]
     predictions = [json.loads(line) for line in (demo_run / "predictions.jsonl").read_text().splitlines()]
-    assert {p["prompt"] for p in predictions} == {'OCR:{"TOTAL": ""}'}
+    assert {p["prompt"] for p in predictions} == {'OCR:{"TABLE": ""}'}
     assert main(["demo", "-o", str(demo_run)]) == 1  # an existing run dir is not overwritten
     assert "already exists" in capsys.readouterr().err
 
 
-def trained_with_the_v1_template_on_a_newer_release(plan_dir: Path) -> bool:
-    """PaddleFormers' built-in `paddleocr_vl` template is v1's ("\\nAssistant: "); a 1.5/1.6 model is
-    prompted with "\\nAssistant:\\n" at inference. Until the plan registers the release's own
-    template (the trainer side of issue 16), such a run learns one prompt and is asked another."""
-    import yaml
+def test_the_trained_model_learns_to_read_what_it_was_shown(demo_run):
+    metrics = json.loads((demo_run / "eval-train" / "metrics.json").read_text())
+    trained, base = metrics["kie"], metrics["baseline"]["kie"]
+    assert base["field_accuracy"] == 0.0  # a random model reads nothing
+    assert trained["field_accuracy"] >= 0.8  # the tickets it was shown: read from the image
+    assert trained["json_valid"] == 1.0 and trained["missing_keys"] == 0
+    predictions = [json.loads(line)["prediction"] for line in (demo_run / "eval-train" / "scores.jsonl").read_text().splitlines()]
+    assert len(set(predictions)) > 3  # different tickets, different answers: not one memorised string
+    summary = (demo_run / "SUMMARY.md").read_text()
+    assert "field accuracy on the TRAINING split" in summary and "field accuracy on the VALIDATION split" in summary
+    assert "## eval on the validation split" in summary  # printed, whatever it is
 
-    config = yaml.safe_load((plan_dir / "config.yaml").read_text())
-    release = json.loads((plan_dir / "plan.json").read_text())["release"]["name"]
-    return config.get("template") == "paddleocr_vl" and release != "v1"
 
-
-def test_the_trained_model_beats_the_base_on_what_it_was_shown(demo_run):
-    if trained_with_the_v1_template_on_a_newer_release(demo_run / "plan"):
-        # seen on the 1.5 demo: the trained model answers '13"}' for '{"TOTAL": "92.70"}' (the answer's
-        # tail: the prompt has one more "\n" than in training), so it does not beat the base
-        pytest.xfail("PaddleFormers trained the 1.5 demo with its built-in v1 template; 1.5 inference uses "
-                     "'\\nAssistant:\\n': the train/inference prompt mismatch of issue 16, fixed on the trainer side")
-    trained = json.loads((demo_run / "eval-train" / "metrics.json").read_text())["kie"]
-    base = json.loads((demo_run / "eval-train" / "metrics.json").read_text())["baseline"]["kie"]
-    assert trained["json_valid_repaired"] > base["json_valid_repaired"]
-    assert trained["missing_keys"] < base["missing_keys"]
-    assert "## eval on the validation split" in (demo_run / "SUMMARY.md").read_text()  # printed, whatever it is
+def test_the_demo_shows_the_drift_table_and_the_verdict(demo_run):
+    drift = json.loads((demo_run / "plan" / "eval" / "general" / "drift.json").read_text())
+    assert set(drift["kinds"]) == {"ocr", "table"} and drift["pages"] == 2
+    assert all(0.0 <= v["drift"] <= 1.0 for v in drift["kinds"].values())
+    (run,) = (demo_run / "plan" / "runs").iterdir()
+    verdict = json.loads((run / "record.json").read_text())["verdict"]
+    assert verdict["task"] == "better" and verdict["drift"] in ("within", "forgot")
+    summary = (demo_run / "SUMMARY.md").read_text()
+    assert "## drift from the base on the general pages" in summary and verdict["line"] in summary
 
 
 def test_demo_prints_the_exact_erniekit_gpu_command(demo_run):

@@ -3,6 +3,12 @@
 import argparse
 import math
 
+# --stop-repeats (predict, serve, eval): the numbers are paddle_ocrvl_sft.loop_guard's MAX_PERIOD and
+# MIN_SPAN (a test keeps them in step; the shells do not import the module)
+STOP_REPEATS_HELP = ("loop guard (off by default): stop an answer whose last tokens repeat one period of up to "
+                     "64 tokens K times (over 32+ tokens) and cut it after the first copy; transformers stops "
+                     "during generation, paddle cuts after it (docs/predict.md)")
+
 
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1 (a bad value is a usage error, exit 2)."""

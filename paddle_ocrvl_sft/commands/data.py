@@ -1,4 +1,4 @@
-"""``data validate | stats | convert | kie | split`` — the CLI of paddle_ocrvl_sft.data."""
+"""``data validate | stats | convert | replay | kie | split`` — the CLI of paddle_ocrvl_sft.data."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from paddle_ocrvl_sft.commands import data_convert, positive_int
+from paddle_ocrvl_sft.commands import data_convert, data_replay, positive_int
 
 
 def register(subparsers) -> None:
@@ -36,6 +36,7 @@ def register(subparsers) -> None:
     p.set_defaults(func=run_stats)
 
     data_convert.register(sub)
+    data_replay.register(sub)
 
     p = sub.add_parser("kie", help="key-information-extraction samples from per-image JSON annotations (seed 001)")
     p.add_argument("annotations", metavar="ANNOTATIONS", help='.jsonl/.json of {"image": ..., "data": {...}}, or a dir of *.json')

@@ -1,19 +1,23 @@
-"""``eval --model DIR --data VAL.jsonl [--baseline DIR]``: the numbers, before vs after, as a report."""
+"""``eval --model DIR --data VAL.jsonl [--baseline DIR] [--general PAGES]``: the numbers, before vs after,
+drift from the base on general pages, runaway answers, as a report."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from paddle_ocrvl_sft.commands import positive_int, positive_seconds
+from paddle_ocrvl_sft.commands import STOP_REPEATS_HELP, positive_int, positive_seconds
 
 DESCRIPTION = (
     "Run a model on a validation set with each sample's own prompt (through predict's backends; resumable: "
     "a rerun skips what OUT/predictions.jsonl already holds) or score saved predictions (--predictions), then "
     "score by task: OCR text (CER, NED, exact match), KIE (field and whole-document accuracy, missing/extra "
     "keys, valid JSON), tables (TEDS), formulas (exact match), charts (cell accuracy). With a baseline, both "
-    "side by side. Writes OUT/metrics.json, predictions.jsonl, scores.jsonl, plots/*.png and a "
-    "self-contained report.html; prints a summary table. Metric definitions: docs/eval.md."
+    "side by side, and each model's runaway answers (at the token cap, ending in a loop). Writes OUT/metrics.json, "
+    "predictions.jsonl, scores.jsonl, plots/*.png and a self-contained report.html; prints a summary table. "
+    "With --general PAGES (no labels needed) the model and its --baseline also answer general pages with the "
+    "--tasks prompts, and the drift of the model's answers from the base's is reported per task (OUT/general/, "
+    "or OUT without --data); --max-drift makes it a gate (exit 3 past the limit). Definitions: docs/eval.md."
 )
 
 
@@ -30,7 +34,7 @@ def normalizations(text: str) -> list[str]:
 def register(subparsers) -> None:
     p = subparsers.add_parser("eval", help="score a model (vs a baseline) on a validation set: CER, field accuracy, TEDS",
                               description=DESCRIPTION)
-    p.add_argument("--data", required=True, metavar="VAL.jsonl", help="ERNIEKit validation samples (their answers are the references)")
+    p.add_argument("--data", metavar="VAL.jsonl", help="ERNIEKit validation samples (their answers are the references)")
     source = p.add_mutually_exclusive_group()
     source.add_argument("--model", metavar="DIR", help="the model to evaluate (an exported bundle)")
     source.add_argument("--predictions", metavar="PRED.jsonl", help="score predict's saved output instead of running a model")
@@ -38,6 +42,13 @@ def register(subparsers) -> None:
     base.add_argument("--baseline", metavar="DIR", help="a second model to compare with (e.g. the base model)")
     base.add_argument("--baseline-predictions", metavar="PRED.jsonl", help="the baseline's saved predict output (with --predictions)")
     p.add_argument("-o", "--out", default="runs/eval", metavar="OUT_DIR", help="output dir (default runs/eval)")
+    general = p.add_argument_group("drift on general pages")
+    general.add_argument("--general", metavar="PAGES", help="a folder of images or a .jsonl of pages (ERNIEKit samples, "
+                         "whose answers then count as labels, or {\"image\": PATH} lines): compare --model with --baseline there")
+    general.add_argument("--tasks", default="ocr,table,formula,chart", metavar="ocr,table,...",
+                         help="prompts asked on each general page (default ocr,table,formula,chart)")
+    general.add_argument("--max-drift", metavar="LIMIT", help="gate: exit 3 when a task's mean drift is above LIMIT "
+                         "(0.1 for every task, or table=0.05,ocr=0.1)")
     p.add_argument("--normalize", type=normalizations, default=[], metavar="whitespace,width,numbers",
                    help="compare texts after these normalizations (default none; recorded in metrics.json)")
     p.add_argument("--backend", default="paddle", metavar="NAME",
@@ -57,12 +68,51 @@ def register(subparsers) -> None:
     p.add_argument("--max-new-tokens", type=positive_int, metavar="N", help="cap on generated tokens (default: the backend's)")
     p.add_argument("--batch-size", type=positive_int, metavar="N",
                    help="images per model call (default 16 for transformers, else 1), as predict")
+    p.add_argument("--stop-repeats", type=positive_int, metavar="K", help=STOP_REPEATS_HELP)
     p.add_argument("--force", action="store_true", help="start OUT_DIR over (its predictions are discarded)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.set_defaults(func=run_eval)
 
 
 def run_eval(args) -> int:
+    from paddle_ocrvl_sft.errors import UsageError
+    from paddle_ocrvl_sft.evaluate import drift as D
+
+    if not (args.data or args.general):
+        raise UsageError("give --data VAL.jsonl (scores against labels) and/or --general PAGES (drift from --baseline)")
+    if args.max_drift and not args.general:
+        raise UsageError("--max-drift gates the drift on general pages: give --general PAGES")
+    if args.general and args.predictions and args.data:
+        raise UsageError("--predictions holds one set of answers: score --data and --general in two runs")
+    limits = D.parse_max_drift(args.max_drift) if args.max_drift else None
+    tasks = D.parse_tasks(args.tasks)
+    status = run_task_eval(args) if args.data else 0
+    if args.general:
+        from pathlib import Path
+
+        out = Path(args.out) / "general" if args.data else Path(args.out)
+        if args.predictions:
+            drift = D.evaluate_drift_predictions(args.predictions, args.baseline_predictions, args.general, out_dir=out,
+                                                 tasks=tasks, max_drift=limits, normalize=args.normalize, force=args.force)
+        else:
+            if args.baseline_predictions:
+                raise UsageError("--baseline-predictions goes with --predictions; to run a baseline model give --baseline DIR")
+            drift = D.evaluate_drift(args.model, args.baseline, args.general, out_dir=out, tasks=tasks, max_drift=limits,
+                                     backend=args.backend, device=args.device, batch_size=args.batch_size,
+                                     max_new_tokens=args.max_new_tokens, normalize=args.normalize, force=args.force,
+                                     progress=not args.no_progress, **_backend_options(args))
+        print(D.drift_summary(drift))
+        print(f"drift report: {out}/report.html", file=sys.stderr)
+        if drift["errors"]:
+            print(f"error: {drift['errors']} general page answers failed (rerun to retry them)", file=sys.stderr)
+            status = status or 1
+        if drift["gate"]:
+            print(f"error: {D.gate_message(drift['gate'])}", file=sys.stderr)
+            status = D.GATE_EXIT
+    return status
+
+
+def run_task_eval(args) -> int:
     from paddle_ocrvl_sft.errors import UsageError
     from paddle_ocrvl_sft.evaluate import evaluate, evaluate_predictions, summary
 
@@ -94,7 +144,8 @@ def _backend_options(args) -> dict:
     """Backend options passed only when given (each backend's own options always with it)."""
     from paddle_ocrvl_sft.errors import UsageError
 
-    given = {"server_url": args.server_url, "server_model": args.server_model, "model_name": args.model_name}
+    given = {"server_url": args.server_url, "server_model": args.server_model, "model_name": args.model_name,
+             "stop_repeats": args.stop_repeats}
     options = {k: v for k, v in given.items() if v is not None}
     if args.backend == "genai-server":
         if args.retries < 0:

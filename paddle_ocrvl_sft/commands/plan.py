@@ -13,6 +13,8 @@ examples:
   paddle-ocrvl-sft plan --preset kie_16k --data kie.jsonl --model M --epochs 3 --gpus 4 --nodes 2 \\
       --master-addr 10.0.0.1 -o runs/kie
   paddle-ocrvl-sft plan --backend paddleformers --lora --data kie.jsonl --model M --epochs 3 --gpus 1 -o runs/lora
+  paddle-ocrvl-sft plan --data kie.jsonl --replay replay.jsonl --replay-ratio 0.2 --general pages/ \
+      --max-drift 0.1 --model M --epochs 2 -o runs/kie     # replay against forgetting, drift in the verdict
   paddle-ocrvl-sft plan --backend paddleformers --device cpu --data tiny.jsonl --model TINY --epochs 4 \\
       --lr 5e-3 -o runs/smoke lr_scheduler_type=constant     # tiny models / smoke runs only
 
@@ -39,8 +41,13 @@ def register(subparsers) -> None:
                    help="gpu (default), or cpu: tiny models and smoke runs only (one process, CPU patches)")
     p.add_argument("--lora", action="store_true", help="PaddleFormers: LoRA instead of full fine-tuning (preset lr 5.0e-04)")
     p.add_argument("--lora-rank", type=int, metavar="R", help="PaddleFormers LoRA rank (default: the preset's, 8)")
-    p.add_argument("--data", action="append", required=True, metavar="TRAIN.jsonl",
-                   help="training file; repeat for several (mixed by --prob)")
+    p.add_argument("--data", action="append", required=True, metavar="TRAIN.jsonl[:SHARE]",
+                   help="training file; repeat for several (mixed by --prob); FILE:0.2 mixes FILE in as 20%% of the "
+                        "samples trained (replay), --epochs then counting passes over the other files")
+    p.add_argument("--replay", metavar="REPLAY.jsonl", help="the base model's own answers (`data replay`), mixed in at "
+                   "--replay-ratio (same as --data REPLAY.jsonl:RATIO)")
+    p.add_argument("--replay-ratio", type=float, default=0.2, metavar="R",
+                   help="share of the samples trained that come from --replay (default 0.2)")
     p.add_argument("--prob", action="append", type=float, metavar="W",
                    help="weight of each --data file, in order (ERNIEKit's train_dataset_prob; default equal)")
     p.add_argument("--eval", action="append", default=[], metavar="VAL.jsonl", help="validation file (recorded; the stage does not evaluate)")
@@ -75,6 +82,12 @@ def register(subparsers) -> None:
     p.add_argument("--skip-agreement-check", action="store_true",
                    help="do not build the first sample with the trainer's code to compare it with PaddleX's inference "
                         "prompt now (`train` still checks before it starts)")
+    p.add_argument("--general", metavar="PAGES", help="general pages (a folder of images or a .jsonl) that `train` "
+                   "compares the fine-tune and the base on after training: drift in its verdict (eval --general)")
+    p.add_argument("--general-tasks", default="ocr,table,formula,chart", metavar="ocr,table,...",
+                   help="prompts asked on the general pages (default ocr,table,formula,chart)")
+    p.add_argument("--max-drift", metavar="LIMIT", help="the verdict's drift limit: 0.1, or table=0.05,ocr=0.1 "
+                   "(default 0.1 for every task)")
     p.add_argument("-o", "--out", required=True, metavar="PLAN_DIR")
     p.add_argument("--force", action="store_true", help="replace an existing PLAN_DIR that holds only a previous plan")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="trainer keys, typed and checked by the backend's key schema")
@@ -99,14 +112,21 @@ def compute(args):
     from pathlib import Path
 
     from paddle_ocrvl_sft import backends, plan, releases
+    from paddle_ocrvl_sft.errors import UserError
     from paddle_ocrvl_sft.io import refuse_existing
 
     overrides = backends.get(args.backend).schema.parse_overrides(args.overrides)  # fail fast, before reading data
     refuse_existing(args.out, force=args.force)
+    specs = [plan.parse_data_spec(text) for text in args.data]
+    if args.replay:
+        if not 0 < args.replay_ratio < 1:
+            raise UserError(f"--replay-ratio {args.replay_ratio}: a share between 0 and 1 (e.g. 0.2)")
+        specs.append((args.replay, args.replay_ratio))
+    general = plan_general(args)
     bounds = plan.model_bounds(args.model, args.min_pixels, args.max_pixels)
     detection = releases.detect(args.model, args.release)
     tokenizer_dir = args.model if (Path(args.model) / "tokenizer.model").is_file() else None
-    train = plan.summarize_files(args.data, bounds, tokenizer_dir, detection.release)
+    train = plan.summarize_files([path for path, _ in specs], bounds, tokenizer_dir, detection.release)
     eval_sets = plan.summarize_files(args.eval, bounds, tokenizer_dir, detection.release) if args.eval else []
     result = plan.make_plan(
         train=train, eval_sets=eval_sets, model_dir=args.model, epochs=args.epochs, gpus=args.gpus, nodes=args.nodes,
@@ -116,8 +136,25 @@ def compute(args):
         max_seq_len=args.max_seq_len, allow_drop=args.allow_drop, min_pixels=args.min_pixels, max_pixels=args.max_pixels,
         output_dir=args.output_dir, plan_dir=args.out, master_addr=args.master_addr, master_port=args.master_port,
         cuda_visible_devices=args.cuda_visible_devices, overrides=overrides, release=detection, augment=args.augment,
+        ratios=[ratio for _, ratio in specs], general=general,
     )
     return result
+
+
+def plan_general(args) -> dict | None:
+    """``--general``/``--general-tasks``/``--max-drift`` as plan.json records them for `train`'s verdict."""
+    from paddle_ocrvl_sft.errors import UsageError
+
+    if not args.general:
+        if args.max_drift:
+            raise UsageError("--max-drift is the limit of the drift on --general pages: give --general PAGES")
+        return None
+    from paddle_ocrvl_sft.evaluate.drift import load_pages, parse_max_drift, parse_tasks
+
+    tasks = parse_tasks(args.general_tasks)
+    load_pages(args.general, tasks)  # checked now, not after training
+    return {"pages": os.path.abspath(args.general), "tasks": list(tasks),
+            "max_drift": parse_max_drift(args.max_drift) if args.max_drift else None}
 
 
 def summary(record: dict, out) -> str:
@@ -147,7 +184,9 @@ def summary(record: dict, out) -> str:
     lines.append("")
     lines += [f"  {a:<{w1}}  {b:>{w2}}  {c}" for a, b, c in rows]
     datasets = record["datasets"]["train"]
-    lines += ["", "  train data: " + "; ".join(f"{d['path']}: {d['kept']} kept of {d['samples']} (p={d['prob']:g})" for d in datasets)]
+    lines += ["", "  train data: " + "; ".join(f"{d['path']}: {d['kept']} kept of {d['samples']} (p={d['prob']:g})"
+                                          + (f", {100 * d['share']:.0f}% of the samples trained" if "share" in d else "")
+                                          for d in datasets)]
     if "augment" in record:
         from paddle_ocrvl_sft.augment import plan_line
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from paddle_ocrvl_sft.commands import positive_int, positive_seconds
+from paddle_ocrvl_sft.commands import STOP_REPEATS_HELP, positive_int, positive_seconds
 
 DESCRIPTION = (
     "Run PaddleOCR-VL on images, folders of images or ERNIEKit .jsonl datasets (each line gives its image "
@@ -46,6 +46,7 @@ def register(subparsers) -> None:
     p.add_argument("--max-new-tokens", type=positive_int, metavar="N", help="cap on generated tokens (default: the backend's)")
     p.add_argument("--batch-size", type=positive_int, metavar="N",
                    help="images per model call (paddle, transformers); default 16 for transformers, else 1")
+    p.add_argument("--stop-repeats", type=positive_int, metavar="K", help=STOP_REPEATS_HELP)
     p.add_argument("-o", "--out", metavar="OUT.jsonl",
                    help="write JSONL here (atomically, at the end; lines are appended to OUT.jsonl.partial as they "
                         "come, and a rerun after an interruption resumes from it); default: stdout")
@@ -74,7 +75,8 @@ def run(args) -> int:
                               server_model=args.server_model, model_name=args.model_name, device=args.device,
                               max_new_tokens=args.max_new_tokens, timeout=args.timeout, batch_size=batch_size,
                               dtype=args.dtype, kv_cache=args.kv_cache, concurrency=args.concurrency or 16,
-                              retries=args.retries, release=args.release)
+                              retries=args.retries, release=args.release,
+                              stop_repeats=args.stop_repeats)
 
     per_call = P.jobs_per_call(args.backend, batch_size)
     if args.out:

@@ -6,7 +6,7 @@ import ipaddress
 import os
 import sys
 
-from paddle_ocrvl_sft.commands import positive_int, positive_seconds
+from paddle_ocrvl_sft.commands import STOP_REPEATS_HELP, positive_int, positive_seconds
 
 DESCRIPTION = (
     "Serve a (fine-tuned) PaddleOCR-VL over HTTP: POST /ocr (text), POST /extract (KIE JSON), the OpenAI "
@@ -33,6 +33,7 @@ def register(subparsers) -> None:
     p.add_argument("--kv-cache", choices=("static", "dynamic"), default="static",
                    help="transformers: static (default; decoding graphs for a few batch shapes made at start-up, "
                         "/health says 'warming' until then) or dynamic (transformers' generate)")
+    p.add_argument("--stop-repeats", type=positive_int, metavar="K", help=STOP_REPEATS_HELP)
     p.add_argument("--model-name", help="PaddleX model name (default: from DIR/inference.yml)")
     p.add_argument("--release", metavar="v1|v1.5|v1.6",
                    help="paddle: the bundle's release (default: detected from its files; a bundle whose files "
@@ -73,7 +74,7 @@ def run(args) -> int:
     backend = make_backend(args.backend, model_dir=args.model, server_url=args.server_url,
                            server_model=args.server_model, model_name=args.model_name, device=args.device,
                            max_new_tokens=args.max_new_tokens, batch_size=args.max_batch, dtype=args.dtype,
-                           kv_cache=args.kv_cache, release=args.release)
+                           kv_cache=args.kv_cache, release=args.release, stop_repeats=args.stop_repeats)
     if args.served_model_name:
         name = args.served_model_name
     elif args.backend == "genai-server":

@@ -14,7 +14,7 @@ import io
 from pathlib import Path
 
 from paddle_ocrvl_sft.data.sample import is_remote
-from paddle_ocrvl_sft.evaluate.score import format_change, format_value, headlines, kinds_of
+from paddle_ocrvl_sft.evaluate.score import RUNAWAYS, format_change, format_value, headlines, kinds_of
 from paddle_ocrvl_sft.io import atomic_write_bytes, atomic_write_text
 
 WORST = 12  # samples shown
@@ -176,6 +176,11 @@ def summary_table(metrics: dict) -> str:
     rows = [f"<tr><td>{_e(kind)} (n={metrics[kind]['n']})</td><td>{_e(label)}</td>"
             f"{_metric_cells(key, (base or {}).get(kind, {}).get(key), metrics[kind][key], higher, bool(base))}</tr>"
             for kind in kinds_of(metrics) for key, label, higher in headlines(kind)]
+    runaways, base_runaways = metrics.get("runaways"), (base or {}).get("runaways")
+    if runaways:
+        rows += [f"<tr><td>runaways (n={runaways['n']})</td><td>{_e(label)}</td>"
+                 f"{_metric_cells(key, (base_runaways or {}).get(key), runaways[key], False, bool(base))}</tr>"
+                 for key, label in RUNAWAYS]
     return _table(["task", "metric"], bool(base), rows)
 
 
@@ -205,6 +210,11 @@ def sample_card(row: dict, base_row: dict | None) -> str:
              _text_block("prompt", row["prompt"])]
     if "error" in row:
         parts.append(f'<div class="bad">prediction failed: {_e(row["error"])}</div>')
+    runaway = [what for what, flag in (("hit the token cap", row.get("finish") == "length"),
+                                       ("ends in a loop", row.get("loop")),
+                                       ("cut by --stop-repeats", row.get("finish") == "repeats")) if flag]
+    if runaway:
+        parts.append(f'<div class="bad">runaway: {_e(", ".join(runaway))}</div>')
     parts += [_text_block("reference", row["reference"]), _text_block("prediction", row["prediction"]),
               f'<div class="label">character diff (reference → prediction)</div>'
               f'<pre>{char_diff(row["reference"], row["prediction"])}</pre>']
@@ -242,3 +252,70 @@ def render_html(metrics: dict, rows: list[dict], base_rows: list[dict] | None, p
         f"<h2>Worst samples ({len(order)} of {len(rows)}, lowest score first)</h2>{cards}"
         "</body></html>"
     )
+
+
+# --- drift on general pages -------------------------------------------------------------------------------
+
+
+def drift_card(row: dict) -> str:
+    thumb = thumbnail(row["image"])
+    image = f'<img src="{thumb}" alt="{_e(Path(row["image"]).name)}">' if thumb else \
+        f'<div class="label">(no thumbnail: {_e(row["image"])})</div>'
+    parts = [f"<b>{_e(row['source'] or Path(row['image']).name)}</b> · {_e(row['kind'])} · "
+             f"drift {row['drift']:.3f} (agreement {row['agreement']:.3f})", _text_block("prompt", row["prompt"])]
+    if "error" in row:
+        parts.append(f'<div class="bad">prediction failed: {_e(row["error"])}</div>')
+    for who, key in (("base model", "base"), ("fine-tuned model", "model")):
+        flags = row[f"{key}_runaway"]
+        runaway = [what for what, flag in (("hit the token cap", flags.get("finish") == "length"),
+                                           ("ends in a loop", flags.get("loop"))) if flag]
+        parts.append(_text_block(f"{who} answer" + (f" ({', '.join(runaway)})" if runaway else ""), row[key]))
+    parts.append(f'<div class="label">character diff (base → fine-tuned)</div><pre>{char_diff(row["base"], row["model"])}</pre>')
+    return f'<div class="sample">{image}<div class="body">{"".join(parts)}</div></div>'
+
+
+def drift_table(metrics: dict) -> str:
+    limits = metrics.get("max_drift") or {}
+    rows = []
+    for kind, value in metrics["kinds"].items():
+        limit = limits.get(kind, limits.get("*"))
+        verdict = "" if limit is None else ("<span class='bad'>exceeded</span>" if value["drift"] > limit else "within")
+        rows.append(f"<tr><td>{_e(kind)}</td><td class='num'>{value['n']}</td><td class='num'>{value['drift']:.3f}</td>"
+                    f"<td class='num'>{value['max']:.3f}</td><td class='num'>{'–' if limit is None else f'{limit:.2f}'}</td>"
+                    f"<td>{verdict}</td></tr>")
+    rows.append(f"<tr><td>all</td><td class='num'>{metrics['n']}</td><td class='num'>{metrics['drift']:.3f}</td>"
+                "<td></td><td></td><td></td></tr>")
+    head = "".join(f"<th>{c}</th>" for c in ("task", "n", "drift (mean)", "worst page", "--max-drift", ""))
+    base, now = metrics["runaways"]["baseline"], metrics["runaways"]["model"]
+    runaways = "".join(f"<tr><td>{_e(label)}</td><td class='num'>{base[key]}</td><td class='num'>{now[key]}</td></tr>"
+                       for key, label in RUNAWAYS[:2])
+    return (f"<table><tr>{head}</tr>{''.join(rows)}</table>"
+            f"<h2>Runaways</h2><table><tr><th></th><th>base</th><th>fine-tuned</th></tr>{runaways}</table>")
+
+
+def render_drift_html(metrics: dict, rows: list[dict]) -> str:
+    meta = [f"general pages: {_e(metrics['general'])} · {metrics['pages']} page(s), {metrics['n']} answers per model",
+            f"model: {_e(metrics['model'])}", f"base: {_e(metrics['baseline'])}",
+            "drift = 1 − agreement: 1 − NED of the texts, 1 − TEDS of the tables, 1 − NED of the LaTeX tokens "
+            "(0: the same answer as the base)"]
+    if metrics.get("gate"):
+        meta.append("<span class='bad'>past --max-drift: " + _e(", ".join(f["kind"] for f in metrics["gate"])) + "</span>")
+    labelled = ""
+    if metrics.get("labels"):
+        labelled = ("<h2>Pages with labels: base vs fine-tuned</h2>"
+                    + summary_table({**metrics["labels"]["model"], "baseline": metrics["labels"]["baseline"]}))
+    cards = "".join(drift_card(row) for row in rows[:WORST])
+    return (
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>drift report</title>"
+        f"<style>{CSS}</style></head><body>"
+        f"<h1>Drift on general pages</h1><p class='meta'>{'<br>'.join(meta)}</p>"
+        f"<h2>Drift per task</h2>{drift_table(metrics)}{labelled}"
+        f"<h2>Most changed answers ({min(WORST, len(rows))} of {len(rows)}, largest drift first)</h2>{cards}"
+        "</body></html>"
+    )
+
+
+def write_drift_report(out: Path, metrics: dict, rows: list[dict]) -> Path:
+    """``out/report.html`` of a drift evaluation (rows already sorted, largest drift first)."""
+    atomic_write_text(out / "report.html", render_drift_html(metrics, rows))
+    return out / "report.html"

@@ -19,7 +19,7 @@ from typing import Callable, Iterable
 
 from paddle_ocrvl_sft.errors import UsageError, UserError
 from paddle_ocrvl_sft.evaluate.metrics import normalizer
-from paddle_ocrvl_sft.evaluate.score import (EvalSample, aggregate, format_change, format_value, headlines,
+from paddle_ocrvl_sft.evaluate.score import (RUNAWAYS, EvalSample, aggregate, format_change, format_value, headlines,
                                              join_predictions, kinds_of, load_samples, score_samples)
 from paddle_ocrvl_sft.io import atomic_open, refuse_existing, write_json
 from paddle_ocrvl_sft.predict import BACKENDS, jobs_per_call, make_backend, run_resumable
@@ -58,7 +58,8 @@ def evaluate(model_dir, data, *, out_dir, baseline=None, backend: str = "paddle"
     options = {"device": device, "max_new_tokens": max_new_tokens, "batch_size": batch_size, **backend_options}
     model_label = str(model_dir) if model_dir is not None else str(backend_options.get("server_url"))
     info = {"data": os.path.realpath(data), "backend": backend,
-            "model": _model_id(model_dir) or model_label, "baseline": _model_id(baseline)}
+            "model": _model_id(model_dir) or model_label, "baseline": _model_id(baseline),
+            "stop_repeats": backend_options.get("stop_repeats")}
     _prepare_out_dir(out, info, force)
 
     def predictions_of(model, where: Path) -> list[dict]:
@@ -167,6 +168,32 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
 # --- terminal summary ---------------------------------------------------------------------------------
 
 
+def runaway_lines(metrics: dict) -> list[list[str]]:
+    """Summary rows of the runaway counts (model, and baseline and change when there is one).
+    Answers whose backend did not say how they ended cannot count as at the cap: the label says so."""
+    now = metrics.get("runaways")
+    if not now:
+        return []
+    base = (metrics.get("baseline") or {}).get("runaways") if metrics.get("baseline") else None
+    lines = []
+    for key, label in RUNAWAYS:
+        if key == "guard_cut" and not now[key] and not (base or {}).get(key):
+            continue
+        if key == "at_cap" and now["finish_known"] < now["n"]:
+            label += f" (known for {now['finish_known']} of {now['n']})"
+        line = [f"{label} (n={now['n']})"]
+        if metrics.get("baseline"):
+            if base is None:
+                line += ["-", format_value(key, now[key]), ""]
+            else:
+                line += [format_value(key, base[key]), format_value(key, now[key]),
+                         format_change(key, base[key], now[key], False)]
+        else:
+            line.append(format_value(key, now[key]))
+        lines.append(line)
+    return lines
+
+
 def summary(metrics: dict) -> str:
     """A short before/after table of the headline metrics, for a terminal."""
     base = metrics.get("baseline")
@@ -185,6 +212,7 @@ def summary(metrics: dict) -> str:
             else:
                 line.append(format_value(key, now))
             table.append(line)
+    table += runaway_lines(metrics)
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     lines = [f"eval of {metrics['model']} on {metrics['data']}: {metrics['n']} samples"
              + (f", {metrics['errors']} failed predictions" if metrics["errors"] else "")]

@@ -20,6 +20,7 @@ from paddle_ocrvl_sft.data.sample import is_remote
 from paddle_ocrvl_sft.data.validate import DATASET_SUFFIXES
 from paddle_ocrvl_sft.errors import UserError
 from paddle_ocrvl_sft.io import iter_records
+from paddle_ocrvl_sft.loop_guard import ends_in_loop
 from paddle_ocrvl_sft.predict import Job, collect_jobs
 from paddle_ocrvl_sft.prompts import PROMPT_KINDS, prompt_kind
 
@@ -54,7 +55,11 @@ def kinds_of(metrics: dict) -> list[str]:
     return [kind for kind in PROMPT_KINDS if kind in metrics]
 
 
-COUNTS = ("missing_keys", "extra_keys", "n")
+COUNTS = ("missing_keys", "extra_keys", "n", "at_cap", "loops", "guard_cut")
+
+# Runaway answers (metrics["runaways"], one per model): (key, label); fewer is better.
+RUNAWAYS = (("at_cap", "answers at the token cap"), ("loops", "answers ending in a loop"),
+            ("guard_cut", "answers cut by --stop-repeats"))
 
 
 def format_value(key: str, value) -> str:
@@ -167,6 +172,7 @@ def score_sample(sample: EvalSample, record: dict, normalize: Callable[[str], st
            "doc_type": sample.doc_type, "reference": job.reference, "prediction": text}
     if "error" in record:
         row["error"] = record["error"]
+    row.update(runaway_flags(record))
     task = task_of(sample.kind)
     if task == "kie":
         s = M.kie_score(text, sample.fields, normalize)
@@ -194,6 +200,12 @@ def score_sample(sample: EvalSample, record: dict, normalize: Callable[[str], st
 def score_samples(samples: list[EvalSample], records: list[dict], normalize: Iterable[str] = ()) -> list[dict]:
     norm = M.normalizer(normalize)
     return [score_sample(s, r, norm) for s, r in zip(samples, records, strict=True)]
+
+
+def runaway_flags(record: dict) -> dict:
+    """How a predict record's answer ended (``finish``: stop / length / repeats, None when the
+    backend could not tell) and whether its text ends in a loop (:func:`loop_guard.ends_in_loop`)."""
+    return {"finish": record.get("finish"), "loop": ends_in_loop(record.get("text") or "") is not None}
 
 
 # --- aggregation --------------------------------------------------------------------------------------
@@ -253,14 +265,23 @@ AGGREGATORS = {"text": text_metrics, "kie": kie_metrics, "table": table_metrics,
                "chart": chart_metrics}
 
 
+def runaway_metrics(rows: list[dict]) -> dict:
+    """``at_cap``: answers that hit the token cap (``finish`` length); ``loops``: answers whose text
+    ends in a repeated loop; ``guard_cut``: answers the loop guard cut; ``finish_known``: answers
+    whose backend said how they ended (the others cannot count towards ``at_cap``)."""
+    return {"at_cap": sum(r.get("finish") == "length" for r in rows), "loops": sum(bool(r.get("loop")) for r in rows),
+            "guard_cut": sum(r.get("finish") == "repeats" for r in rows),
+            "finish_known": sum(r.get("finish") is not None for r in rows), "n": len(rows)}
+
+
 def aggregate(rows: list[dict], *, by_doc_type: bool = True) -> dict:
     """Metrics per prompt kind (``ocr``, ``kie``, ``table``, ...), ``n``, ``errors`` (failed
-    predictions, scored as empty answers) and, when samples name one, per document type."""
+    predictions, scored as empty answers), ``runaways`` and, when samples name one, per document type."""
     kinds: dict[str, list[dict]] = {}
     for row in rows:
         kinds.setdefault(row["kind"], []).append(row)
     out = {kind: AGGREGATORS[task_of(kind)](group) for kind, group in kinds.items()}
-    out.update(n=len(rows), errors=sum("error" in r for r in rows))
+    out.update(n=len(rows), errors=sum("error" in r for r in rows), runaways=runaway_metrics(rows))
     types = sorted({r["doc_type"] for r in rows if r["doc_type"] is not None})
     if by_doc_type and types:
         out["by_doc_type"] = {t: aggregate([r for r in rows if r["doc_type"] == t], by_doc_type=False) for t in types}

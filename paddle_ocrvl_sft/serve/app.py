@@ -36,6 +36,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from paddle_ocrvl_sft import __version__
 from paddle_ocrvl_sft.errors import UserError
+from paddle_ocrvl_sft.loop_guard import finish_of
 from paddle_ocrvl_sft.predict import Job, parse_kie
 from paddle_ocrvl_sft.prompts import kie_prompt
 from paddle_ocrvl_sft.serve.batcher import MicroBatcher
@@ -267,8 +268,11 @@ def create_app(backend, *, model_name: str, backend_name: str, limits: Limits = 
                         "max_completion_tokens", limits)
         job = Job(image, prompt, max_new_tokens=cap, pixels=pixel_bounds(chat.mm_processor_kwargs, model_bounds))
         text, _ = await run_job(job, request)
+        # OpenAI's two reasons: "length" for an answer that hit its cap (the backend's Answer.finish says),
+        # "stop" otherwise (the loop guard's cut included: the answer ended, on purpose)
+        finish = "length" if finish_of(text) == "length" else "stop"
         return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
-                "model": model_name, "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None,
+                "model": model_name, "choices": [{"index": 0, "finish_reason": finish, "logprobs": None,
                                                   "message": {"role": "assistant", "content": text}}]}
 
     @app.get("/", include_in_schema=False)
