@@ -200,57 +200,9 @@ def watch_paddlex(predictor, guard: Guard | None) -> list:
         out = generate(inputs, **kwargs)
         try:
             ids = out[0].numpy()
-            assert ids.ndim == 2
-        except (AttributeError, AssertionError, IndexError, TypeError):
-            if guard is not None:
-                raise UserError("--stop-repeats: PaddleX's generate() returned no [batch, tokens] ids "
-                                "(PaddleX changed?): use --backend transformers") from None
-            return out  # finishes unknown: the backend sees fewer than it asked for and records none
-        changed = False
-        for row in ids:
-            kept, finish = cut_ids(row.tolist(), guard, eos)
-            finishes.append(finish)
-            if finish == "repeats":
-                row[kept:] = eos
-                changed = True
-        if not changed:
-            return out
-        import paddle
-
-        return (paddle.to_tensor(ids, dtype=out[0].dtype), *out[1:])
-
-    model.generate = watched
-    return finishes
-
-
-def watch_paddlex(predictor, guard: Guard | None) -> list:
-    """Read each row's generated ids in a PaddleX VL-rec predictor (this predictor's model only):
-    returns a list that every ``generate`` call appends the rows' finishes to, in input order.
-
-    With a ``guard`` the ids of a row that ends in a loop are cut AFTER generation (the rest becomes
-    end-of-sequence tokens, which PaddleX's own decoding then drops): PaddleX's
-    ``PaddleOCRVLForConditionalGeneration.generate`` passes no stopping criterion on, so this is
-    the only place the rule can act (docs/predict.md: post-hoc, no time saved).
-    """
-    from paddle_ocrvl_sft.errors import UserError
-
-    model = getattr(predictor, "infer", None)
-    tokenizer = getattr(getattr(predictor, "processor", None), "tokenizer", None)
-    eos = getattr(tokenizer, "eos_token_id", None)
-    finishes: list = []
-    if model is None or not callable(getattr(model, "generate", None)) or eos is None:
-        if guard is not None:
-            raise UserError("--stop-repeats: this PaddleX predictor does not expose its model's generate() "
-                            "and tokenizer (PaddleX changed?): use --backend transformers")
-        return finishes
-    generate = model.generate
-
-    def watched(inputs, **kwargs):
-        out = generate(inputs, **kwargs)
-        try:
-            ids = out[0].numpy()
-            assert ids.ndim == 2
-        except (AttributeError, AssertionError, IndexError, TypeError):
+        except (AttributeError, IndexError, TypeError):
+            ids = None
+        if ids is None or ids.ndim != 2:
             if guard is not None:
                 raise UserError("--stop-repeats: PaddleX's generate() returned no [batch, tokens] ids "
                                 "(PaddleX changed?): use --backend transformers") from None

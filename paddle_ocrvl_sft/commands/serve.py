@@ -91,7 +91,7 @@ def run(args) -> int:
 
     app = create_app(backend, model_name=name, backend_name=args.backend, limits=limits, api_key=api_key,
                      model_bounds=bounds)
-    if not _is_loopback(args.host) and not api_key:
+    if not is_loopback(args.host) and not api_key:
         print(f"warning: --host {args.host} accepts requests from other machines and no --api-key is set",
               file=sys.stderr)
     host = f"[{args.host}]" if ":" in args.host else args.host
@@ -104,7 +104,8 @@ def run(args) -> int:
     return 0
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """An address only this machine reaches (a name other than localhost counts as reachable)."""
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:

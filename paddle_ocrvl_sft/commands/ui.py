@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import sys
+
+from paddle_ocrvl_sft.commands.serve import API_KEY_ENV, is_loopback
 
 DESCRIPTION = (
     "A local web app over the same functions the CLI calls: Data (open or convert a dataset, page through "
@@ -15,7 +16,6 @@ DESCRIPTION = (
     "under --allow dirs). Binds 127.0.0.1 unless --host says otherwise; another host needs --api-key. "
     "Details: docs/ui.md."
 )
-API_KEY_ENV = "PADDLE_OCRVL_API_KEY"
 
 
 def register(subparsers) -> None:
@@ -37,7 +37,7 @@ def run(args) -> int:
     if not 0 <= args.port <= 65535:
         raise UsageError(f"--port {args.port}: must be 0..65535")
     api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
-    loopback = _is_loopback(args.host)
+    loopback = is_loopback(args.host)
     if not loopback and not api_key:
         raise UsageError(f"--host {args.host}: other machines could reach the UI, which starts training and writes "
                          f"files; give --api-key KEY (or set ${API_KEY_ENV})")
@@ -52,10 +52,3 @@ def run(args) -> int:
 
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=10)
     return 0
-
-
-def _is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
