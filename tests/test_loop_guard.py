@@ -64,31 +64,43 @@ def looping(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backend", ["paddle", "transformers"])
-def test_a_planted_loop_runs_to_the_cap_and_the_guard_stops_it(looping, backend):
+@pytest.mark.parametrize("backend,kv_cache", [("paddle", None), ("transformers", "static"), ("transformers", "dynamic")])
+def test_a_planted_loop_runs_to_the_cap_and_the_guard_stops_it(looping, backend, kv_cache):
     model, hf, image = looping
     job = Job(str(image), "OCR:")
-    plain = make_backend(backend, model_dir=model if backend == "paddle" else hf, device="cpu", max_new_tokens=60)
+    options = {"model_dir": model} if backend == "paddle" else {"model_dir": hf, "kv_cache": kv_cache}
+    plain = make_backend(backend, device="cpu", max_new_tokens=60, **options)
     record = to_record(job, plain.batch([job])[0])
     assert record["text"] == ("123" * 20) and record["finish"] == "length"
     assert ends_in_loop(record["text"]) is not None
 
-    guarded = make_backend(backend, model_dir=model if backend == "paddle" else hf, device="cpu", max_new_tokens=60,
-                           stop_repeats=4)
-    generated = []
-    if backend == "transformers":  # it stops generating: fewer new tokens than the cap
-        original = guarded.model.generate
+    guarded = make_backend(backend, device="cpu", max_new_tokens=60, stop_repeats=4, **options)
+    generated = []  # transformers stops generating: fewer new tokens than the cap
+    if kv_cache == "static":
+        original_run = guarded.decoder.run
 
-        def spy(**kwargs):
-            out = original(**kwargs)
+        def spy_run(rows, on_done, **kwargs):
+            def counted(i, ids):
+                generated.append(len(ids))
+                on_done(i, ids)
+            return original_run(rows, counted, **kwargs)
+
+        guarded.decoder.run = spy_run
+    elif kv_cache == "dynamic":
+        original_generate = guarded.model.generate
+
+        def spy_generate(**kwargs):
+            out = original_generate(**kwargs)
             generated.append(out.shape[1] - kwargs["input_ids"].shape[1])
             return out
 
-        guarded.model.generate = spy
+        guarded.model.generate = spy_generate
     record = to_record(job, guarded.batch([job])[0])
     assert record == {"image": str(image), "prompt": "OCR:", "text": "123", "finish": "repeats"}
     if backend == "transformers":
-        assert generated == [32]  # stopped once the cycle spans MIN_SPAN = 32 tokens (10.7 copies), not at 60
+        # stopped once the cycle spans MIN_SPAN = 32 tokens (10.7 copies), not at 60; the static decoder
+        # looks every CHECK_EVERY = 8 steps, and 32 is one of its looks
+        assert generated == [32]
 
 
 def test_the_cli_help_states_the_guards_numbers():

@@ -98,6 +98,11 @@ def env_root(name: str) -> Path:
     return current.resolve() if current.is_symlink() else env_dir(name)
 
 
+def env_python(name: str) -> Path:
+    """The Python of the build in use."""
+    return env_root(name) / "venv" / "bin" / "python"
+
+
 def lock_file(name: str) -> Path:
     return REQUIREMENTS / f"{name}.lock.txt"
 
@@ -352,7 +357,7 @@ def installed_problem(name: str, record: dict) -> str | None:
     another lock, or its trainer no longer imports."""
     if record.get("lock_sha256") != lock_hash(name):
         return f"was built from another {lock_file(name).name} (the lock changed)"
-    python = env_root(name) / "venv" / "bin" / "python"
+    python = env_python(name)
     if not python.is_file():
         return f"has no {python}"
     found = probe_once(name, python)

@@ -189,14 +189,14 @@ def gate(metrics: dict, limits: dict[str, float] | None) -> list[dict]:
 
 def evaluate_drift(model_dir, baseline, pages, *, out_dir, tasks: Iterable[str] = DEFAULT_TASKS,
                    max_drift: dict[str, float] | None = None, backend: str = "paddle", device: str | None = None,
-                   batch_size: int = 1, max_new_tokens: int | None = None, normalize: Iterable[str] = (),
+                   batch_size: int | None = None, max_new_tokens: int | None = None, normalize: Iterable[str] = (),
                    force: bool = False, progress: bool = True, **backend_options) -> dict:
     """Run ``model_dir`` and ``baseline`` on the general ``pages`` (resumable, like ``evaluate``),
     compare their answers, write ``out_dir`` (drift.json, drift.jsonl, report.html, predictions)
     and return the drift metrics (``gate``: the tasks past ``max_drift``)."""
     from paddle_ocrvl_sft.evaluate.runner import (BASELINE, PREDICTIONS, _model_id, _prepare_out_dir,
-                                                  checked_normalizations, predict_resumable)
-    from paddle_ocrvl_sft.predict import BACKENDS, make_backend
+                                                  checked_normalizations, default_batch_size, predict_resumable)
+    from paddle_ocrvl_sft.predict import BACKENDS, jobs_per_call, make_backend
 
     if backend not in BACKENDS:
         raise UsageError(f"--backend {backend}: must be one of {', '.join(BACKENDS)}")
@@ -209,14 +209,15 @@ def evaluate_drift(model_dir, baseline, pages, *, out_dir, tasks: Iterable[str] 
     normalize = checked_normalizations(normalize)
     samples = load_pages(pages, tasks)
     out = Path(out_dir)
-    options = {"device": device, "max_new_tokens": max_new_tokens, **backend_options}
+    batch_size = default_batch_size(backend, batch_size)
+    options = {"device": device, "max_new_tokens": max_new_tokens, "batch_size": batch_size, **backend_options}
     _prepare_out_dir(out, {"general": os.path.realpath(pages), "tasks": list(parse_tasks(tasks)), "backend": backend,
                            "model": _model_id(model_dir), "baseline": _model_id(baseline),
                            "stop_repeats": backend_options.get("stop_repeats")}, force)
 
     def predictions_of(model, where: Path) -> list[dict]:
         return predict_resumable(samples, where / PREDICTIONS, lambda: make_backend(backend, model_dir=model, **options),
-                                 batch_size=batch_size, progress=progress)
+                                 batch_size=jobs_per_call(backend, batch_size), progress=progress)
 
     records = predictions_of(model_dir, out)
     base_records = predictions_of(baseline, out / BASELINE)

@@ -54,7 +54,7 @@ def evaluate(model_dir, data, *, out_dir, baseline=None, backend: str = "paddle"
     normalize = checked_normalizations(normalize)
     samples = load_samples(data)
     out = Path(out_dir)
-    batch_size = batch_size or (16 if backend == "transformers" else 1)
+    batch_size = default_batch_size(backend, batch_size)
     options = {"device": device, "max_new_tokens": max_new_tokens, "batch_size": batch_size, **backend_options}
     model_label = str(model_dir) if model_dir is not None else str(backend_options.get("server_url"))
     info = {"data": os.path.realpath(data), "backend": backend,
@@ -119,6 +119,11 @@ def score_and_report(samples: list[EvalSample], records: list[dict], base_record
 
 
 # --- resumable predictions ------------------------------------------------------------------------
+
+
+def default_batch_size(backend: str, batch_size: int | None) -> int:
+    """Images per model call: ``batch_size`` when given, else 16 for transformers and 1 for the others."""
+    return batch_size or (16 if backend == "transformers" else 1)
 
 
 def predict_resumable(samples: list[EvalSample], path: Path, make: Callable[[], object], *, batch_size: int = 1,
