@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from docs_section import replace_section  # bench/ is sys.path[0] when a bench runs
+from docs_section import publish  # bench/ is sys.path[0] when a bench runs
 
 HEADING = "## Prompt agreement check"
 TRAINER_IMPORTS = {
@@ -110,10 +110,7 @@ def main() -> int:
                      f"{m['check'] / m['trainer imports']:.1f}x |")
     lines += ["", "The check runs the trainer's Python and PaddleX side by side; what it adds to their imports is the "
               "trainer's argument parsing and tokenizer/processor loading and one sample's encoding."]
-    report = "\n".join(lines)
-    print(report)
-    if args.out:
-        replace_section(Path(args.out), report)
+    publish("\n".join(lines), args.out)
     return 0
 
 

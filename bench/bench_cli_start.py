@@ -17,9 +17,8 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-from docs_section import replace_section  # bench/ is sys.path[0] when a bench runs
+from docs_section import publish  # bench/ is sys.path[0] when a bench runs
 
 BARE = [sys.executable, "-c", "pass"]
 HELP = [sys.executable, "-m", "paddle_ocrvl_sft", "--help"]
@@ -73,10 +72,7 @@ def main() -> int:
         "standard library (tests/test_cli.py checks the module list); the stage modules load inside the",
         "handlers, and `data convert --help` imports the converters only to print their list.",
     ]
-    report = "\n".join(lines)
-    print(report)
-    if args.out:
-        replace_section(Path(args.out), report)
+    publish("\n".join(lines), args.out)
     return 0
 
 

@@ -24,7 +24,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from docs_section import replace_section  # bench/ is sys.path[0] when a bench runs
+from docs_section import publish  # bench/ is sys.path[0] when a bench runs
 
 TITLE = "## `eval`: scoring KIE predictions"
 QUERY = {"STORE": "", "RECEIPT NUMBER": "", "DATE": "", "ITEMS": [], "TOTAL": ""}
@@ -139,10 +139,7 @@ def main() -> int:
         "including Python and library start-up, reading and joining both files, writing scores.jsonl, metrics.json, "
         "the plots and report.html (with thumbnails of the worst samples).",
     ]
-    section = "\n".join(lines)
-    print(section)
-    if args.out:
-        replace_section(Path(args.out), section)
+    publish("\n".join(lines), args.out)
     return 0
 
 

@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from docs_section import replace_section  # bench/ is sys.path[0] when a bench runs
+from docs_section import publish  # bench/ is sys.path[0] when a bench runs
 
 WORKERS = {
     "validate": "from paddle_ocrvl_sft.data.validate import validate_paths as f; r = f([P]); n = r.valid",
@@ -129,10 +129,7 @@ def main() -> int:
         )
     lines += ["", "| rows | validate peak RSS MiB | stats peak RSS MiB |", "|---:|---:|---:|"]
     lines += [f"| {n} | {v['validate']:.0f} | {v['stats']:.0f} |" for n, v in sorted(rss.items())]
-    report = "\n".join(lines)
-    print(report)
-    if args.out:
-        replace_section(Path(args.out), report)
+    publish("\n".join(lines), args.out)
     return 0
 
 

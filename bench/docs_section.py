@@ -18,3 +18,10 @@ def replace_section(path: Path, section: str) -> None:
     else:
         text = text.rstrip("\n") + "\n\n" + section.rstrip("\n") + "\n"
     path.write_text(text.rstrip("\n") + "\n", encoding="utf-8")
+
+
+def publish(section: str, out: str | None) -> None:
+    """Print ``section``; with ``out`` (docs/benchmarks.md), also put it there."""
+    print(section)
+    if out:
+        replace_section(Path(out), section)

@@ -153,7 +153,7 @@ def main() -> int:
             t, _ = clock(lambda: b.batch(jobs2))
             stage["end_to_end_2_batches_s"] = round(t, 3)
             stage["end_to_end_new_tokens_per_s"] = round(2 * batch * n / t, 1)
-        except Exception as exc:
+        except Exception:
             import traceback
 
             out["errors"][f"batch_{batch}"] = traceback.format_exc()[-3000:]

@@ -229,6 +229,17 @@ def read_text(path: str | os.PathLike, *, missing: str = "no such file") -> str:
         raise UserError(f"{path}: unreadable ({exc})") from None
 
 
+def read_json_if_present(path: str | os.PathLike) -> Any:
+    """The JSON value in ``path``; None when there is no such file. An unreadable file is a
+    UserError naming it."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path}: unreadable ({exc})") from None
+
+
 def shown(text: str | os.PathLike) -> str:
     """A path or value from user data, for a message: as is, or quoted with escapes when it holds
     characters a terminal would swallow or mangle (NUL, control characters, lone surrogates)."""

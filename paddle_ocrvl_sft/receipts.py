@@ -54,15 +54,20 @@ def render_receipt(fields: dict, path: Path) -> None:
 
 def make_receipts(root: str | Path, count: int = 24, seed: int = 0) -> Path:
     """Render ``count`` receipts under ``root/imgs`` and return ``root/annotations.jsonl``."""
+    return _render_set(root, count, seed, "receipt", receipt_fields, render_receipt)
+
+
+def _render_set(root: str | Path, count: int, seed: int, stem: str, fields_of, render) -> Path:
+    """``count`` images ``root/imgs/<stem>_NNN.png`` of seeded fields, and ``root/annotations.jsonl``."""
     root = Path(root)
     rng = random.Random(seed)
     annotations = root / "annotations.jsonl"
     root.mkdir(parents=True, exist_ok=True)
     with open(annotations, "w", encoding="utf-8") as fh:
         for i in range(count):
-            fields = receipt_fields(rng)
-            name = f"imgs/receipt_{i:03d}.png"
-            render_receipt(fields, root / name)
+            fields = fields_of(rng)
+            name = f"imgs/{stem}_{i:03d}.png"
+            render(fields, root / name)
             fh.write(json.dumps({"image": name, "data": fields}, ensure_ascii=False) + "\n")
     return annotations
 
@@ -90,17 +95,8 @@ def render_ticket(table: str, path: Path) -> None:
 def make_tickets(root: str | Path, count: int = 16, seed: int = 0) -> Path:
     """Render ``count`` table tickets under ``root/imgs`` (table numbers 0-9, seeded) and return
     ``root/annotations.jsonl`` (``{"image": ..., "data": {"TABLE": "7"}}`` per ticket)."""
-    root = Path(root)
-    rng = random.Random(seed)
-    annotations = root / "annotations.jsonl"
-    root.mkdir(parents=True, exist_ok=True)
-    with open(annotations, "w", encoding="utf-8") as fh:
-        for i in range(count):
-            table = str(rng.randint(0, 9))
-            name = f"imgs/ticket_{i:03d}.png"
-            render_ticket(table, root / name)
-            fh.write(json.dumps({"image": name, "data": {TICKET_FIELD: table}}, ensure_ascii=False) + "\n")
-    return annotations
+    return _render_set(root, count, seed, "ticket", lambda rng: {TICKET_FIELD: str(rng.randint(0, 9))},
+                       lambda fields, path: render_ticket(fields[TICKET_FIELD], path))
 
 
 def make_general_pages(root: str | Path) -> Path:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from paddle_ocrvl_sft.errors import UserError
+from paddle_ocrvl_sft.io import read_json_if_present
 
 RESOURCES = Path(__file__).parent / "resources"
 
@@ -142,12 +143,7 @@ def _chat_template(model_dir: Path) -> tuple[str, str] | None:
 
 
 def _json(path: Path) -> dict | None:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{path}: unreadable ({exc})") from None
+    value = read_json_if_present(path)
     return value if isinstance(value, dict) else None
 
 

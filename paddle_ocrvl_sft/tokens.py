@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from paddle_ocrvl_sft.errors import UserError
-from paddle_ocrvl_sft.io import read_text
+from paddle_ocrvl_sft.io import read_json_if_present, read_text
 
 PATCH_SIZE = 14
 MERGE_SIZE = 2
@@ -159,12 +159,7 @@ class TextTokenCounter:
 
 
 def _added_tokens_pattern(path: Path) -> re.Pattern | None:
-    try:
-        tokens = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{path}: unreadable ({exc})") from None
+    tokens = read_json_if_present(path)
     if not isinstance(tokens, dict) or not tokens:
         return None
     # longest first, so "<|LOC_100|>" wins over a shorter token that is its prefix

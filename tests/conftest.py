@@ -20,6 +20,24 @@ def backend_home():
     return Path(os.environ["PADDLE_OCRVL_SFT_HOME"])
 
 
+@pytest.fixture(scope="session")
+def installed(backend_home) -> list[str]:
+    """Both trainers' environments, built once (a no-op when the same lock is installed); ERNIEKit's
+    only where its source is found."""
+    from paddle_ocrvl_sft.backends import envs
+    from paddle_ocrvl_sft.testing import erniekit_source
+
+    source = erniekit_source()
+    names = ["paddleformers"] + (["erniekit"] if source else [])
+    for name in names:
+        envs.install(name, source=source if name == "erniekit" else None, log=lambda line: None)
+    return names
+
+
+def need(installed: list[str], name: str) -> None:
+    if name not in installed:
+        pytest.skip(f"{name}: no ERNIEKit source (set ERNIEKIT_SRC or place ../shared/vendor/ERNIE-*.tar.gz)")
+
 
 def write_image(path: Path, size=(120, 80), color="white", fmt=None) -> Path:
     from PIL import Image

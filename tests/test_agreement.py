@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import need
 
 from paddle_ocrvl_sft import agreement, augment, releases
 from paddle_ocrvl_sft.agreement import Disagreement, Tokens
@@ -210,20 +211,6 @@ def test_the_marker_fix_reaches_a_new_python_and_refuses_another_version_there(t
 
 
 # --- with the trainers' real environments (slow) ------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def installed():
-    source = erniekit_source()
-    names = ["paddleformers"] + (["erniekit"] if source else [])
-    for name in names:
-        envs.install(name, source=source if name == "erniekit" else None, log=lambda line: None)
-    return names
-
-
-def need(installed, name):
-    if name not in installed:
-        pytest.skip(f"{name}: no ERNIEKit source (set ERNIEKIT_SRC or place ../shared/vendor/ERNIE-*.tar.gz)")
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from paddle_ocrvl_sft import backends
-from paddle_ocrvl_sft.backends import cpu, envs
+from paddle_ocrvl_sft.backends import envs
 from paddle_ocrvl_sft.backends import paddleformers as pf
 from paddle_ocrvl_sft.backends.schema import load_yaml_config
 from paddle_ocrvl_sft.cli import main

@@ -7,7 +7,7 @@ import pytest
 from conftest import sample, write_image, write_jsonl
 
 from paddle_ocrvl_sft.cli import main
-from paddle_ocrvl_sft.data.convert import CONVERTERS, convert_file
+from paddle_ocrvl_sft.data.convert import CONVERTERS
 from paddle_ocrvl_sft.data.sample import is_remote, resolve_image
 
 

@@ -11,7 +11,6 @@ from conftest import sample, write_jsonl
 from paddle_ocrvl_sft import cli
 from paddle_ocrvl_sft.errors import UsageError, UserError
 from paddle_ocrvl_sft.evaluate import drift as D
-from paddle_ocrvl_sft.evaluate import runner
 from paddle_ocrvl_sft.evaluate.score import runaway_metrics
 from paddle_ocrvl_sft.loop_guard import Answer
 from paddle_ocrvl_sft.testing import build_looping_model, build_tiny_model, perturbed_copy, receipt_image

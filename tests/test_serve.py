@@ -672,6 +672,18 @@ def test_genai_server_proxy_answers_as_its_upstream(servers, receipt_png):
             assert call(proxy.url, path, body)[1]["text"] == call(upstream, path, body)[1]["text"]
 
 
+def bound_port(proc: subprocess.Popen, timeout: float) -> tuple[int, list[str]]:
+    """The loopback port a `serve` process reports on stderr, and the lines it printed until then."""
+    lines = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        lines.append(line)
+        if m := re.search(r"Uvicorn running on http://127\.0\.0\.1:(\d+)", line):
+            return int(m.group(1)), lines
+    raise AssertionError("".join(lines))
+
+
 @pytest.mark.slow
 def test_serve_cli_binds_loopback_and_stops_cleanly(bundles, tmp_path):
     hf = bundles[1]
@@ -679,14 +691,7 @@ def test_serve_cli_binds_loopback_and_stops_cleanly(bundles, tmp_path):
            "--device", "cpu", "--port", "0", "--max-new-tokens", "4"]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
-        port, lines = None, []
-        deadline = time.monotonic() + 120
-        while port is None and time.monotonic() < deadline:
-            line = proc.stderr.readline()
-            lines.append(line)
-            if m := re.search(r"Uvicorn running on http://127\.0\.0\.1:(\d+)", line):
-                port = int(m.group(1))
-        assert port, "".join(lines)
+        port, lines = bound_port(proc, 120)
         url = f"http://127.0.0.1:{port}"
         assert call(url, "/health")[1]["status"] in ("warming", "ok")  # the static cache's graphs first
         wait_until(lambda: call(url, "/health")[1]["status"] != "warming", "the warm-up")
@@ -715,14 +720,7 @@ def test_serve_cli_names_a_1_5_bundle_after_its_release(tmp_path):
            "--max-new-tokens", "4"]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
-        port, lines = None, []
-        deadline = time.monotonic() + 180
-        while port is None and time.monotonic() < deadline:
-            line = proc.stderr.readline()
-            lines.append(line)
-            if m := re.search(r"Uvicorn running on http://127\.0\.0\.1:(\d+)", line):
-                port = int(m.group(1))
-        assert port, "".join(lines)
+        port, lines = bound_port(proc, 180)
         assert any("serving PaddleOCR-VL-1.5-0.9B (release v1.5, paddle backend)" in line for line in lines)
         status, models = call(f"http://127.0.0.1:{port}", "/v1/models")
         assert status == 200 and [m["id"] for m in models["data"]] == ["PaddleOCR-VL-1.5-0.9B"]

@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import need
 
 from paddle_ocrvl_sft.backends import envs
 from paddle_ocrvl_sft.backends.cpu import SKIP_ENV
@@ -27,25 +28,10 @@ from paddle_ocrvl_sft.cli import main
 from paddle_ocrvl_sft.data.sample import make_sample
 from paddle_ocrvl_sft.prompts import kie_prompt, render_json
 from paddle_ocrvl_sft.receipts import make_receipts
-from paddle_ocrvl_sft.testing import build_tiny_model, erniekit_source
+from paddle_ocrvl_sft.testing import build_tiny_model
 
 pytestmark = pytest.mark.slow
 LR_SCHEDULE = {"erniekit": "lr_scheduler=constant", "paddleformers": "lr_scheduler_type=constant"}
-
-
-@pytest.fixture(scope="module")
-def installed():
-    """Both trainers' environments (a no-op when the same lock is installed)."""
-    source = erniekit_source()
-    names = ["paddleformers"] + (["erniekit"] if source else [])
-    for name in names:
-        envs.install(name, source=source if name == "erniekit" else None, log=lambda line: None)
-    return names
-
-
-def need(installed, name):
-    if name not in installed:
-        pytest.skip(f"{name}: no ERNIEKit source (set ERNIEKIT_SRC or place ../shared/vendor/ERNIE-*.tar.gz)")
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ from __future__ import annotations
 from paddle_ocrvl_sft.backends import erniekit_release
 from paddle_ocrvl_sft.backends.base import Backend, PlanValues, Prepared
 from paddle_ocrvl_sft.backends.checkpoints import Layout
-from paddle_ocrvl_sft.backends.schema import (BOOL, FLOAT, INT, NUMBER, STR, STR_LIST, UNSET, Key, KeySchema,
+from paddle_ocrvl_sft.backends.schema import (BOOL, FLOAT, INT, STR, STR_LIST, UNSET, Key, KeySchema,
                                               dataset_list_problems)
 from paddle_ocrvl_sft.backends.training_args import ta
 
