@@ -232,7 +232,7 @@ class StaticDecoder:
         position = longest  # where the next step writes
         while True:
             if steps >= most or steps % self.check_every == 0:
-                finished = state.finished[:count].tolist()
+                finished = self._state.finished[:count].tolist()  # _ensure may have made a new state
                 if row_stop is not None:
                     self._stop_rows(row_stop, finished, steps, stopped_at)
                 self._report(finished, done, steps, caps, stopped_at, on_done)

@@ -124,6 +124,31 @@ def test_the_kv_store_grows_mid_batch_and_keeps_what_it_holds(hf_bundle):
 
 
 @pytest.mark.slow
+def test_a_row_that_ends_after_the_store_grew_ends_the_batch(hf_bundle):
+    """The state is reallocated with the store: the loop must see the rows the new one ended (an
+    end token, here a frequent one held back by min_new_tokens until after the growth), not decode
+    on to the cap."""
+    from paddle_ocrvl_sft.predict import static_decoder
+
+    small = TransformersBackend(hf_bundle, device="cpu", batch_size=1, max_new_tokens=600)
+    job = Job(receipt_image({"n": "1"}, width=160), "OCR:", max_new_tokens=600)
+    length = small.prepare(job).length
+    grows_at = kv_bucket(length + 1) - length  # new tokens when the store is reallocated
+    frequent = generate_ids(small, job, 8)[2]
+    small.decoder = static_decoder(small.model, small.processor, batch_buckets=(1,))
+    small.decoder.stop_ids = small.decoder.stop_ids.new_tensor([frequent])
+    small.decoder._ensure(1, kv_bucket(length + 1), 1)  # room for the prompt only
+    steps = []
+    step = small.decoder._step
+    small.decoder._step = lambda *args: (steps.append(1), step(*args))[1]
+    (answer,) = decode(small, [job], min_new_tokens=grows_at + 4).values()
+    expected = generate_ids(small, job, 600, eos_token_id=frequent, pad_token_id=0, min_new_tokens=grows_at + 4)
+    assert frequent in expected  # the case under test: it ends after the growth, long before the cap
+    assert answer == expected[:expected.index(frequent) + 1]
+    assert len(steps) < len(answer) + small.decoder.check_every  # no decoding on after the end was seen
+
+
+@pytest.mark.slow
 def test_batch_orders_texts_and_matches_the_dynamic_cache(backend, hf_bundle):
     jobs = jobs_of_mixed_shapes(7)
     dynamic = TransformersBackend(hf_bundle, device="cpu", batch_size=3, max_new_tokens=24, kv_cache="dynamic")
