@@ -7,9 +7,11 @@ adds, another image token count — the fine-tuned behaviour is asked for with a
 Nothing fails; the model is just worse. So before any launch this module builds both sides for
 the same sample and compares them token by token:
 
-- **training**: the first valid training sample through the trainer's OWN data code, run in the
-  trainer's environment with the plan's launch environment
-  (:mod:`paddle_ocrvl_sft.backends.training_input`): its token ids, and which tokens carry loss;
+- **training**: the first valid training sample (of the first training file the trainer reads as it
+  is: not a replay file a concatenating trainer reads resampled) through the trainer's OWN data code,
+  run with the trainer's Python and the plan's PYTHONPATH (an ERNIEKit plan's marker fix), as the
+  launch runs it (:mod:`paddle_ocrvl_sft.backends.training_input`): its token ids, and which tokens
+  carry loss;
 - **inference**: the same image and prompt through PaddleX's native PaddleOCR-VL predictor's
   processor, built by PaddleX's own ``build_processor`` from the base model's
   ``chat_template.jinja`` and tokenizer; for ``export --format hf`` bundles also through
@@ -31,6 +33,7 @@ import json
 import os
 import subprocess
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -51,7 +54,7 @@ class Disagreement(UserError):
 
 @dataclass(frozen=True)
 class Sample:
-    """The sample both sides are built from: the first valid one of the first training file."""
+    """The sample both sides are built from: the first valid one of a training file (:func:`sample_file`)."""
 
     where: str  # FILE:LINE
     path: str  # the ERNIEKit-format file
@@ -213,20 +216,51 @@ class Namer:
 # --- training side ------------------------------------------------------------------------------
 
 
+class Probe:
+    """The trainer-side child process of one check: started by :func:`training_input` on a worker
+    thread, stopped by :meth:`cancel` from the other side when PaddleX's side fails (its result is
+    not needed then, and it may take minutes)."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.proc: subprocess.Popen | None = None
+        self.cancelled = False
+
+    def start(self, cmd: list[str], env: dict[str, str]) -> subprocess.Popen:
+        with self.lock:
+            if self.cancelled:
+                raise UserError("prompt agreement: the training side was cancelled")
+            self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            return self.proc
+
+    def cancel(self) -> None:
+        with self.lock:
+            self.cancelled = True
+            if self.proc is not None and self.proc.poll() is None:
+                self.proc.kill()
+
+
 def training_input(backend: str, trainer_env, config_path: Path, data: str, index: int,
-                   launch_env: dict[str, str]) -> Tokens:
+                   launch_env: dict[str, str], probe: Probe | None = None) -> Tokens:
     """Run :mod:`paddle_ocrvl_sft.backends.training_input` with the trainer's Python."""
     from paddle_ocrvl_sft.backends import envs
 
+    probe = probe or Probe()
     with tempfile.TemporaryDirectory(prefix="paddle-ocrvl-sft-agreement-") as tmp:
         out = Path(tmp) / "training_input.json"
-        python_path = [str(envs.PACKAGE_PARENT), launch_env.get("PYTHONPATH", "")]
-        env = trainer_env.env({**os.environ, "NO_COLOR": "1", "PYTHONPATH": os.pathsep.join(p for p in python_path if p)})
+        # as `train` launches it (train.command_for): a dir holding only this package first (never the dir
+        # above it: a regular install's site-packages, whose transformers/numpy/yaml would shadow the
+        # trainer's), then the plan's PYTHONPATH (ERNIEKit's marker fix), then the user's
+        python_path = [str(envs.project_path()), launch_env.get("PYTHONPATH"), os.environ.get("PYTHONPATH")]
+        env = trainer_env.env({**os.environ, "NO_COLOR": "1", "PYTHONPATH": os.pathsep.join(filter(None, python_path))})
         cmd = [str(trainer_env.python), "-m", "paddle_ocrvl_sft.backends.training_input", backend, str(config_path),
                "--data", data, "--index", str(index), "--out", str(out)]
+        proc = probe.start(cmd, env)
         try:
-            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=PROBE_TIMEOUT)
+            stdout, stderr = proc.communicate(timeout=PROBE_TIMEOUT)
         except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
             raise UserError(f"{backend}: the trainer's Python ({trainer_env.python}) did not build the training sample "
                             f"within {PROBE_TIMEOUT} s") from None
         try:
@@ -234,7 +268,7 @@ def training_input(backend: str, trainer_env, config_path: Path, data: str, inde
         except (OSError, ValueError):
             result = {"error": f"exit {proc.returncode}, no result"}
     if "error" in result:
-        tail = ((proc.stderr or "") + (proc.stdout or "")).strip().splitlines()[-8:]
+        tail = ((stderr or "") + (stdout or "")).strip().splitlines()[-8:]
         hint = ("; is this the trainer's Python? (`train --skip-agreement-check` starts without the check)"
                 if "ModuleNotFoundError" in result["error"] else "")
         raise UserError(f"{backend}: could not build the training input of {data} record {index} with the trainer's own "
@@ -351,12 +385,36 @@ def decode_ids(text: str) -> list[int]:
 # --- a plan -------------------------------------------------------------------------------------
 
 
-def trainer_record(backend: str, config: dict, sample: Sample) -> tuple[str, int]:
-    """Which file and record the trainer reads ``sample`` from: ERNIEKit reads the plan's data file
-    itself; PaddleFormers the plan's messages file, whose first record is the first valid sample."""
-    if backend == "paddleformers":
-        return str(config["train_dataset_path"]).split(",")[0], 0
-    return sample.path, sample.index
+def sample_file(record: dict) -> int:
+    """Which of the plan's training files the checked sample comes from: the first one the trainer
+    reads as it is. A concatenating trainer (PaddleFormers) reads a file mixed in at a share
+    (``--data FILE:R``, ``--replay``) as a resampled, shuffled copy: its first sample may not be there."""
+    rows = record["datasets"]["train"]
+    return next((i for i, row in enumerate(rows) if row.get("samples_per_epoch") is None), 0)
+
+
+def trainer_record(backend: str, config: dict, sample: Sample, file: int = 0) -> tuple[str, int]:
+    """Which file and record the trainer reads ``sample`` (of the plan's training file ``file``) from:
+    ERNIEKit reads the plan's data file itself; PaddleFormers the messages file prepared from it,
+    where the record is found by what it is (its prompt and image): the messages file keeps records
+    :func:`first_sample` passes over (several images), so its record numbers are not the data file's."""
+    if backend != "paddleformers":
+        return sample.path, sample.index
+    data = str(config["train_dataset_path"]).split(",")[file]
+    with open(data, encoding="utf-8") as fh:
+        for index, line in enumerate(fh):
+            try:
+                value = json.loads(line)
+                images, prompt = value["images"], value["messages"][0]["content"]
+            except (ValueError, KeyError, IndexError, TypeError):
+                continue
+            # as PaddleFormers reads it (training_input.paddleformers_input): paths relative to the file's dir
+            image = os.path.join(os.path.dirname(data), images[0]) if len(images) == 1 else None
+            if (prompt.replace("<image>", "") == sample.prompt and image and os.path.exists(image)
+                    and os.path.samefile(image, sample.image)):
+                return data, index
+    raise UserError(f"{data}: holds no record of {sample.where} (prompt {sample.prompt!r}, image {sample.image}); "
+                    "the training data changed since `plan`: re-run `plan`")
 
 
 def _release_of(record: dict, base: str):
@@ -377,14 +435,20 @@ def check(backend: str, config: dict, record: dict, launch_env: dict[str, str], 
     started = time.monotonic()
     base = record["model"]
     release = _release_of(record, base)
-    sample = first_sample(record["datasets"]["train"][0]["path"])
-    data, index = trainer_record(backend, config, sample)
+    file = sample_file(record)
+    sample = first_sample(record["datasets"]["train"][file]["path"])
+    data, index = trainer_record(backend, config, sample, file)
     with tempfile.TemporaryDirectory(prefix="paddle-ocrvl-sft-agreement-") as tmp:
         config_path = Path(tmp) / "config.yaml"
         config_path.write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
+        probe = Probe()
         with ThreadPoolExecutor(max_workers=1) as pool:  # the trainer's Python and PaddleX side by side
-            pending = pool.submit(training_input, backend, trainer_env, config_path, data, index, launch_env)
-            inference, name = paddlex_input(base, sample.image, sample.prompt, release.paddlex_model_name)
+            pending = pool.submit(training_input, backend, trainer_env, config_path, data, index, launch_env, probe)
+            try:
+                inference, name = paddlex_input(base, sample.image, sample.prompt, release.paddlex_model_name)
+            except BaseException:
+                probe.cancel()  # leaving the pool waits for the worker: not up to PROBE_TIMEOUT for an unneeded result
+                raise
             training = pending.result()
     _same_record(training, sample, data, index)
     compare(training, inference, name, sample)
@@ -489,7 +553,9 @@ def before_launch(plan_dir: str | os.PathLike, trainer_env, check: bool, echo: C
 
 
 def plan_reference(run_dir: str | os.PathLike, plan_dir: str | os.PathLike | None = None) -> dict | None:
-    """The training prompt a plan recorded for RUN_DIR ("agreement" of its plan.json), if any.
+    """The training prompt a plan recorded for RUN_DIR, if any: the "agreement" of the plan's newest
+    run (``runs/<id>/record.json``: `train` checks before each launch, also when `plan` could not, the
+    trainer not installed there), else of its plan.json.
 
     Without ``plan_dir`` the plan is looked for where `train` puts it: RUN_DIR is the plan's
     output_dir (PLAN_DIR/output by default) or one of its checkpoints.
@@ -506,9 +572,24 @@ def plan_reference(run_dir: str | os.PathLike, plan_dir: str | os.PathLike | Non
             continue
         output = Path(str(config.get("output_dir", ""))).resolve()
         if plan_dir or output in (run_dir, run_dir.parent):
-            agreed = record.get("agreement") or {}
-            return agreed if agreed.get("status") == "agreed" else None
+            for agreed in (_newest_run_agreement(candidate), record.get("agreement") or {}):
+                if agreed.get("status") == "agreed":
+                    return agreed
+            return None
     return None
+
+
+def _newest_run_agreement(plan_dir: Path) -> dict:
+    """The "agreement" of the plan's newest run record ({} without one): the run that wrote output_dir."""
+    runs = []
+    for path in (plan_dir / "runs").glob("*/record.json"):
+        try:
+            run = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(run, dict):
+            runs.append((str(run.get("started") or ""), path.parent.name, run))
+    return (max(runs, key=lambda item: item[:2])[2].get("agreement") or {}) if runs else {}
 
 
 def check_bundle(bundle: str | os.PathLike, fmt: str, base_dir: str | os.PathLike, model_name: str,

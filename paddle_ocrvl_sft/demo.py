@@ -51,7 +51,9 @@ PIXELS = (3136, 50176)  # min/max pixels of the tiny model: 4 to 64 image tokens
 MAX_NEW_TOKENS = 24  # a trained answer is 8 tokens; the base model never stops: cap generation
 # glibc keeps freed memory instead of returning it to the OS: paddle's CPU kernels allocate and free
 # the same large buffers every training step, and faulting them back in cost 23 s of system time per
-# 60 steps (3 s with these; the same losses). Set for the trainer's process only.
+# 60 steps (3 s with these; the same losses). Set in os.environ while `train.run` runs: every process it
+# starts gets them (the trainer, and the agreement probe, LoRA merge... where they only use more memory);
+# glibc reads them at process start, so this process's own allocator is unchanged.
 KEEP_FREED_MEMORY = {"MALLOC_MMAP_THRESHOLD_": "1073741824", "MALLOC_TRIM_THRESHOLD_": "1073741824",
                      "MALLOC_TOP_PAD_": "268435456"}
 

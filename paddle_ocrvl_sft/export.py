@@ -1,4 +1,5 @@
-"""Turn an ERNIEKit ``OCR-VL-SFT`` output dir into a bundle that PaddleX/PaddleOCR or transformers loads.
+"""Turn a training run's output (ERNIEKit ``OCR-VL-SFT``, PaddleFormers ``VL-SFT`` full or LoRA, or one of
+their checkpoints) into a bundle that PaddleX/PaddleOCR or transformers loads.
 
 Why (shared/reference/FACTS.md "Output dir after training", "PaddleX / PaddleOCR inference",
 "transformers"): the run dir has no ``chat_template.jinja``, no ``inference.yml`` and no file named
@@ -41,6 +42,7 @@ from pathlib import Path
 from typing import Callable
 
 from paddle_ocrvl_sft import releases
+from paddle_ocrvl_sft.backends.base import link_or_copy
 from paddle_ocrvl_sft.bundle import DEFAULT_MODEL_NAME, INDEX, VL_REC_REQUIRED, WEIGHTS, yml_model_name
 from paddle_ocrvl_sft.errors import UserError
 from paddle_ocrvl_sft.io import staged_dir, write_json
@@ -187,12 +189,10 @@ def select_sources(run_dir: Path, checkpoint: str | None, log: Callable[[str], N
 
     if checkpoint is None:
         return [(run_dir, "")]
-    every = checkpoints.all_checkpoints(run_dir)
+    found, incomplete = checkpoints.checkpoint_states(run_dir, checkpoint_layouts())
+    every = {**found, **incomplete}
     if not every:
         raise UserError(f"{run_dir}: no checkpoint-N dirs (drop --checkpoint to export the final weights)")
-    layouts = checkpoint_layouts()
-    incomplete = {n: why for n in every if (why := checkpoints.checkpoint_problem(every[n], layouts))}
-    found = {n: p for n, p in every.items() if n not in incomplete}
     if checkpoint in ("all", "last"):
         for n, why in incomplete.items():
             log(f"skipped checkpoint-{n}: incomplete ({why})")
@@ -205,11 +205,12 @@ def select_sources(run_dir: Path, checkpoint: str | None, log: Callable[[str], N
     if not checkpoint.isdigit() or int(checkpoint) not in every:
         have = ", ".join(str(n) for n in sorted(found))
         raise UserError(f"--checkpoint {checkpoint}: not found in {run_dir} (complete: {have or 'none'}; or last, all)")
-    if int(checkpoint) in incomplete:
-        raise UserError(f"--checkpoint {checkpoint}: {every[int(checkpoint)]} is incomplete ({incomplete[int(checkpoint)]}): "
+    step = int(checkpoint)
+    if step in incomplete:
+        raise UserError(f"--checkpoint {checkpoint}: {run_dir / f'checkpoint-{step}'} is incomplete ({incomplete[step]}): "
                         "its save was cut short; export another checkpoint (complete: "
                         + (", ".join(str(n) for n in sorted(found)) or "none") + ")")
-    return [(found[int(checkpoint)], "")]
+    return [(found[step], "")]
 
 
 def default_out(run_dir: Path, checkpoint: str | None, fmt: str) -> Path:
@@ -360,7 +361,6 @@ def _write_inference_yml(base_dir: Path, dest: Path, model_name: str) -> str:
     return f"added inference.yml (model_name: {model_name})"
 
 
-
 def _place_weights(weights: Weights, target: Path, roots: dict[Path, str]) -> str:
     """One shard: hard link (copy across file systems); several, or tensors taken from BASE:
     merged byte for byte. The source is never moved."""
@@ -369,12 +369,7 @@ def _place_weights(weights: Weights, target: Path, roots: dict[Path, str]) -> st
         return f"added {WEIGHTS} ({_describe(weights.files[0], roots)} + {len(weights.take)} tensors of BASE)"
     if len(weights.files) == 1:
         (source,) = weights.files
-        try:
-            os.link(source, target)
-            how = "hard link to"
-        except OSError:
-            shutil.copyfile(source, target)
-            how = "copy of"
+        how = "hard link to" if link_or_copy(source, target) else "copy of"
         return f"added {WEIGHTS} ({how} {_describe(source, roots)})"
     merge_safetensors(weights.files, target)
     return f"added {WEIGHTS} (merged {len(weights.files)} shards of {_describe(weights.files[0].parent, roots)})"

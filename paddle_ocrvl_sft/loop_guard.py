@@ -13,8 +13,8 @@ rule serves three uses:
   generation (:func:`transformers_stopping_criteria`); the paddle backend cannot pass a stopping
   criterion through PaddleX's predictor (``PaddleOCRVLForConditionalGeneration.generate`` forwards
   only ``max_new_tokens`` and ``use_cache``), so there the same rule cuts the generated ids AFTER
-  generation (:func:`cut_rows`: the answer is cut, no time is saved); a genai-server answer is cut
-  as text (:func:`cut_text`);
+  generation (:func:`watch_paddlex` with :func:`cut_ids`: the answer is cut, no time is saved); a
+  genai-server answer is cut as text (:func:`cut_text`);
 * ``eval``'s runaway count (:func:`ends_in_loop`): an answer whose text ends in a loop.
 
 Every answer a backend returns may say how it finished (:class:`Answer`): ``stop`` (end of
@@ -25,7 +25,7 @@ this as ``"finish"`` in its records and ``eval`` counts the answers at the cap f
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Collection, Sequence
 
 MAX_PERIOD = 64  # tokens: longer cycles are rare and would make the check costly per generated token
 MIN_SPAN = 32  # tokens: a short run ("-----", a few empty table cells) is not a loop
@@ -69,8 +69,11 @@ def find_loop(seq: Sequence, *, repeats: float, max_period: int = MAX_PERIOD, mi
     ``repeats`` times and ``min_span`` elements (``seq[i] == seq[i - p]`` for every ``i`` in the
     span after its first copy); None if there is none.
 
-    Only the last ``repeats * max_period + max(min_span, ...)`` elements matter, so the cost per call
-    does not grow with the sequence.
+    Whether there is a loop depends only on the last ``max(min_span, repeats * max_period)``
+    elements (each period's walk back stops once its repetition is long enough), so the checks made
+    during generation pass only that tail (:attr:`Guard.window`) and cost the same at every step.
+    Once a loop is found, the walk goes on back to the loop's start (for :attr:`Loop.cut`): that
+    part grows with the loop, up to the length of ``seq``.
     """
     n = len(seq)
     for p in range(1, min(max_period, n // 2) + 1):
@@ -136,14 +139,14 @@ def first_loop_end(tokens: Sequence, guard: Guard) -> int | None:
     return None
 
 
-def cut_ids(ids: Sequence[int], guard: Guard | None, eos_token_id: int | None = None) -> tuple[int, str]:
+def cut_ids(ids: Sequence[int], guard: Guard | None,
+            stop_ids: int | Collection[int] | None = None) -> tuple[int, str]:
     """(kept length, finish) for one generated row: cut where the guard (if any) fires
-    (``repeats``); else the row ends at its first end-of-sequence token (``stop``) or runs to its
-    end, the token cap (``length``)."""
+    (``repeats``); else the row ends at its first stop token (``stop``: ``stop_ids``, one id or
+    every id the decoder ends rows on) or runs to its end, the token cap (``length``)."""
     ids = list(ids)
-    end = len(ids)
-    if eos_token_id is not None and eos_token_id in ids:
-        end = ids.index(eos_token_id)
+    stops = {stop_ids} if isinstance(stop_ids, int) else set(stop_ids or ())
+    end = next((i for i, token in enumerate(ids) if token in stops), len(ids))
     stop = first_loop_end(ids[:end], guard) if guard is not None else None
     if stop is not None:
         window_start = max(0, stop - guard.window)
@@ -223,7 +226,3 @@ def watch_paddlex(predictor, guard: Guard | None) -> list:
     model.generate = watched
     return finishes
 
-
-CLI_HELP = ("loop guard (off by default): stop an answer whose last tokens repeat one period of up to "
-            f"{MAX_PERIOD} tokens K times (over {MIN_SPAN}+ tokens) and cut it after the first copy; "
-            "transformers stops during generation, paddle cuts after it (docs/predict.md)")

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from paddle_ocrvl_sft import backends, data_dir, releases
-from paddle_ocrvl_sft.backends.base import CPU_NOTE, Backend, PlanValues
+from paddle_ocrvl_sft.backends.base import CPU_NOTE, DEVICES, Backend, PlanValues
 from paddle_ocrvl_sft.backends.schema import apply_overrides, load_yaml_config, number_or_int
 from paddle_ocrvl_sft.errors import UserError
 from paddle_ocrvl_sft.io import atomic_write_text, staged_dir, write_json
@@ -529,8 +529,8 @@ def check_options(*, epochs: float, batch: int | None, grad_accum: int | None, b
             raise UserError(f"{flag} must be >= 1, got {value}")
     if learning_rate is not None and not (math.isfinite(learning_rate) and learning_rate > 0):
         raise UserError(f"--lr must be > 0, got {learning_rate}")
-    if device not in ("gpu", "cpu"):
-        raise UserError(f"--device {device}: choose gpu or cpu")
+    if device not in DEVICES:
+        raise UserError(f"--device {device}: choose {' or '.join(DEVICES)}")
     if device == "cpu" and (gpus != 1 or nodes != 1):
         raise UserError("--device cpu trains in one process: leave out --gpus/--nodes (or give 1)")
 

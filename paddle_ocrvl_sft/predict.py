@@ -243,8 +243,9 @@ def paddle_image(image):
     return np.asarray(image.convert("RGB"))[:, :, ::-1].copy()
 
 
-# Answers worth asking again: the server is busy or restarting (429, 502, 503, 504), or the
-# connection broke. Anything else (a 4xx for this request, a 500 from the model) is its answer.
+# Answers worth asking again: the request timed out, the server is busy or restarting (408, 429,
+# 502, 503, 504), or the connection broke. Anything else (a 4xx for this request, a 500 from the
+# model) is its answer.
 RETRY_STATUSES = (408, 429, 502, 503, 504)
 
 
@@ -339,6 +340,9 @@ class GenAIServerBackend:
             text = choice["message"]["content"]
         except (KeyError, IndexError, TypeError):
             raise UserError(f"--server-url {self.base}/chat/completions: unexpected answer {str(answer)[:200]}") from None
+        if not isinstance(text, str):  # "content": null (a refusal, a tool call): no answer, not the text "None"
+            raise UserError(f"--server-url {self.base}/chat/completions: the answer has no text (message content "
+                            f"{json.dumps(text)}, finish_reason {json.dumps(choice.get('finish_reason'))})")
         return server_answer(text, choice.get("finish_reason"), self.guard)
 
     def _outcome(self, job: Job):
@@ -365,7 +369,8 @@ class GenAIServerBackend:
             pool.shutdown(wait=True, cancel_futures=True)
 
     def batch(self, jobs: list[Job]) -> list[str]:
-        """All requests in flight (up to ``concurrency``); the first failure is raised."""
+        """All requests in flight (up to ``concurrency``); the first failure is raised (the answers
+        that succeeded are lost with it: callers that can keep them use :meth:`imap`)."""
         texts = []
         for outcome in self.imap(jobs):
             if isinstance(outcome, Exception):
@@ -484,10 +489,10 @@ class TransformersBackend:
             return
         from paddle_ocrvl_sft.loop_guard import cut_ids
 
-        eos = self.processor.tokenizer.eos_token_id
+        stops = set(self.decoder.stop_ids.tolist())  # every id a row ends on, not only the tokenizer's eos
 
         def done(i: int, ids: list[int]) -> None:  # how the row ended (stop, length, repeats), cut by the guard
-            kept, finish = cut_ids(ids, self.guard, eos)
+            kept, finish = cut_ids(ids, self.guard, stops)
             on_done(i, Answer(self.processor.decode(ids[:kept], skip_special_tokens=True), finish))
 
         self.decoder.run(items, done, min_new_tokens=self.min_new_tokens, row_stop=self.row_stop)
@@ -505,8 +510,10 @@ class TransformersBackend:
     # --- predict/eval: many jobs -------------------------------------------------------------------------
 
     def batch(self, jobs: list[Job]) -> list[str]:
-        images = [open_image(job.image) for job in jobs]
+        images: list = []
         try:
+            for job in jobs:  # one by one inside the try: when one fails to open, those before it are closed
+                images.append(open_image(job.image))
             batches = self._plan(jobs, images)
             texts: list[str] = [""] * len(jobs)
             with ThreadPoolExecutor(max_workers=1) as ahead:
@@ -565,8 +572,7 @@ def static_decoder(model, processor, batch_size: int | None = None, batch_bucket
     from paddle_ocrvl_sft.decoding import DEFAULT_BATCH_BUCKETS, StaticDecoder
 
     config = model.generation_config
-    stops = config.eos_token_id if config.eos_token_id is not None else processor.tokenizer.eos_token_id
-    stops = list(stops) if isinstance(stops, (list, tuple)) else [stops]
+    stops = stop_token_ids(model, processor)
     pad = config.pad_token_id if config.pad_token_id is not None else processor.tokenizer.pad_token_id
     if batch_buckets is None:
         batch_buckets = sorted({b for b in DEFAULT_BATCH_BUCKETS if b < batch_size} | {batch_size})
@@ -574,6 +580,14 @@ def static_decoder(model, processor, batch_size: int | None = None, batch_bucket
     return StaticDecoder(model, pad_token_id=pad, stop_token_ids=stops, pixel_mean=image_processor.image_mean,
                          pixel_std=image_processor.image_std, rescale=image_processor.rescale_factor,
                          batch_buckets=batch_buckets)
+
+
+def stop_token_ids(model, processor) -> list[int]:
+    """The ids a row ends on, as ``generate`` takes them: generation_config.json's ``eos_token_id``
+    (one or several), else the tokenizer's."""
+    config = model.generation_config
+    stops = config.eos_token_id if config.eos_token_id is not None else processor.tokenizer.eos_token_id
+    return list(stops) if isinstance(stops, (list, tuple)) else [stops]
 
 
 def open_image(image):
@@ -668,6 +682,11 @@ def _record(job: Job, outcome, tqdm) -> dict:
     where = f"{job.where}: {job.image}" if job.where else job.image
     tqdm.write(f"error: {where}: {record['error']}", file=sys.stderr)
     return record
+
+
+def default_batch_size(backend_name: str, batch_size: int | None) -> int:
+    """Images per model call: ``batch_size`` when given, else 16 for transformers and 1 for the others."""
+    return batch_size or (16 if backend_name == "transformers" else 1)
 
 
 def jobs_per_call(backend_name: str, batch_size: int) -> int:
@@ -923,12 +942,13 @@ def hf_decode(model, processor, inputs, caps: list[int], guard: Guard | None = N
     with torch.no_grad():
         out = model.generate(**inputs, max_new_tokens=max(caps), do_sample=False, use_cache=True, **generate_kwargs)
     new = out[:, inputs["input_ids"].shape[1]:].cpu()
-    eos = processor.tokenizer.eos_token_id
+    stops = stop_token_ids(model, processor)  # generate() ends rows on all of them, not only the tokenizer's eos
     answers = []
     for row, cap in zip(new, caps):
-        kept, finish = cut_ids(row[:cap].tolist(), guard, eos)
-        answers.append(Answer(processor.decode(row[:kept] if guard is not None else row[:cap], skip_special_tokens=True),
-                              finish))
+        # without a guard, kept is the first stop (or the cap): what follows it is special tokens
+        # (the stop, padding) that decoding skips anyway
+        kept, finish = cut_ids(row[:cap].tolist(), guard, stops)
+        answers.append(Answer(processor.decode(row[:kept], skip_special_tokens=True), finish))
     return answers
 
 

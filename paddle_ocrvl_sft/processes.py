@@ -34,6 +34,40 @@ def _stat(pid: int) -> tuple[int, int] | None:
     return int(fields[1]), int(fields[19])
 
 
+def start_time(pid: int) -> int | None:
+    """When a live process started (clock ticks since boot; with its pid, what names it uniquely), else None."""
+    stat = _stat(pid)
+    return stat[1] if stat else None
+
+
+def alive(pid: int, started: int | None = None, marker: str | None = None) -> bool:
+    """Whether ``pid`` is a live process (not a zombie) and, given its start time ``started``, still
+    the same one: a dead process's pid handed out again names another process. ``marker``, for a
+    record that kept no start time: the process's command line must contain it.
+
+    Without ``/proc`` (not Linux) only whether some process has the pid can be told.
+    """
+    if pid <= 0:  # os.kill would signal a process group
+        return False
+    if not PROC.is_dir():
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    now = start_time(pid)
+    if now is None or (started is not None and now != started):
+        return False
+    if marker is None:
+        return True
+    try:
+        return marker in (PROC / str(pid) / "cmdline").read_bytes().decode("utf-8", "replace")
+    except OSError:
+        return False
+
+
 def processes() -> dict[int, tuple[int, int]]:
     """Every live process: ``{pid: (parent pid, start time)}``."""
     out = {}
@@ -88,7 +122,7 @@ class ProcessTree:
 
     def alive(self) -> list[int]:
         """The known processes still running (same pid, same start time)."""
-        return [pid for pid, start in self.refresh().items() if (stat := _stat(pid)) and stat[1] == start]
+        return [pid for pid, start in self.refresh().items() if alive(pid, start)]
 
     def signal(self, signum: int) -> list[int]:
         """Send ``signum`` to every live process of the tree and to the trainer's process group."""

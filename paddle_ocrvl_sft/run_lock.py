@@ -5,8 +5,9 @@ Taken FIRST, atomically, before anything is deleted or written: an ``flock`` on 
 holder written into the file (pid, host, run, start time). Two runs racing for it cannot both win:
 the loser's ``flock`` fails. A lock file naming another host is respected even when the file
 system does not share ``flock`` between hosts (it says who holds it and how to clear it if that
-run is gone); one naming a dead process on this host is stale and taken over. A run removes the
-file only while it still names that run.
+run is gone); one naming a dead process on this host is stale and taken over — dead by its pid AND
+the process's start time, so a pid the kernel has since handed to another process does not keep
+the plan locked. A run removes the file only while it still names that run.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
+from paddle_ocrvl_sft import processes
 from paddle_ocrvl_sft.errors import UserError
 
 
@@ -28,6 +30,7 @@ class Holder:
     host: str
     run: str
     started: str = ""
+    pid_start: int | None = None  # the process's start time (processes.start_time): tells a reused pid apart
 
     def text(self) -> str:
         return f"pid {self.pid} on host {self.host}, run {self.run}" + (f", since {self.started}" if self.started else "")
@@ -41,34 +44,32 @@ def lock_name(node_rank: int | None = None) -> str:
 def _parse(text: str) -> Holder | None:
     try:
         data = json.loads(text)
-        return Holder(int(data["pid"]), str(data["host"]), str(data.get("run", "?")), str(data.get("started", "")))
-    except (ValueError, KeyError, TypeError):
+        pid_start = data.get("pid_start")
+        return Holder(int(data["pid"]), str(data["host"]), str(data.get("run", "?")), str(data.get("started", "")),
+                      None if pid_start is None else int(pid_start))
+    except (ValueError, KeyError, TypeError, AttributeError):
         return None
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def now() -> str:
+    """The local time with its UTC offset, to the second: what lock files and run records say."""
+    return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
 
 
 def _refusal(path: Path, holder: Holder | None, plan_dir: Path) -> UserError:
     who = holder.text() if holder else "a process that has not written its name yet"
-    clear = "" if holder is None or holder.host == socket.gethostname() else (
-        f"; if that run is no longer running (its host went down), remove {path} and start again")
-    return UserError(f"{plan_dir}: already being trained ({who}): wait for it or stop it first{clear}")
+    # always: whatever this check concluded, the user can see what it cannot (a host that went down)
+    return UserError(f"{plan_dir}: already being trained ({who}): wait for it or stop it first; if that run is no "
+                     f"longer running (e.g. its host went down), remove {path} and start again")
 
 
 def _blocks(holder: Holder | None) -> bool:
     """A holder found in a lock file whose flock is free: another host's (respected), or a live
-    process of this host (a `train` that does not flock); a dead one of this host is stale."""
+    process of this host (a `train` that does not flock); a dead one of this host is stale, and so is
+    one whose pid now names a process that started at another time (the pid was reused)."""
     if holder is None:
         return False
-    return holder.host != socket.gethostname() or _alive(holder.pid)
+    return holder.host != socket.gethostname() or processes.alive(holder.pid, holder.pid_start)
 
 
 class RunLock:
@@ -77,8 +78,7 @@ class RunLock:
     def __init__(self, plan_dir: Path, run: str, node_rank: int | None = None):
         self.plan_dir = Path(plan_dir)
         self.path = self.plan_dir / lock_name(node_rank)
-        self.me = Holder(os.getpid(), socket.gethostname(), run,
-                         datetime.datetime.now().astimezone().isoformat(timespec="seconds"))
+        self.me = Holder(os.getpid(), socket.gethostname(), run, now(), processes.start_time(os.getpid()))
         self.fd: int | None = None
 
     def acquire(self) -> None:
@@ -101,7 +101,8 @@ class RunLock:
             if _blocks(holder):
                 os.close(fd)
                 raise _refusal(self.path, holder, self.plan_dir)
-            data = json.dumps({"pid": self.me.pid, "host": self.me.host, "run": self.me.run, "started": self.me.started})
+            data = json.dumps({"pid": self.me.pid, "host": self.me.host, "run": self.me.run, "started": self.me.started,
+                               "pid_start": self.me.pid_start})
             os.ftruncate(fd, 0)
             os.pwrite(fd, data.encode(), 0)
             os.fsync(fd)

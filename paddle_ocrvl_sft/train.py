@@ -36,14 +36,14 @@ from typing import Callable
 
 import yaml
 
-from paddle_ocrvl_sft import __version__, backends
+from paddle_ocrvl_sft import __version__, backends, run_lock
 from paddle_ocrvl_sft.backends import envs
 from paddle_ocrvl_sft.backends.base import Backend, Launch
 from paddle_ocrvl_sft.errors import UserError
 from paddle_ocrvl_sft.io import write_json
 
 DEFAULT_IMAGE = "paddle-ocrvl-sft:latest"  # built from docker/Dockerfile (the guide's paddle:3.2.0-gpu-cuda12.6-cudnn9.5)
-LOCK = ".train.lock"  # run_lock.lock_name(): one per node rank on a multi-node plan
+LOCK = run_lock.lock_name()  # PLAN_DIR/LOCK (ui/runs.py reads it); one per node rank on a multi-node plan
 STOP_GRACE_SECONDS = 60  # after a stop signal, what is still running is SIGKILLed (--stop-grace)
 TREE_REFRESH_SECONDS = 2.0
 # validator rules whose problem stops the trainer's reader at start-up (the whole file is loaded
@@ -375,22 +375,36 @@ def run_record(plan: PlanRun, launch: Launch, trainer_env, checkpoint: Path | No
         "datasets": fingerprint(datasets),
         "versions": {"paddle-ocrvl-sft": __version__, "python": platform.python_version(), "platform": platform.platform()},
         "git": git_state(envs.PACKAGE_PARENT),
-        "started": _now(), "finished": None, "exit": None, "last_step": None,
+        "started": run_lock.now(), "finished": None, "exit": None, "last_step": None,
     }
 
 
-def new_run_dir(plan_dir: Path) -> Path:
-    """``PLAN_DIR/runs/<time>`` (``-2``, ``-3``... when two runs start within one second)."""
-    stem = plan_dir / "runs" / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    path, n = stem, 1
+def new_run_dir(plan_dir: Path, node_rank: int | None = None) -> Path:
+    """``PLAN_DIR/runs/<time>``, ``<time>-node-R`` on node rank R of a multi-node plan (the nodes start
+    together and may share PLAN_DIR), not yet taken: the name :func:`claim_run_dir` creates."""
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return _free_name(plan_dir / "runs" / (stamp if node_rank is None else f"{stamp}-node-{node_rank}"))
+
+
+def _free_name(path: Path) -> Path:
+    """``path``, or ``path-2``, ``path-3``... : the first that does not exist."""
+    stem, n = path, 1
     while path.exists():
         n += 1
         path = stem.with_name(f"{stem.name}-{n}")
     return path
 
 
-def _now() -> str:
-    return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+def claim_run_dir(path: Path) -> Path:
+    """Create ``path`` (or the next free ``path-N``) atomically: mkdir fails on a name another run made
+    since it was chosen (two runs within one second), and the next one is tried."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            path = _free_name(path)
 
 
 # --- running --------------------------------------------------------------------------------------
@@ -398,8 +412,6 @@ def _now() -> str:
 
 def run(plan_dir: str | os.PathLike, options: Options | None = None, *, echo: Callable[[str], None] = print) -> Result:
     """Train a plan; returns where everything went. Raises :class:`UserError` on failure."""
-    from paddle_ocrvl_sft import run_lock
-
     options = options or Options()
     plan = load_plan(plan_dir)
     overrides, notes = check_run_overrides(plan, options.overrides)
@@ -417,9 +429,13 @@ def run(plan_dir: str | os.PathLike, options: Options | None = None, *, echo: Ca
     if trainer_env and trainer_env.note:
         notes.append(trainer_env.note)
     args = [f"{k}={v}" for k, v in overrides.items()] + ([f"resume_from_checkpoint={checkpoint}"] if checkpoint else [])
-    run_dir = new_run_dir(plan.plan_dir)
-    env[plan.backend.dist_log_env] = str(run_dir / "dist")  # workerlog.N files are appended to: one dir per run
-    launch = command_for(plan, trainer_env, env, args)
+
+    def launch_in(run_dir: Path) -> Launch:
+        env[plan.backend.dist_log_env] = str(run_dir / "dist")  # workerlog.N files are appended to: one dir per run
+        return command_for(plan, trainer_env, env, args)
+
+    run_dir = new_run_dir(plan.plan_dir, node_rank)
+    launch = launch_in(run_dir)
     for note in notes:
         echo(f"note: {note}")
     if plan.device == "cpu":
@@ -452,7 +468,9 @@ def run(plan_dir: str | os.PathLike, options: Options | None = None, *, echo: Ca
             import shutil
 
             shutil.rmtree(plan.output_dir)
-        run_dir.mkdir(parents=True)  # new_run_dir chose a name that is not taken
+        claimed = claim_run_dir(run_dir)
+        if claimed != run_dir:  # taken since it was chosen: the launcher's log dir goes with the new name
+            run_dir, launch = claimed, launch_in(claimed)
         record = run_record(plan, launch, trainer_env, checkpoint)
         record["agreement"] = agreed
         write_json(run_dir / "record.json", record)
@@ -463,13 +481,14 @@ def run(plan_dir: str | os.PathLike, options: Options | None = None, *, echo: Ca
         try:
             outcome = follow(plan, launch, trainer_env, run_dir, checkpoint, options, echo)
         finally:
-            record.update(finished=_now(), exit=outcome.exit if outcome else "did not finish",
+            record.update(finished=run_lock.now(), exit=outcome.exit if outcome else "did not finish",
                           last_step=outcome.last_step if outcome else None, state=run_state(outcome, plan.max_steps),
                           signal=signal.Signals(outcome.signal).name if outcome and outcome.signal else None,
                           killed=outcome.killed if outcome else [])
             write_json(run_dir / "record.json", record)
-    result = Result(plan.output_dir, run_dir, last_step=outcome.last_step)
-    finish(plan, outcome, result, options, echo)
+        result = Result(plan.output_dir, run_dir, last_step=outcome.last_step)
+        # still under the lock: export and eval read output_dir, which a `train --force` would delete
+        finish(plan, outcome, result, options, echo)
     return result
 
 
@@ -506,6 +525,7 @@ def follow(plan: PlanRun, launch: Launch, trainer_env, run_dir: Path, checkpoint
     whole process tree (:class:`~paddle_ocrvl_sft.processes.ProcessTree`: the launcher's workers
     run in sessions of their own) and arms a SIGKILL after ``options.stop_grace`` seconds.
     """
+    import queue
     import threading
 
     from paddle_ocrvl_sft.processes import ProcessTree
@@ -519,10 +539,17 @@ def follow(plan: PlanRun, launch: Launch, trainer_env, run_dir: Path, checkpoint
     killed: list[int] = []
     nan_step = None
     tree: ProcessTree | None = None
+    stops: queue.SimpleQueue[int | None] = queue.SimpleQueue()
 
     def forward(signum, frame):
+        # Only noted here; the "trainer-stop" thread signals the tree. A handler runs in the main thread
+        # between two of its bytecodes, maybe inside the tree's lock (a second Ctrl-C during the first
+        # stop): taking that lock here would deadlock. SimpleQueue.put is safe in a signal handler.
         received.append(signum)
-        if tree is not None:
+        stops.put(signum)
+
+    def stopper():
+        while (signum := stops.get()) is not None:
             tree.stop(signum)
 
     def killing(pids):
@@ -536,8 +563,7 @@ def follow(plan: PlanRun, launch: Launch, trainer_env, run_dir: Path, checkpoint
                                 stderr=subprocess.STDOUT, text=True, errors="replace", start_new_session=True,
                                 cwd=run_dir)  # stray files a trainer writes to its working dir land in the run dir
         tree = ProcessTree(proc, options.stop_grace, on_kill=killing)
-        if received:  # a signal between installing the handlers and the start
-            tree.stop(received[0])
+        threading.Thread(target=stopper, daemon=True, name="trainer-stop").start()  # also a signal that came before
 
         def watch():
             """Keep the tree's membership current while the trainer runs (workers start late and are
@@ -570,6 +596,7 @@ def follow(plan: PlanRun, launch: Launch, trainer_env, run_dir: Path, checkpoint
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+        stops.put(None)  # the stopper thread ends once it has passed on what came before
         progress.close()
     return Outcome(proc.returncode, progress.last_step, received[0] if received else None, nan_step, list(tail), killed)
 
@@ -579,12 +606,11 @@ def resume_advice(plan: PlanRun, options: Options) -> str:
 
     Several nodes must all resume from the same checkpoint: the command names it explicitly.
     """
-    from paddle_ocrvl_sft.backends.checkpoints import incomplete_checkpoints
+    from paddle_ocrvl_sft.backends.checkpoints import checkpoint_states
 
-    found = plan.backend.complete_checkpoints(plan.output_dir)
+    found, incomplete = checkpoint_states(plan.output_dir, plan.backend.checkpoint_layouts)
     newest = max(found) if found else None
-    cut = {n: why for n, why in incomplete_checkpoints(plan.output_dir, plan.backend.checkpoint_layouts).items()
-           if newest is None or n > newest}
+    cut = {n: why for n, why in incomplete.items() if newest is None or n > newest}
     skipped = "".join(f" (checkpoint-{n} is incomplete, its save was cut short: {why})" for n, why in cut.items())
     if newest is None:
         return f"no checkpoint was completed yet{skipped}: starting again needs --force"

@@ -120,6 +120,127 @@ def test_the_checked_sample_is_the_first_valid_one_image_sample(tmp_path):
         agreement.first_sample(write_jsonl(tmp_path / "bad.jsonl", [two_images]))
 
 
+def stand_in_trainer(tmp_path, script: str) -> envs.TrainerEnv:
+    """A trainer environment whose "Python" is the shell ``script`` (it ignores the probe's arguments)."""
+    python = tmp_path / "trainer" / "python"
+    python.parent.mkdir(parents=True)
+    python.write_text("#!/bin/sh\n" + script)
+    python.chmod(0o755)
+    return envs.TrainerEnv("erniekit", python, python.parent, "a stand-in")
+
+
+def test_the_probe_has_only_this_package_then_the_plans_and_the_users_pythonpath(tmp_path, monkeypatch):
+    """Not the dir above the package: for a regular install that is site-packages, whose transformers/
+    numpy/yaml would shadow the trainer's own (as `train` launches it: train.command_for)."""
+    monkeypatch.setenv(envs.HOME_ENV, str(tmp_path / "home"))
+    monkeypatch.setenv("PYTHONPATH", "/the/users/path")
+    seen = tmp_path / "pythonpath"
+    trainer = stand_in_trainer(tmp_path, f'printf %s "$PYTHONPATH" > {seen}\n')
+    with pytest.raises(UserError, match="no result"):
+        agreement.training_input("erniekit", trainer, tmp_path / "config.yaml", "train.jsonl", 0,
+                                 {"PYTHONPATH": "/plan/trainer_hooks"})
+    first, *rest = seen.read_text().split(os.pathsep)
+    assert [first, *rest] == [str(envs.project_path()), "/plan/trainer_hooks", "/the/users/path"]
+    assert sorted(p.name for p in Path(first).iterdir()) == ["paddle_ocrvl_sft"]
+
+
+def test_a_failing_paddlex_side_stops_the_trainer_probe_at_once(tmp_path, monkeypatch):
+    """The trainer's probe may take minutes (up to PROBE_TIMEOUT): when PaddleX's side fails, its
+    result is not needed and the check returns with PaddleX's error, the probe killed."""
+    from tests.conftest import sample, write_image, write_jsonl
+
+    monkeypatch.setenv(envs.HOME_ENV, str(tmp_path / "home"))
+    monkeypatch.setattr(agreement, "PROBE_TIMEOUT", 120)
+    write_image(tmp_path / "a.png")
+    data = write_jsonl(tmp_path / "train.jsonl", [sample("a.png")])
+    started = tmp_path / "started"
+    os.mkfifo(started)
+    trainer = stand_in_trainer(tmp_path, f"echo $$ > {started}\nexec sleep 600\n")  # a probe that takes long
+
+    def paddlex_fails(*args, **kwargs):
+        pid.append(int(started.read_text()))  # blocks until the probe has started: the kill is what is tested
+        raise UserError("PaddleX cannot build its inference input: stand-in failure")
+
+    pid: list[int] = []
+    monkeypatch.setattr(agreement, "paddlex_input", paddlex_fails)
+    monkeypatch.setattr(agreement, "_release_of", lambda record, base: releases.get("v1"))
+    record = {"model": str(tmp_path / "base"), "datasets": {"train": [{"path": str(data)}]}}
+    began = __import__("time").monotonic()
+    with pytest.raises(UserError, match="stand-in failure"):
+        agreement.check("erniekit", {}, record, {}, trainer)
+    assert __import__("time").monotonic() - began < agreement.PROBE_TIMEOUT / 2  # not waited out
+    from paddle_ocrvl_sft import processes
+
+    assert not processes.alive(pid[0])
+
+
+@pytest.fixture
+def fake_sides(monkeypatch):
+    """Both sides stood in: the trainer reads record N of the messages file as PaddleFormers does (images
+    relative to the file's dir) and reports it; the ids agree. What is tested is WHICH record it reads."""
+    def trainer_reads(backend, trainer_env, config_path, data, index, launch_env, probe=None):
+        value = json.loads(Path(data).read_text(encoding="utf-8").splitlines()[index])
+        image = os.path.join(os.path.dirname(data), value["images"][0])
+        return Tokens([1, 2, 3], "stand-in trainer", loss=[2],
+                      read=(value["messages"][0]["content"].replace("<image>", ""), image))
+
+    monkeypatch.setattr(agreement, "training_input", trainer_reads)
+    monkeypatch.setattr(agreement, "paddlex_input", lambda *a, **k: (Tokens([1, 2], "stand-in PaddleX"), FakeNamer()))
+
+
+def paddleformers_plan(tmp_path, monkeypatch, *data: str) -> Path:
+    monkeypatch.setenv(envs.HOME_ENV, str(tmp_path / "no-trainers"))  # plan records "not checked"
+    base = build_tiny_model(tmp_path / "base")
+    out = tmp_path / "plan"
+    assert main(["plan", "--backend", "paddleformers", "--device", "cpu", *[a for d in data for a in ("--data", d)],
+                 "--model", str(base), "--epochs", "1", "--max-seq-len", "2048", "-o", str(out)]) == 0
+    return out
+
+
+def test_a_paddleformers_check_reads_the_task_files_sample_not_a_resampled_share(tmp_path, monkeypatch, fake_sides):
+    """``--data X:0.2 --data task.jsonl``: X's messages file is a shuffled, resampled copy; its first
+    record is not X's first sample (before: "the training data changed since `plan`")."""
+    from tests.conftest import sample, write_image, write_jsonl
+
+    write_image(tmp_path / "data" / "a.png")
+    share = write_jsonl(tmp_path / "data" / "x.jsonl", [sample("a.png", prompt=f"Read {i}:") for i in range(5)])
+    task = write_jsonl(tmp_path / "data" / "task.jsonl", [sample("a.png", answer=f"t {i}") for i in range(8)])
+    plan_dir = paddleformers_plan(tmp_path, monkeypatch, f"{share}:0.2", str(task))
+    record = agreement.check_plan(plan_dir, trainer_env=stand_in_trainer(tmp_path, "exit 1\n"))
+    assert record["status"] == "agreed" and record["sample"] == f"{task}:1"
+
+
+def test_a_paddleformers_check_finds_the_sample_after_a_two_image_record(tmp_path, monkeypatch, fake_sides):
+    """first_sample passes over a two-image sample; the messages file keeps it as record 0."""
+    from tests.conftest import sample, write_image, write_jsonl
+
+    write_image(tmp_path / "data" / "a.png")
+    two_images = make_sample(["a.png", "a.png"], [("Compare:", "same")])
+    task = write_jsonl(tmp_path / "data" / "task.jsonl", [two_images] + [sample("a.png", answer=f"t {i}") for i in range(4)])
+    plan_dir = paddleformers_plan(tmp_path, monkeypatch, str(task))
+    record = agreement.check_plan(plan_dir, trainer_env=stand_in_trainer(tmp_path, "exit 1\n"))
+    assert record["status"] == "agreed" and record["sample"] == f"{task}:2" and record["prompt"] == "OCR:"
+    messages = Path(yaml.safe_load((plan_dir / "config.yaml").read_text())["train_dataset_path"])
+    messages.write_text("\n".join(messages.read_text().splitlines()[:1]) + "\n")  # the sample is gone from it
+    with pytest.raises(UserError, match="holds no record of .*the training data changed since `plan`"):
+        agreement.check_plan(plan_dir, trainer_env=stand_in_trainer(tmp_path / "2", "exit 1\n"))
+
+
+def test_export_checks_against_the_newest_runs_agreement_when_plan_could_not_check(tmp_path):
+    """`plan` without the trainer installed records "not checked"; `train` checked before its launch."""
+    plan_dir = tmp_path / "plan"
+    (plan_dir / "output").mkdir(parents=True)
+    (plan_dir / "config.yaml").write_text(yaml.safe_dump({"output_dir": str(plan_dir / "output")}))
+    (plan_dir / "plan.json").write_text(json.dumps({"agreement": agreement.not_checked("no trainer here")}))
+    for run, started, sample in (("20260101-000000", "2026-01-01T00:00:00+00:00", "old"),
+                                 ("20260102-000000", "2026-01-02T00:00:00+00:00", "new")):
+        (plan_dir / "runs" / run).mkdir(parents=True)
+        (plan_dir / "runs" / run / "record.json").write_text(json.dumps(
+            {"started": started, "agreement": {"status": "agreed", "sample": sample}}))
+    assert agreement.plan_reference(plan_dir / "output")["sample"] == "new"
+    assert agreement.plan_reference(plan_dir / "output" / "checkpoint-5")["sample"] == "new"
+
+
 # --- what plans train with ------------------------------------------------------------------------
 
 

@@ -116,6 +116,22 @@ def test_export_picks_only_complete_checkpoints(tmp_path):
         select_sources(run, "15")
 
 
+def test_resume_advice_checks_each_checkpoint_once(tmp_path, monkeypatch):
+    """A check reads every shard's header: complete and incomplete ones come from one pass."""
+    from paddle_ocrvl_sft import train
+
+    out = tmp_path / "out"
+    unified(out / "checkpoint-10", "trainer_state.json")
+    (unified(out / "checkpoint-20", "trainer_state.json") / "scheduler.pdparams").unlink()
+    checked = []
+    problem = checkpoints.checkpoint_problem
+    monkeypatch.setattr(checkpoints, "checkpoint_problem", lambda path, layouts: checked.append(path.name) or problem(path, layouts))
+    plan = train.PlanRun(tmp_path, ERNIEKIT, "cpu", {"env": {}}, {"output_dir": str(out), "max_steps": 40})
+    advice = train.resume_advice(plan, train.Options())
+    assert "the last complete checkpoint is" in advice and "checkpoint-20 is incomplete" in advice
+    assert sorted(checked) == ["checkpoint-10", "checkpoint-20"]
+
+
 def test_all_checkpoints_lists_every_dir_by_step(tmp_path):
     for name in ("checkpoint-100", "checkpoint-20", "checkpoint-x", "other"):
         (tmp_path / name).mkdir()

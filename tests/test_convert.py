@@ -517,6 +517,26 @@ def test_two_column_csv_task_and_columns_options(tmp_path, capsys):
     assert "--task applies to --from paddleocr-rec or image-text, not llava" in capsys.readouterr().err
 
 
+def test_columns_keep_the_case_of_json_keys(tmp_path, capsys):
+    write_image(tmp_path / "a.png")
+    src = write_jsonl(tmp_path / "m.jsonl", [{"Img": "a.png", "Words": "hello"}])
+    out = tmp_path / "o.jsonl"
+    assert convert("--from", "image-text", src, "-o", out, "--columns", "Img,Words", "--task", "ocr") == 0
+    assert texts(read_jsonl(out)) == [["OCR:", "hello"]]
+    csv_src = write_csv(tmp_path / "m.csv", [["Img", "Text"], ["a.png", "hi"]])  # CSV headers: any case too
+    assert convert("--from", "image-text", csv_src, "-o", out, "--columns", "IMG,text", "--force") == 0
+    assert texts(read_jsonl(out)) == [["OCR:", "hi"]]
+
+
+def test_crop_dir_without_crop_is_a_usage_error(tmp_path, capsys):
+    write_image(tmp_path / "a.png")
+    src = write_csv(tmp_path / "m.csv", [["image", "text"], ["a.png", "hi"]])
+    out = tmp_path / "o.jsonl"
+    assert convert(src, "-o", out, "--crop-dir", tmp_path / "crops") == 2
+    assert "--crop-dir applies with --crop" in capsys.readouterr().err
+    assert not out.exists() and not (tmp_path / "crops").exists()
+
+
 def test_detection_labels_are_refused_as_recognition_labels(tmp_path, capsys):
     # `path<TAB>[{"transcription", "points"}]` used to become OCR targets of JSON box lists
     src = example(tmp_path, "paddleocr_det.txt")
@@ -616,7 +636,8 @@ def test_image_in_a_later_user_turn_is_moved_with_a_warning(tmp_path, capsys):
     assert convert(src, "-o", out, "--force", "--ignore", "image-moved") == 0
     assert capsys.readouterr().err.splitlines() == ["ignored (--ignore): image-moved=1"]
     assert convert(src, "-o", out, "--force", "--ignore", "missing-image") == 2
-    assert "--ignore missing-image: not a warning of data convert (those are image-moved, second-tab)" in capsys.readouterr().err
+    assert "--ignore missing-image: not a warning rule (errors cannot be ignored; the warnings are image-moved, second-tab)" \
+        in capsys.readouterr().err
 
 
 def test_a_second_tab_in_a_recognition_label_is_said_once_for_all_rows(tmp_path, capsys):

@@ -103,6 +103,50 @@ def test_a_reinstall_builds_beside_the_working_environment_and_switches(home, fa
     assert sorted(p.name for p in second.parent.iterdir()) == sorted([second.name, envs.env_root("paddleformers").name])
 
 
+def test_a_second_install_waits_for_the_first_instead_of_deleting_its_build(home, fake_builds, monkeypatch):
+    """Two `backend install` at once: the second's switch removes every build but its own and the
+    previous one, so it must not run while the first is still building (an flock on .install.lock)."""
+    import threading
+
+    inside, release, progressed = threading.Event(), threading.Event(), threading.Event()
+    stand_in = envs._pip_install
+
+    def pip_install(python, args, log):
+        if threading.current_thread().name == "first":
+            inside.set()
+            assert release.wait(120)
+        stand_in(python, args, log)
+
+    monkeypatch.setattr(envs, "_pip_install", pip_install)
+    results, lines = {}, []
+
+    def install(label):
+        def log(line):
+            lines.append(line)
+            if "waiting" in line:
+                progressed.set()
+        try:
+            results[label] = envs.install("paddleformers", force=True, log=log)
+        except BaseException as exc:  # noqa: BLE001 - asserted on below
+            results[label] = exc
+        finally:
+            progressed.set()
+
+    first = threading.Thread(target=install, args=("first",), name="first")
+    first.start()
+    assert inside.wait(120)  # the first install is building
+    second = threading.Thread(target=install, args=("second",), name="second")
+    second.start()
+    assert progressed.wait(120)  # the second waits (or, before, ran through)
+    release.set()
+    first.join(120)
+    second.join(120)
+    assert isinstance(results["first"], dict) and isinstance(results["second"], dict), results
+    assert "paddleformers: another `backend install paddleformers` is running: waiting for it to finish" in lines
+    assert Path(results["first"]["python"]).is_file()  # kept as the previous build
+    assert Path(results["second"]["python"]).parents[2] == envs.env_root("paddleformers")  # venv/bin/python
+
+
 def installed(home: Path, name: str, python_text: str, lock: str | None = None) -> Path:
     """An installed environment (laid out as before builds/ existed, which resolve() still reads), with
     ``python_text`` as its Python."""

@@ -90,7 +90,8 @@ class Echo:
 def test_drift_report_ranks_pages_and_resumes(tmp_path, pages, monkeypatch, capsys):
     models = {"base": Echo({"OCR:": ("TOTAL 0.50", "stop"), "Table Recognition:": ("<fcel>A<fcel>B<nl>", "stop")}),
               "tuned": Echo({"OCR:": ("TOTAL 0.5O", "stop"), "Table Recognition:": ("7" * 48, "length")})}
-    monkeypatch.setattr("paddle_ocrvl_sft.predict.make_backend", lambda backend, model_dir, **kw: models[Path(model_dir).name])
+    monkeypatch.setattr("paddle_ocrvl_sft.evaluate.runner.make_backend",
+                        lambda backend, model_dir, **kw: models[Path(model_dir).name])
     out = tmp_path / "drift"
     metrics = D.evaluate_drift(tmp_path / "tuned", tmp_path / "base", pages, out_dir=out, tasks="ocr,table",
                                max_drift={"*": 0.4}, progress=False)
@@ -109,12 +110,30 @@ def test_drift_report_ranks_pages_and_resumes(tmp_path, pages, monkeypatch, caps
     def no_model(*args, **kwargs):
         raise AssertionError("a rerun with every answer saved loads no model")
 
-    monkeypatch.setattr("paddle_ocrvl_sft.predict.make_backend", no_model)
+    monkeypatch.setattr("paddle_ocrvl_sft.evaluate.runner.make_backend", no_model)
     assert D.evaluate_drift(tmp_path / "tuned", tmp_path / "base", pages, out_dir=out, tasks="ocr,table",
                             max_drift={"*": 0.4}, progress=False) == metrics
     print(D.drift_summary(metrics))
     text = capsys.readouterr().out
     assert "EXCEEDED" in text and "at the token cap 0 -> 2" in text
+
+
+def test_a_failed_prediction_is_left_out_of_the_drift_and_said_so(tmp_path, pages, capsys):
+    """A failed answer is no evidence of forgetting: counted as drift 1 it would fail the gate (exit 3)."""
+    image = str(pages / "p0.png")
+    base = write_jsonl(tmp_path / "base.jsonl", [{"image": image, "prompt": "OCR:", "text": "TOTAL 0.50"},
+                                                 {"image": str(pages / "p1.png"), "prompt": "OCR:", "text": "TOTAL 1.50"}])
+    tuned = write_jsonl(tmp_path / "tuned.jsonl", [
+        {"image": image, "prompt": "OCR:", "text": "TOTAL 0.50"},
+        {"image": str(pages / "p1.png"), "prompt": "OCR:", "error": "--server-url http://x/v1: HTTP 503: busy"}])
+    metrics = D.evaluate_drift_predictions(tuned, base, pages, out_dir=tmp_path / "out", tasks="ocr",
+                                           max_drift={"*": 0.1})
+    assert metrics["kinds"] == {"ocr": {"drift": 0.0, "max": 0.0, "n": 1}} and metrics["drift"] == 0.0
+    assert metrics["gate"] == [] and metrics["errors"] == 1 and metrics["n"] == 2
+    assert "1 answer pair(s) with a failed prediction left out of the drift" in D.drift_summary(metrics)
+    assert "1 answer pair(s) with a failed prediction, left out of the drift" in (tmp_path / "out" / "report.html").read_text()
+    rows = [json.loads(line) for line in (tmp_path / "out" / D.ROWS_FILE).read_text().splitlines()]
+    assert ["error" in row for row in rows] == [False, True]  # the failed pair is not "the most changed"
 
 
 def test_drift_from_saved_predictions_and_labels(tmp_path, pages):
@@ -150,7 +169,9 @@ def test_eval_cli_options_for_general_pages(tmp_path, pages, capsys):
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("drift-models")
     base = build_tiny_model(root / "base", "base")
-    return base, perturbed_copy(base, root / "near", 0.01), perturbed_copy(base, root / "far", 0.2)
+    # Scales whose answers still decode: from about 0.2 on, the tiny model's OCR answers hold ids its
+    # tokenizer cannot decode (failed predictions, left out of the drift rather than counted as drift 1).
+    return base, perturbed_copy(base, root / "near", 0.0003), perturbed_copy(base, root / "far", 0.05)
 
 
 def run_drift(tmp_path, model, base, pages, *extra):
@@ -168,6 +189,7 @@ def test_drift_is_zero_against_itself_and_grows_with_the_perturbation(tmp_path, 
     assert all(v["drift"] == 0.0 for v in itself["kinds"].values()) and set(itself["kinds"]) == {"ocr", "table"}
     _, slightly = run_drift(tmp_path, near, base, pages)
     _, strongly = run_drift(tmp_path, far, base, pages)
+    assert slightly["errors"] == strongly["errors"] == 0  # measured drift, not failed answers
     assert 0.0 <= slightly["drift"] < strongly["drift"] and strongly["drift"] > 0.3
     capsys.readouterr()
     status, gated = run_drift(tmp_path, far, base, pages, "--max-drift", "0.05")

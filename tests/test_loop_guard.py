@@ -35,9 +35,10 @@ def test_guard_cuts_a_row_where_it_would_have_stopped():
     stop = first_loop_end(row, guard)
     assert stop == 2 + 12  # 4 copies of (1, 2, 3) seen: generation would stop here
     assert cut_ids(row, guard) == (5, "repeats")  # kept: 5 6 1 2 3
-    assert cut_ids([5, 6, 7, 2, 0, 0], guard, eos_token_id=2) == (3, "stop")
-    assert cut_ids([5, 6, 7, 8], guard, eos_token_id=2) == (4, "length")
-    assert cut_ids([5, 6, 7, 8], None, eos_token_id=2) == (4, "length")
+    assert cut_ids([5, 6, 7, 2, 0, 0], guard, 2) == (3, "stop")
+    assert cut_ids([5, 6, 7, 8], guard, 2) == (4, "length")
+    assert cut_ids([5, 6, 7, 8], None, 2) == (4, "length")
+    assert cut_ids([5, 6, 7, 8, 0], None, {2, 7}) == (2, "stop")  # any of the decoder's stop ids ends the row
     assert cut_text("abc" + "xy" * 10, guard) == "abcxy"
     with pytest.raises(ValueError):
         Guard(1)
@@ -145,6 +146,53 @@ def test_a_guard_below_two_repeats_is_a_usage_error():
 
     with pytest.raises(UsageError, match="--stop-repeats must be >= 2"):
         make_backend("paddle", model_dir="not-loaded", stop_repeats=1)  # refused before any model loads
+
+
+class StopIdsFakes:
+    """A model, processor and static decoder whose rows end on id 7: one of generation_config's
+    eos_token_id [2, 7], not the tokenizer's eos (2)."""
+
+    def __init__(self):
+        import torch
+        from types import SimpleNamespace
+
+        self.tokenizer = SimpleNamespace(eos_token_id=2, pad_token_id=0)
+        self.image_processor = SimpleNamespace(image_mean=[0.5] * 3, image_std=[0.5] * 3, rescale_factor=1 / 255)
+        self.model = SimpleNamespace(device=torch.device("cpu"), dtype=torch.float32,
+                                     generation_config=SimpleNamespace(eos_token_id=[2, 7], pad_token_id=0),
+                                     generate=self.generate)
+        self.decoder = SimpleNamespace(stop_ids=torch.tensor([2, 7]), run=self.run)
+
+    def generate(self, input_ids, **kwargs):  # transformers' generate: the row stopped on 7, then padding
+        import torch
+
+        return torch.cat([input_ids, torch.tensor([[5, 6, 7, 0, 0]])], dim=1)
+
+    def run(self, items, done, **kwargs):  # the static decoder hands a row over with the stop id it ended on
+        done(0, [5, 6, 7])
+
+    def decode(self, ids, skip_special_tokens=True):
+        return " ".join(str(int(i)) for i in ids if not (skip_special_tokens and int(i) in (0, 2, 7)))
+
+
+@pytest.mark.parametrize("kv_cache", ["static", "dynamic"])
+def test_a_row_ending_on_any_stop_id_finishes_stop_not_length(kv_cache):
+    import torch
+    from transformers import BatchFeature
+
+    from paddle_ocrvl_sft.predict import TransformersBackend, hf_decode
+
+    fakes = StopIdsFakes()
+    if kv_cache == "static":
+        backend = TransformersBackend.__new__(TransformersBackend)  # no model to load: the fakes stand in
+        backend.processor, backend.decoder, backend.guard, backend.row_stop, backend.min_new_tokens = \
+            fakes, fakes.decoder, None, None, 0
+        answers = []
+        backend.run_prepared(["row"], lambda i, text: answers.append(text))
+    else:
+        inputs = BatchFeature({"input_ids": torch.tensor([[1, 1]]), "pixel_values": torch.zeros(1, 3, 2, 2)})
+        answers = hf_decode(fakes.model, fakes, inputs, [10])
+    assert answers == ["5 6"] and answers[0].finish == "stop"
 
 
 def test_a_servers_answer_says_how_it_ended_and_is_cut_as_text():

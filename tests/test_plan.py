@@ -317,6 +317,24 @@ def test_cli_writes_plan_and_config(cli_env, model_dir, capsys):
     assert run("--data", train, "--model", model_dir, "--epochs", 1, "--gpus", 1, "-o", out, "--force") == 0
 
 
+def test_every_continued_example_line_of_the_help_ends_with_a_backslash(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["plan", "--help"])
+    lines = capsys.readouterr().out.splitlines()
+    examples = [i for i, line in enumerate(lines) if line.startswith("  paddle-ocrvl-sft plan ")]
+    assert len(examples) == 6
+    for i in examples:
+        assert "      --" not in lines[i], lines[i]  # a continuation line joined to it (a lone backslash in EPILOG)
+        assert lines[i].endswith(" \\") == lines[i + 1].startswith("      --"), lines[i]
+
+
+def test_the_cli_offers_the_devices_the_backends_know():
+    parser = cli.build_parser()
+    plan_parser = next(a for a in parser._subparsers._group_actions if a.choices and "plan" in a.choices).choices["plan"]
+    (device,) = [a for a in plan_parser._actions if "--device" in a.option_strings]
+    assert tuple(device.choices) == backend_base.DEVICES
+
+
 def test_cli_preset_and_multi_node(cli_env, model_dir):
     train = write_dataset(cli_env / "d" / "train.jsonl", 30)
     out = cli_env / "kie"

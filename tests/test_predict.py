@@ -352,6 +352,50 @@ def test_a_non_image_is_an_error_line_and_the_others_are_kept_genai_server(serve
     assert "error: 1 of 3 images failed" in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("stop_repeats", [[], ["--stop-repeats", "4"]])
+def test_an_answer_without_text_is_an_error_line_not_the_text_none(server, receipt, tmp_path, monkeypatch, capsys,
+                                                                   stop_repeats):
+    """``"content": null`` (a refusal, a tool call) is that image's error, not the answer "None"
+    (nor a TypeError in the loop guard): an error line is visible, and retried on a resumed run."""
+    monkeypatch.setattr(FakeOpenAI, "answer", None)
+    out = tmp_path / "pred.jsonl"
+    assert cli.main(["predict", str(receipt), "--backend", "genai-server", "--server-url", server, *stop_repeats,
+                     "-o", str(out), "--no-progress"]) == 1
+    (record,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert "text" not in record
+    assert record["error"] == f"--server-url {server}/chat/completions: the answer has no text (message content null, " \
+                              "finish_reason null)"
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_retries_below_zero_are_a_usage_error_of_predict_and_eval(receipt, capsys):
+    for command in (["predict", str(receipt)], ["eval", "--data", "val.jsonl"]):
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main([*command, "--backend", "genai-server", "--server-url", "http://127.0.0.1:9/v1", "--retries", "-1"])
+        assert exit_info.value.code == 2
+        assert "argument --retries: must be >= 0, got -1" in capsys.readouterr().err
+
+
+def test_transformers_batch_closes_the_images_it_opened_when_one_fails_to_open(receipt, tmp_path, monkeypatch):
+    from PIL import UnidentifiedImageError
+
+    from paddle_ocrvl_sft import predict as P
+
+    (tmp_path / "notes.png").write_bytes(b"%PDF-1.4 not a png")
+    opened = []
+
+    def open_image(image):
+        opened.append(real_open(image))
+        return opened[-1]
+
+    real_open = P.open_image
+    monkeypatch.setattr(P, "open_image", open_image)
+    backend = P.TransformersBackend.__new__(P.TransformersBackend)  # it fails before any model is used
+    with pytest.raises(UnidentifiedImageError):
+        backend.batch([Job(str(receipt), "OCR:"), Job(str(tmp_path / "notes.png"), "OCR:")])
+    assert len(opened) == 1 and opened[0].fp is None  # the receipt, opened before the bad one: closed
+
+
 @pytest.mark.parametrize("option, value, why", [
     ("--timeout", "-1", "must be a finite number > 0, got -1"),
     ("--timeout", "0", "must be a finite number > 0, got 0"),

@@ -26,6 +26,18 @@ def test_descendants_walk_every_generation():
     assert processes.descendants(5, table) == {}
 
 
+def test_a_process_is_alive_while_it_runs_and_only_as_itself():
+    import os
+
+    me = os.getpid()
+    assert processes.alive(me) and processes.alive(me, processes.start_time(me))
+    assert not processes.alive(me, processes.start_time(me) + 1)  # a pid handed to another process since
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    assert not processes.alive(int(done.stdout)) and processes.start_time(int(done.stdout)) is None
+    assert not processes.alive(0) and not processes.alive(-1)  # never a process group
+    assert processes.alive(me, marker="python") and not processes.alive(me, marker="no such command line")
+
+
 def test_stop_reaches_a_worker_in_its_own_session_and_its_child():
     root = subprocess.Popen([sys.executable, "-c", LAUNCHER], stdout=subprocess.PIPE, text=True, start_new_session=True)
     tree = processes.ProcessTree(root, grace=60)

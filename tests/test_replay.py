@@ -86,6 +86,37 @@ def test_replay_resumes_and_retries_failures(tmp_path, pages, monkeypatch, capsy
     assert not progress_dir(out).exists()
 
 
+def test_replay_force_starts_over_when_the_pages_changed(tmp_path, pages, monkeypatch, capsys):
+    """A progress dir left by other --images is refused in replay's words, and --force starts it over."""
+    out = tmp_path / "replay.jsonl"
+    use(monkeypatch, Scripted(stop_after=1))
+    with pytest.raises(KeyboardInterrupt):
+        write_replay(tmp_path / "base", [pages], out, progress=False)
+    other = tmp_path / "other"
+    other.mkdir()
+    (pages / "p0.png").rename(other / "p0.png")
+    argv = ["data", "replay", "--model", str(tmp_path / "base"), "--images", str(other), "-o", str(out), "--no-progress"]
+    again = Scripted()
+    use(monkeypatch, again)
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert "holds a replay made with other inputs (pages changed)" in err and "evaluation" not in err
+    assert cli.main([*argv, "--force"]) == 0 and again.seen == ["p0.png"]
+    assert [json.loads(line)["image_info"][0]["image_url"] for line in out.read_text().splitlines()] == ["other/p0.png"]
+
+
+def test_replay_with_no_answer_worth_learning_is_an_error(tmp_path, pages, monkeypatch, capsys):
+    (pages / "p0.png").unlink()  # the only good answer
+    use(monkeypatch, Scripted())
+    out = tmp_path / "replay.jsonl"
+    assert cli.main(["data", "replay", "--model", str(tmp_path / "base"), "--images", str(pages), "-o", str(out),
+                     "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "not written: none of the 3 answer(s) is a sample worth learning" in err
+    assert "empty" in err and "at the token cap" in err and "ends in a loop" in err
+    assert not out.exists()
+
+
 def test_replay_refuses_bad_input(tmp_path, pages, capsys):
     assert cli.main(["data", "replay", "--model", "m", "--images", str(pages), "--tasks", "ocr,kie",
                      "-o", str(tmp_path / "r.jsonl")]) == 2

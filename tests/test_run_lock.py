@@ -4,13 +4,14 @@ hosts, removed only by its own run. Other processes hold it here, as a second `t
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
 
 import pytest
 
-from paddle_ocrvl_sft import run_lock
+from paddle_ocrvl_sft import processes, run_lock
 from paddle_ocrvl_sft.errors import UserError
 
 HOLD = """
@@ -57,6 +58,26 @@ def test_a_dead_holder_on_this_host_is_stale_and_taken_over(tmp_path):
     with run_lock.RunLock(tmp_path, "new"):
         assert json.loads(lock.read_text())["run"] == "new"
     assert not lock.exists()
+
+
+def test_a_holder_whose_pid_now_names_another_process_is_stale(tmp_path):
+    """The holder died and the kernel gave its pid to another process (here: this one): its start time differs."""
+    me = os.getpid()
+    lock = tmp_path / ".train.lock"
+    lock.write_text(json.dumps({"pid": me, "host": socket.gethostname(), "run": "old",
+                                "pid_start": processes.start_time(me) - 1}))
+    run_lock.check_free(tmp_path)
+    with run_lock.RunLock(tmp_path, "new"):
+        assert json.loads(lock.read_text())["pid_start"] == processes.start_time(me)
+    assert not lock.exists()
+
+
+def test_a_live_holder_of_this_host_is_refused_with_how_to_clear_it(tmp_path):
+    me = os.getpid()
+    lock = tmp_path / ".train.lock"
+    lock.write_text(json.dumps({"pid": me, "host": socket.gethostname(), "run": "r", "pid_start": processes.start_time(me)}))
+    with pytest.raises(UserError, match=rf"already being trained \(pid {me} .*if that run is no longer running .* remove {lock}"):
+        run_lock.check_free(tmp_path)
 
 
 def test_only_the_runs_own_lock_is_removed(tmp_path):

@@ -272,6 +272,9 @@ def _bad_requests(receipt: Path):
          dict(body=chat([{"type": "image_url", "image_url": {"url": "https://example.com/x.png"}}, text_part]), headers=KEY), 422, "not fetched"),
         ("chat bad pixels", "/v1/chat/completions",
          dict(body=chat([image_part, text_part], mm_processor_kwargs={"min_pixels": 9, "max_pixels": 3}), headers=KEY), 422, "min_pixels"),
+        ("chat pixels past the limit", "/v1/chat/completions",
+         dict(body=chat([image_part, text_part], mm_processor_kwargs={"min_pixels": 10**10, "max_pixels": 10**10}),
+              headers=KEY), 422, "mm_processor_kwargs.min_pixels: 10000000000 is above the server's --max-image-pixels"),
         ("chat messages missing", "/v1/chat/completions", dict(body={"model": MODEL}, headers=KEY), 422, "messages"),
         ("unknown route", "/v2/nothing", dict(headers=KEY), 404, "Not Found"),
         ("wrong method", "/ocr", dict(headers=KEY, method="GET"), 405, "Method Not Allowed"),
@@ -488,6 +491,142 @@ def test_health_says_warming_until_the_model_is_ready_and_requests_wait_for_it()
         status, answer = waiting.result()
         assert status == 200 and answer["text"] == "text for OCR:"
         assert call(server.url, "/health") == (200, {"status": "ok", "model": "m", "backend": "test", "in_flight": 0})
+
+
+class PreparingBackend:
+    """Prepares jobs on the batcher's threads (as the transformers backend does); ``prepare`` waits for
+    ``release`` (``preparing`` set when it starts); ``warmup`` waits for ``warm`` and fails if told to."""
+
+    def __init__(self, warm_fails: bool = False):
+        self.preparing, self.release, self.warm = threading.Event(), threading.Event(), threading.Event()
+        self.warm_fails = warm_fails
+        self.ran: list = []
+
+    def warmup(self):
+        assert self.warm.wait(60)
+        if self.warm_fails:
+            raise RuntimeError("no GPU")
+
+    def prepare(self, job):
+        self.preparing.set()
+        assert self.release.wait(60)
+        return job
+
+    def run_prepared(self, items, on_done):
+        self.ran += items
+        for i, job in enumerate(items):
+            on_done(i, f"text for {job.prompt}")
+
+
+def test_a_request_being_prepared_when_the_warm_up_fails_gets_503_not_a_timeout():
+    backend = PreparingBackend(warm_fails=True)
+    app = create_app(backend, model_name="m", backend_name="test", limits=Limits(timeout=120))
+    with ServerThread(app, ready=False) as server, ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(call, server.url, "/ocr", {"image": tiny_png_b64()})
+        assert backend.preparing.wait(30)
+        backend.warm.set()  # the worker stops while the job is still being prepared
+        wait_until(lambda: health(server.url)["status"] == "down", "the failed warm-up")
+        backend.release.set()
+        status, answer = waiting.result(timeout=30)  # at once, not after --timeout (120 s)
+        assert status == 503 and "warm-up failed: RuntimeError: no GPU" in answer["error"]["message"]
+    assert backend.ran == []
+
+
+def test_close_fails_the_jobs_still_being_prepared_and_refuses_new_ones():
+    from paddle_ocrvl_sft.serve.batcher import MicroBatcher, Unavailable
+
+    backend = PreparingBackend()
+    backend.warm.set()
+    batcher = MicroBatcher(backend, prepare_threads=1)
+    wait_until(lambda: batcher.status == "ok", "the warm-up")
+    preparing = batcher.submit(Job("image", "being prepared"))
+    queued = batcher.submit(Job("image", "waiting for a prepare thread"))
+    assert backend.preparing.wait(30)
+    batcher.close(timeout=30)
+    assert not batcher.alive
+    backend.release.set()
+    for future in (preparing, queued):  # answered at once, not left for the request's --timeout
+        assert isinstance(future.exception(timeout=30), Unavailable)
+    with pytest.raises(Unavailable):
+        batcher.submit(Job("image", "after close"))
+    assert batcher.on_the_way(time.monotonic()) == (False, False)  # nothing left counted as on its way
+    assert backend.ran == []
+
+
+def test_a_submit_while_close_waits_for_the_last_batch_is_refused_and_not_counted():
+    from paddle_ocrvl_sft.serve.batcher import MicroBatcher, Unavailable
+
+    class Slow(PreparingBackend):
+        def __init__(self):
+            super().__init__()
+            self.warm.set()
+            self.release.set()
+            self.running, self.finish = threading.Event(), threading.Event()
+
+        def run_prepared(self, items, on_done):
+            self.running.set()
+            assert self.finish.wait(60)
+            super().run_prepared(items, on_done)
+
+    backend = Slow()
+    batcher = MicroBatcher(backend)
+    running = batcher.submit(Job("image", "running"))
+    assert backend.running.wait(30)
+    batcher.close(timeout=0)  # the worker is still in its batch: close() returns, the prepare threads are shut
+    assert batcher.alive
+    with pytest.raises(Unavailable):
+        batcher.submit(Job("image", "after close"))
+    assert batcher.on_the_way(time.monotonic()) == (False, False)
+    backend.finish.set()
+    assert running.result(timeout=30) == "text for running"  # the batch in progress is finished
+
+
+def test_a_genai_server_batch_answers_each_request_from_its_own_outcome():
+    """One failed upstream request fails its own request only: the others keep the answers they got,
+    and no request is sent upstream twice (no retry in halves)."""
+    from paddle_ocrvl_sft.errors import UserError
+    from paddle_ocrvl_sft.predict import GenAIServerBackend
+    from paddle_ocrvl_sft.serve.batcher import MicroBatcher
+
+    class Upstream(GenAIServerBackend):
+        def __init__(self):
+            super().__init__("http://127.0.0.1:9/v1", model="m", concurrency=4)
+            self.sent: list[str] = []
+            self.warm = threading.Event()
+
+        def warmup(self):  # holds the worker until every job is queued: they form one batch
+            assert self.warm.wait(60)
+
+        def __call__(self, job):
+            self.sent.append(job.prompt)
+            if job.prompt == "bad":
+                raise UserError("HTTP 500: the upstream model failed")
+            return f"text for {job.prompt}"
+
+    upstream = Upstream()
+    sizes = []
+    batcher = MicroBatcher(upstream, on_batch=lambda size, seconds: sizes.append(size))
+    futures = {prompt: batcher.submit(Job("image", prompt)) for prompt in ("a", "bad", "b", "c")}
+    upstream.warm.set()
+    assert [futures[p].result(timeout=30) for p in ("a", "b", "c")] == ["text for a", "text for b", "text for c"]
+    assert "HTTP 500" in str(futures["bad"].exception(timeout=30))
+    batcher.close(timeout=30)
+    assert sizes == [4] and sorted(upstream.sent) == ["a", "b", "bad", "c"]
+
+
+def test_client_pixel_bounds_above_the_models_or_the_servers_limit_are_refused():
+    from paddle_ocrvl_sft.serve.inputs import ApiError, pixel_bounds
+
+    model = PixelBounds(112896, 2822400)
+    assert pixel_bounds({"min_pixels": 112896, "max_pixels": 1003520}, model) == PixelBounds(112896, 1003520)
+    assert pixel_bounds({"max_pixels": 2822400}, model) == model
+    for kwargs, limits, named in (({"min_pixels": 10**10, "max_pixels": 10**10}, Limits(), "the model's max_pixels"),
+                                  ({"max_pixels": 2822401}, Limits(), "the model's max_pixels"),
+                                  ({"min_pixels": 200_000}, Limits(max_image_pixels=160_000), "--max-image-pixels")):
+        with pytest.raises(ApiError) as refused:
+            pixel_bounds(kwargs, model, limits)
+        assert refused.value.status == 422 and named in refused.value.message
+        assert f"mm_processor_kwargs.{next(iter(kwargs))}" in refused.value.message
 
 
 # --- under load with the real tiny model: nothing lost or mixed up ----------------------------------------

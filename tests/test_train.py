@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from paddle_ocrvl_sft import train
+from paddle_ocrvl_sft import processes, run_lock, train
 from paddle_ocrvl_sft.cli import main
 from paddle_ocrvl_sft.errors import UserError
 from paddle_ocrvl_sft.testing import build_tiny_model, write_standin_launcher, write_standin_program
@@ -78,6 +78,7 @@ def test_node_1_of_2_starts_its_launcher_with_the_nodes_environment(two_node_pla
     assert env["PADDLE_RANK"] == "1"  # this node's rank, read by paddle.distributed.launch
     assert "RANK" not in env  # a worker's own global rank is the launcher's to set, never one value for all workers
     assert env["ERNIEKIT_DIST_LOG"].startswith(str(two_node_plan / "runs")) and env["NO_COLOR"] == "1"
+    assert Path(env["ERNIEKIT_DIST_LOG"]).parent.name.endswith("-node-1")  # never node 0's name on a shared plan dir
     assert launched["argv"] == ["train", f"{two_node_plan}/config.yaml"]
     assert not (two_node_plan / ".train.node-1.lock").exists()  # node 1 took (and released) its own lock
 
@@ -400,6 +401,99 @@ def test_a_run_leaves_a_lock_that_is_not_its_own(plan_dir, tmp_path, monkeypatch
     monkeypatch.setenv("PATH", f"{tmp_path / 'standin-bin'}:{__import__('os').environ['PATH']}")
     assert main(["train", str(plan_dir), "--no-export", "--skip-agreement-check"]) == 0
     assert json.loads((plan_dir / train.LOCK).read_text())["run"] == "theirs"
+
+
+def test_export_and_eval_run_while_the_run_still_holds_the_lock(plan_dir, tmp_path, monkeypatch, capsys):
+    """They read output_dir: a `train --force` started meanwhile must be refused, not delete it under them."""
+    standin(tmp_path, monkeypatch, [LOG_LINE.format(step=1)], exit_code=0)
+    seen = []
+
+    def export_and_evaluate(plan, result, options, echo):
+        try:
+            run_lock.check_free(plan.plan_dir)
+            seen.append("free")
+        except UserError:
+            seen.append("held")
+
+    monkeypatch.setattr(train, "export_and_evaluate", export_and_evaluate)
+    assert main(["train", str(plan_dir), "--skip-agreement-check"]) == 0
+    assert seen == ["held"] and not (plan_dir / train.LOCK).exists()
+
+
+def test_a_run_dir_name_taken_since_it_was_chosen_gets_the_next_one(plan_dir, tmp_path, monkeypatch):
+    """Another run (another node rank on a shared plan dir) made the dir between the choice and the start."""
+    assert train.new_run_dir(plan_dir, 0) != train.new_run_dir(plan_dir, 1)  # node ranks never pick the same name
+    standin(tmp_path, monkeypatch, [LOG_LINE.format(step=1)], exit_code=0)
+    taken = plan_dir / "runs" / "20260101-000000"
+    taken.mkdir(parents=True)
+    monkeypatch.setattr(train, "new_run_dir", lambda plan_dir, node_rank=None: taken)
+    assert main(["train", str(plan_dir), "--no-export", "--skip-agreement-check"]) == 0
+    run = plan_dir / "runs" / "20260101-000000-2"
+    record = json.loads((run / "record.json").read_text())
+    assert record["env"]["ERNIEKIT_DIST_LOG"] == str(run / "dist") and list(taken.iterdir()) == []
+
+
+class NoReentry:
+    """A lock that fails, instead of deadlocking, when the thread holding it takes it again."""
+
+    def __init__(self):
+        import threading
+
+        self.inner, self.owner = threading.Lock(), None
+
+    def __enter__(self):
+        import threading
+
+        if self.owner == threading.get_ident():
+            raise AssertionError("the thread holding the tree's lock took it again: a deadlock")
+        self.inner.acquire()
+        self.owner = threading.get_ident()
+
+    def __exit__(self, *exc):
+        self.owner = None
+        self.inner.release()
+
+
+def test_a_second_ctrl_c_while_the_first_holds_the_trees_lock_does_not_deadlock(plan_dir, tmp_path, monkeypatch, capsys):
+    """A signal handler runs in the main thread between two bytecodes, maybe inside the process tree's
+    lock (the first stop): two Ctrl-C arrive there. Before, the handler took the lock itself."""
+    import signal
+
+    write_standin_program(tmp_path / "standin-bin", "erniekit",
+                          f"import time\nprint({LOG_LINE.format(step=1)!r}, flush=True)\ntime.sleep(600)\n")
+    monkeypatch.setenv("PATH", f"{tmp_path / 'standin-bin'}:{__import__('os').environ['PATH']}")
+    trees = []
+
+    class Tree(processes.ProcessTree):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.lock = NoReentry()
+            trees.append(self)
+
+    monkeypatch.setattr(processes, "ProcessTree", Tree)
+    backend = train.load_plan(plan_dir).backend
+    parse = backend.parse_log_line
+
+    def parse_and_interrupt(line):
+        point = parse(line)
+        if point:
+            with trees[0].lock:  # where the first Ctrl-C's stop is, when the second one comes
+                handler = signal.getsignal(signal.SIGINT)
+                handler(signal.SIGINT, None)
+                handler(signal.SIGINT, None)
+        return point
+
+    monkeypatch.setattr(backend, "parse_log_line", parse_and_interrupt)
+    assert main(["train", str(plan_dir), "--no-export", "--skip-agreement-check"]) == 130
+    assert "stopped by SIGINT at step 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["-1", "nan", "inf", "soon"])
+def test_stop_grace_is_a_finite_number_of_seconds(plan_dir, capsys, value):
+    with pytest.raises(SystemExit) as stopped:
+        main(["train", str(plan_dir), "--dry-run", "--stop-grace", value])
+    assert stopped.value.code == 2 and "--stop-grace" in capsys.readouterr().err
+    assert main(["train", str(plan_dir), "--dry-run", "--stop-grace", "0"]) == 0
 
 
 # --- CPU plans stay on the CPU; ERNIEKit GPU plans keep flash attention ------------------------------

@@ -87,6 +87,33 @@ def test_samples_page_with_their_problems_kie_fields_and_filters(client):
     assert client.get("/api/data/samples", params={"path": "data/train.jsonl", "show": "nope"}).status_code == 400
 
 
+def test_a_model_dir_counts_and_warns_as_data_validate_model_does(client, work, capsys):
+    """The model's release (here v1) is detected as the CLI detects it: a task v1 never learnt warns."""
+    data = write_jsonl(work / "data" / "spot.jsonl", [sample("a.png", "Spotting:", "<|LOC_1|>TOTAL")])
+    summary = client.get("/api/data/open", params={"path": "data/spot.jsonl", "model": "base"}).json()
+    model = str(work / "base")
+    assert main(["data", "validate", str(data), "--model", model, "--tokenizer", model, "--json"]) == 0
+    cli = json.loads(capsys.readouterr().out)["summary"]
+    assert summary["validation"] == {k: v for k, v in cli.items() if k != "release"}
+    assert summary["validation"]["by_rule"] == {"untrained-task": 1} and summary["release"].startswith("release v1 ")
+
+
+def test_malformed_samples_are_shown_raw_not_a_500(client, work):
+    """A "text" that is not a string, image_info that is not a list: the page shows the raw row and its problems."""
+    bad_text = sample("a.png")
+    bad_text["text_info"][0]["text"] = 5
+    listed = sample("a.png")
+    listed["text_info"][0]["text"] = ["x"]
+    no_list = {**sample("a.png"), "image_info": 5}
+    write_jsonl(work / "data" / "bad.jsonl", [bad_text, listed, no_list, sample("a.png")])
+    page = client.get("/api/data/samples", params={"path": "data/bad.jsonl"})
+    assert page.status_code == 200, page.text
+    shown = page.json()["samples"]
+    assert [s["turns"] for s in shown[:2]] == [None, None] and all(s["problems"] for s in shown[:3])
+    assert shown[2]["images"] == [] and shown[2]["turns"] == [{"prompt": "OCR:", "answer": "text"}]
+    assert shown[3]["turns"] == [{"prompt": "OCR:", "answer": "text"}] and shown[3]["kind"] == "ocr"
+
+
 def test_a_sample_image_is_decoded_and_served_as_png(client):
     from PIL import Image
 
@@ -141,6 +168,10 @@ def test_job_ids_are_checked(client):
 def test_the_guard_host_origin_content_type_and_size(client):
     assert client.get("/api/info", headers={"Host": "evil.example:7860"}).status_code == 403  # DNS rebinding
     assert client.get("/api/info", headers={"Host": "localhost:7860"}).status_code == 200
+    for name in ("127.0.0.2:7860", "[::1]:7860", "127.0.0.1"):  # `ui --host 127.0.0.2` is loopback: answered
+        assert client.get("/api/info", headers={"Host": name}).status_code == 200, name
+    for name in ("127.0.0.1.evil.example", "[::2]:7860", ""):
+        assert client.get("/api/info", headers={"Host": name}).status_code == 403, name
     cross = client.post("/api/plan/compute", json={"values": {}}, headers={"Origin": "http://evil.example"})
     assert cross.status_code == 403 and "Origin" in cross.json()["error"]["message"]
     assert client.post("/api/plan/compute", json={"values": {}}, headers={"Origin": HOST}).status_code == 200
@@ -273,6 +304,26 @@ def test_a_job_outlives_the_ui_and_a_new_ui_finds_it(work):
             proc.kill()
 
 
+def test_the_pages_stop_button_stops_a_running_job(client, work):
+    """The job box's Stop (ui.js) posts /api/jobs/ID/stop: Ctrl-C to the job's process group."""
+    assert "api/jobs/${id}/stop" in client.get("/static/ui.js").text
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "paddle_ocrvl_sft"], start_new_session=True)
+    try:
+        job_id = "20240101-000000-data-split-abcdef"
+        jobs.jobs_dir(work).mkdir(parents=True)
+        (jobs.jobs_dir(work) / f"{job_id}.json").write_text(json.dumps({
+            "id": job_id, "command": ["data", "split"], "argv": [], "pid": proc.pid,
+            "host": __import__("socket").gethostname(), "started": "2024-01-01T00:00:00", "finished": None,
+            "exit": None, "stop_requested": None}))
+        stopped = client.post(f"/api/jobs/{job_id}/stop", json={})
+        assert stopped.status_code == 200 and stopped.json()["state"] == "stopping"
+        assert proc.wait(timeout=30) != 0
+        assert client.post(f"/api/jobs/{job_id}/stop", json={}).status_code == 400  # not running any more
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
 def test_a_reused_pid_is_not_taken_for_the_job(work):
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
@@ -330,6 +381,15 @@ def checkpoint(plan: Path, step: int) -> None:
         (folder / name).write_bytes(b"placeholder\n")
 
 
+def _terminal_train():
+    """A `train` started in a terminal (its command line names the package); it exits 42 on Ctrl-C."""
+    proc = subprocess.Popen([sys.executable, "-c", "import signal, sys, time; signal.signal(signal.SIGINT, "
+                             "lambda *a: sys.exit(42)); print('ready', flush=True); time.sleep(60)", "paddle_ocrvl_sft"],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline() == "ready\n"
+    return proc
+
+
 def test_a_plans_state_comes_from_trains_lock_records_and_checkpoints(client, work):
     assert wait_job(client, client.post("/api/jobs", json={"command": "plan", "values": plan_values()}).json()["id"])["exit"] == 0
     plan = work / "plans" / "p"
@@ -339,11 +399,7 @@ def test_a_plans_state_comes_from_trains_lock_records_and_checkpoints(client, wo
 
     fake_run(plan, "20261202-063901", points=3, exit_code=None)
     checkpoint(plan, 2)
-    # a `train` started in a terminal (its command line names the package); it exits 42 on Ctrl-C
-    trainer = subprocess.Popen([sys.executable, "-c", "import signal, sys, time; signal.signal(signal.SIGINT, "
-                                "lambda *a: sys.exit(42)); print('ready', flush=True); time.sleep(60)", "paddle_ocrvl_sft"],
-                               stdout=subprocess.PIPE, text=True)
-    assert trainer.stdout.readline() == "ready\n"
+    trainer = _terminal_train()
     try:
         (plan / ".train.lock").write_text(json.dumps({"pid": trainer.pid, "host": __import__("socket").gethostname(),
                                                        "run": "20261202-063901"}))
@@ -379,6 +435,34 @@ def test_a_plans_state_comes_from_trains_lock_records_and_checkpoints(client, wo
     log = client.get("/api/runs/log", params={"plan": "plans/p", "lines": 2}).json()
     assert log["train_log"] == TRAIN_LOG.splitlines()[-2:]
     assert client.post("/api/runs/stop", json={"plan": "plans/p"}).status_code == 400  # nothing to stop
+
+
+def test_a_node_ranks_lock_is_seen_and_a_read_only_plan_is_never_stopped(work, tmp_path):
+    from paddle_ocrvl_sft.run_lock import lock_name
+
+    shared = tmp_path / "shared"
+    for plan in (work / "plans" / "multi", shared / "plans" / "theirs"):
+        plan.mkdir(parents=True)
+        (plan / "plan.json").write_text(json.dumps({"backend": "paddleformers", "train": {"nodes": 2}}))
+    trainer = _terminal_train()
+    try:
+        host = __import__("socket").gethostname()
+        for plan in (work / "plans" / "multi", shared / "plans" / "theirs"):  # node 1 of 2 runs on this host
+            (plan / lock_name(1)).write_text(json.dumps({"pid": trainer.pid, "host": host, "run": "r"}))
+        with TestClient(create_app(work, allow=[shared]), base_url=HOST) as client:
+            theirs = str(shared / "plans" / "theirs")
+            assert client.get("/api/runs/plan", params={"plan": theirs}).json()["state"] == "training"
+            refused = client.post("/api/runs/stop", json={"plan": theirs})
+            assert refused.status_code == 403 and "outside the UI's workdir" in refused.json()["error"]["message"]
+            assert trainer.poll() is None  # not signalled
+            state = client.get("/api/runs/plan", params={"plan": "plans/multi"}).json()
+            assert (state["state"], state["can_stop"]) == ("training", True)
+            assert client.post("/api/runs/stop", json={"plan": "plans/multi"}).json() == {"stopped": "pid", "pid": trainer.pid}
+            assert trainer.wait(timeout=30) == 42
+    finally:
+        if trainer.poll() is None:
+            trainer.kill()
+            trainer.wait()
 
 
 def test_eval_losses_are_read_on_as_the_log_grows(tmp_path):

@@ -119,7 +119,7 @@ def test_roots_refuse_what_lies_outside(tmp_path):
 
 @pytest.mark.parametrize("names,writes", [
     (("plan",), {"output_dir", "out"}), (("train",), {"plan_dir"}), (("eval",), {"out"}),
-    (("data", "validate"), {"write_clean"}), (("data", "split"), {"out_prefix"}), (("data", "convert"), {"output"}),
+    (("data", "validate"), {"write_clean"}), (("data", "split"), {"out_prefix"}), (("data", "convert"), {"output", "crop_dir"}),
     (("data", "kie"), {"out"}),
 ])
 def test_what_a_command_writes_is_checked_as_a_write(names, writes):
@@ -139,4 +139,37 @@ def test_an_allowed_dir_is_never_written(tmp_path):
     assert argv == ["--write-clean", str(work / "clean.jsonl"), str(shared / "a.jsonl")]
     with pytest.raises(Refused) as exc:
         forms.to_argv(parser, {"files": [str(shared / "a.jsonl")], "write_clean": str(shared / "clean.jsonl")}, roots)
+    assert exc.value.status == 403
+
+
+@pytest.mark.parametrize("names,values", [
+    (("plan",), {"data": ["data/a.jsonl"], "model": "m", "epochs": "1", "out": "plans/p",
+                 "overrides": ["--output-dir", "/elsewhere/x", "--force"]}),
+    (("train",), {"plan_dir": "plans/p", "overrides": ["--docker", "--image", "alpine"]}),
+    (("data", "validate"), {"files": ["--write-clean=/elsewhere/x.jsonl"]}),
+])
+def test_a_positional_value_is_never_read_as_an_option(tmp_path, names, values):
+    """Positionals go after the options: a value starting with '-' would be parsed as an option, unchecked."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "a.jsonl").write_text("")
+    parser = forms.command_parser(*names)
+    with pytest.raises(forms.FormError, match="starts with '-'") as exc:
+        forms.to_argv(parser, values, Roots.create(tmp_path))
+    assert str(exc.value).split(":")[0] in ("KEY=VALUE", "FILE")  # names the field
+
+
+def test_general_pages_and_the_crop_dir_are_paths(tmp_path):
+    work, shared = tmp_path / "work", tmp_path / "shared"
+    work.mkdir()
+    shared.mkdir()
+    roots = Roots.create(work, allow=[shared])
+    for names in (("plan",), ("eval",)):
+        field = next(f for f in forms.fields(forms.command_parser(*names)) if f["dest"] == "general")
+        assert field["path"] == "read", names
+    plan = {"data": ["a.jsonl"], "model": "m", "epochs": "1", "out": "plans/p"}
+    argv = forms.to_argv(forms.command_parser("plan"), {**plan, "general": "pages"}, roots)
+    assert argv[argv.index("--general") + 1] == str(work / "pages")  # checked and made absolute like any path
+    convert = forms.command_parser("data", "convert")
+    with pytest.raises(Refused) as exc:  # an --allow dir is read, never written: not even crops
+        forms.to_argv(convert, {"input": "a.txt", "output": "o.jsonl", "crop": True, "crop_dir": str(shared / "c")}, roots)
     assert exc.value.status == 403

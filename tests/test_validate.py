@@ -611,6 +611,12 @@ def test_cli_release_from_the_model_or_the_flag(tmp_path, capsys):
     assert "release v1.6 (PaddleOCR-VL-1.6): --release (the files: " in capsys.readouterr().out
     assert main(["data", "validate", str(data), "--release", "v2"]) == 1
     assert "--release v2: unknown release; choose from v1, v1.5, v1.6" in capsys.readouterr().err
+    assert main(["data", "validate", str(data), "--model", str(tmp_path / "nonexistent")]) == 1
+    assert f"--model {tmp_path / 'nonexistent'}: not a directory" in capsys.readouterr().err
+    assert main(["data", "stats", str(data), "--model", str(data), "--no-plot"]) == 1  # a file is not a model dir
+    assert "not a directory" in capsys.readouterr().err
+    assert main(["data", "validate", str(data), "--release", "v2"]) == 1
+    assert "--release v2: unknown release; choose from v1, v1.5, v1.6" in capsys.readouterr().err
 
 
 def test_json_report_of_a_clean_dataset_is_valid_json(dataset_dir, capsys):

@@ -1,4 +1,7 @@
+import pytest
+
 from paddle_ocrvl_sft.data.warning_summary import WarningSummary
+from paddle_ocrvl_sft.errors import UsageError
 
 
 def test_a_rule_seen_once_is_the_usual_warning_line():
@@ -33,3 +36,11 @@ def test_ignored_rules_are_counted_not_printed():
     assert summary.add("merged-turns", "d.jsonl:4", "y") is True
     assert summary.count == 1
     assert summary.lines() == ["d.jsonl:4: warning: y [merged-turns]", "ignored (--ignore): duplicate=2"]
+
+
+def test_an_ignore_of_no_warning_rule_is_refused():
+    """One check for `data validate` and `data convert`: a typo or an error rule cannot be --ignore'd."""
+    with pytest.raises(UsageError, match=r"^--ignore missing-image: not a warning rule \(errors cannot be ignored; "
+                                         r"the warnings are duplicate, merged-turns\)$"):
+        WarningSummary(hints={"duplicate": "x", "merged-turns": "y"}, ignore=["duplicate", "missing-image"])
+    assert WarningSummary(hints={"duplicate": "x"}, ignore=iter(["duplicate"])).ignore == {"duplicate"}

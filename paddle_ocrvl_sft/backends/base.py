@@ -223,11 +223,13 @@ def default_master_port(plan_dir: Path) -> int:
     return 20000 + zlib.crc32(str(plan_dir).encode()) % 10000
 
 
-def link_or_copy(src: Path, dst: Path) -> None:
-    """A hard link where the file system allows it (no copy of big weights), else a copy."""
+def link_or_copy(src: Path, dst: Path) -> bool:
+    """A hard link where the file system allows it (no copy of big weights), else a copy; True when linked."""
     import shutil
 
     try:
         os.link(src, dst)
+        return True
     except OSError:
         shutil.copy2(src, dst)
+        return False

@@ -91,19 +91,22 @@ def checkpoint_problem(path: Path, layouts: tuple[Layout, ...]) -> str | None:
     return max(problems, key=lambda item: item[0])[1] if problems else "no known checkpoint layout"
 
 
-def complete_checkpoints(output_dir: Path, layouts: tuple[Layout, ...]) -> dict[int, Path]:
-    """``{step: dir}`` of the complete checkpoints in ``output_dir``, by step."""
-    return {step: path for step, path in all_checkpoints(output_dir).items() if checkpoint_problem(path, layouts) is None}
-
-
-def incomplete_checkpoints(output_dir: Path, layouts: tuple[Layout, ...]) -> dict[int, str]:
-    """``{step: why}`` of the checkpoint dirs that are not complete (a save that was cut short)."""
-    out = {}
+def checkpoint_states(output_dir: Path, layouts: tuple[Layout, ...]) -> tuple[dict[int, Path], dict[int, str]]:
+    """``({step: dir}, {step: why})``: the complete checkpoints in ``output_dir`` and the others (a
+    save that was cut short), by step; each dir is checked once (a check reads every shard's header)."""
+    complete, incomplete = {}, {}
     for step, path in all_checkpoints(output_dir).items():
         problem = checkpoint_problem(path, layouts)
         if problem:
-            out[step] = problem
-    return out
+            incomplete[step] = problem
+        else:
+            complete[step] = path
+    return complete, incomplete
+
+
+def complete_checkpoints(output_dir: Path, layouts: tuple[Layout, ...]) -> dict[int, Path]:
+    """``{step: dir}`` of the complete checkpoints in ``output_dir``, by step."""
+    return checkpoint_states(output_dir, layouts)[0]
 
 
 def index_problem(index: Path) -> str | None:

@@ -25,6 +25,8 @@ that no longer imports its trainer.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -151,11 +153,35 @@ def install(name: str, *, source: str | os.PathLike | None = None, force: bool =
     the build in use, which keeps working until the switch: a failed or interrupted install leaves
     it as it was. ``backend.json`` is written last and marks a complete build. An install with the
     same lock that still imports its trainer is kept (a no-op) unless ``force`` or a ``source`` is given.
+    Two installs of one backend run one after the other (:func:`_install_lock`).
     """
     backends.get(name)  # a clear error for an unknown name
     if name != "erniekit" and source is not None:
         raise UserError(f"--source: only ERNIEKit is installed from source ({name} comes from PyPI)")
     target = env_dir(name)
+    with _install_lock(target, name, log):
+        return _install(name, target, source, force, log)
+
+
+@contextlib.contextmanager
+def _install_lock(target: Path, name: str, log: Callable[[str], None]):
+    """An ``flock`` on ``target/.install.lock`` for the whole install: a second install of the same backend
+    waits for the first, whose build in progress its switch would otherwise delete (``_switch`` removes
+    every build but the new and the previous one). The kernel releases it when the holder dies."""
+    target.mkdir(parents=True, exist_ok=True)
+    fd = os.open(target / ".install.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log(f"{name}: another `backend install {name}` is running: waiting for it to finish")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _install(name: str, target: Path, source, force: bool, log: Callable[[str], None]) -> dict:
     record = read_record(name)
     if record and not force and source is None:
         problem = installed_problem(name, record)

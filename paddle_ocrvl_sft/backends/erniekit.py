@@ -87,7 +87,7 @@ KEYS: tuple[Key, ...] = (
     ta("dataloader_num_workers"),
     Key("prefetch_factor", INT, 2, _PRE, "Batches prefetched per worker."),
     Key("batch_size", INT, 1, _FT, "Sequences per GPU per micro-step as logged; keep 1.",
-        no_effect="it does not change what a step trains, only the throughput ERNIEKit logs (FACTS: a step consumes "
+        no_effect="it does not change what a step trains, only the throughput ERNIEKit logs (a step consumes "
                   "gradient_accumulation_steps packed sequences per GPU)"),
     Key("packing_size", INT, 1, _PRE, "B: samples packed into one sequence (guide: acts like the batch size).", required=True),
     Key("packing", BOOL, True, _PRE, "Pack several samples into one sequence."),

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+
 from paddle_ocrvl_sft.backends import paddleformers_template
 from paddle_ocrvl_sft.backends.base import Backend, PlanValues, Prepared, link_or_copy
 from paddle_ocrvl_sft.backends.checkpoints import Layout

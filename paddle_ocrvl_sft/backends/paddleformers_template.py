@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from paddle_ocrvl_sft import releases
+
 MODULE = "paddleocr_vl_template.py"
 BUILTIN = "paddleocr_vl"  # PaddleFormers 1.2's template (v1 markers)
 AUGMENT_CHOICES = ("none", "default")
@@ -28,7 +30,7 @@ def template_name(release: str) -> str:
     return "paddle_ocrvl_sft_" + release.replace(".", "_")
 
 
-TEMPLATE_NAMES = tuple(template_name(r) for r in ("v1", "v1.5", "v1.6"))
+TEMPLATE_NAMES = tuple(template_name(r) for r in releases.NAMES)
 
 
 def config_keys(module_path: str | Path, release: str) -> dict:

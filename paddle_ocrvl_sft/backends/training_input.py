@@ -1,7 +1,7 @@
 """One training sample as the trainer itself turns it into model input, built in the trainer's environment.
 
 ``python -m paddle_ocrvl_sft.backends.training_input BACKEND CONFIG --data FILE --index N --out OUT.json``
-runs with the trainer's Python and the plan's launch environment (the prompt agreement check,
+runs with the trainer's Python and the plan's PYTHONPATH (the prompt agreement check,
 :mod:`paddle_ocrvl_sft.agreement`, starts it). It parses CONFIG with the trainer's own argument
 parser (a PaddleFormers ``custom_register_path`` template module is loaded there, as in training),
 builds the tokenizer, image processor and data pipeline as the trainer's workflow does, runs record
@@ -24,6 +24,8 @@ import argparse
 import json
 import sys
 import traceback
+
+from paddle_ocrvl_sft.backends import erniekit_marker_hook  # stdlib only, like this module
 
 IGNORE = -100  # both trainers' ignore_index
 
@@ -147,8 +149,6 @@ def _describe_step(step) -> str:
 
 # --- ERNIEKit v1.4 (OCR-VL-SFT) ------------------------------------------------------------------
 
-_MARKER_MODULE = "data_processor.steps.input_ids_messaging.chat_template_utils"
-
 
 def erniekit_input(config: dict, data: str, index: int) -> dict:
     """Record ``index`` of the ERNIEKit JSONL ``data`` through ERNIEKit's OCR-VL-SFT reader.
@@ -187,7 +187,7 @@ def erniekit_input(config: dict, data: str, index: int) -> dict:
     if features.get("data_not_valid"):
         raise RuntimeError(f"ERNIEKit's reader drops record {index} of {data} (its log above says why)")
     ids, labels = [int(i) for i in features["input_ids"]], [int(i) for i in features["labels"]]
-    fix = getattr(sys.modules.get(_MARKER_MODULE), "PADDLE_OCRVL_SFT_FIX", None)
+    fix = getattr(sys.modules.get(erniekit_marker_hook.TARGET_MODULE), erniekit_marker_hook.FLAG, None)
     notes = [f"assistant marker fix applied: {fix}" if fix else "ERNIEKit's own assistant marker (no fix applied)"]
     import erniekit
 

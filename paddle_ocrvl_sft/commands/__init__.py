@@ -4,7 +4,8 @@ import argparse
 import math
 
 # --stop-repeats (predict, serve, eval): the numbers are paddle_ocrvl_sft.loop_guard's MAX_PERIOD and
-# MIN_SPAN (a test keeps them in step; the shells do not import the module)
+# MIN_SPAN, typed here because building the parser imports only the command shells (tests/test_cli.py);
+# tests/test_loop_guard.py keeps them in step
 STOP_REPEATS_HELP = ("loop guard (off by default): stop an answer whose last tokens repeat one period of up to "
                      "64 tokens K times (over 32+ tokens) and cut it after the first copy; transformers stops "
                      "during generation, paddle cuts after it (docs/predict.md)")
@@ -18,6 +19,17 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0 (a bad value is a usage error, exit 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
     return value
 
 

@@ -74,29 +74,12 @@ def _add_measure_args(p: argparse.ArgumentParser, *, default_max_seq_len: int | 
     p.add_argument("--max-pixels", type=positive_int, help="override max_pixels")
 
 
-def _release(args):
-    """The release the counts are for, and where that came from (one line for the output)."""
-    from paddle_ocrvl_sft import releases
+def _measure(args, **extra):
+    """(release, the line saying where it came from, ValidateOptions) for the measuring options."""
+    from paddle_ocrvl_sft.data.validate import measure_options
 
-    if args.model:
-        detection = releases.detect(args.model, args.release)
-        return detection.release, f"release {detection.describe()}" + "".join(f"; note: {n}" for n in detection.notes)
-    if args.release:
-        release = releases.get(args.release)
-        return release, f"release {release.name} ({release.title}): --release"
-    return None, "release: not given (--release or --model): counted with v1's template marker and pixel bounds"
-
-
-def _options(args, release, **extra):
-    from paddle_ocrvl_sft.data.validate import ValidateOptions
-    from paddle_ocrvl_sft.tokens import PixelBounds
-
-    if args.model:
-        bounds = PixelBounds.from_model_dir(args.model)
-    else:
-        bounds = PixelBounds(*release.pixel_bounds) if release else PixelBounds()
-    bounds = bounds.with_overrides(args.min_pixels, args.max_pixels)
-    return ValidateOptions(max_seq_len=args.max_seq_len, bounds=bounds, tokenizer_dir=args.tokenizer, release=release, **extra)
+    return measure_options(model=args.model, release=args.release, max_seq_len=args.max_seq_len,
+                           tokenizer=args.tokenizer, min_pixels=args.min_pixels, max_pixels=args.max_pixels, **extra)
 
 
 def run_validate(args) -> int:
@@ -104,15 +87,9 @@ def run_validate(args) -> int:
         WARNING, WARNING_RULES, dropped_on_write, rejects_path, validate_and_write_clean, validate_paths,
     )
     from paddle_ocrvl_sft.data.warning_summary import WarningSummary
-    from paddle_ocrvl_sft.errors import UsageError
 
-    for rule in args.ignore:
-        if rule not in WARNING_RULES:
-            raise UsageError(f"--ignore {rule}: not a warning rule (errors cannot be ignored; the warnings are "
-                             f"{', '.join(WARNING_RULES)})")
-    release, release_line = _release(args)
-    options = _options(args, release, decode=args.decode)
-    warnings = WarningSummary(hints=WARNING_RULES, ignore=args.ignore)
+    warnings = WarningSummary(hints=WARNING_RULES, ignore=args.ignore)  # refuses an --ignore of no warning rule
+    release, release_line, options = _measure(args, decode=args.decode)
     if args.json:
         # the problem list is streamed (flat memory on huge datasets); the opening is written with
         # the first problem, so an input error before it leaves stdout empty, not half a document
@@ -158,8 +135,8 @@ def run_stats(args) -> int:
     plot = None if args.no_plot else Path(args.plot or f"{Path(args.files[0]).stem}.stats.png")
     if plot:
         refuse_existing(plot, force=args.force)  # before the pass over the data, not after
-    release, release_line = _release(args)
-    stats = dataset_stats(args.files, _options(args, release), top=args.top)
+    release, release_line, options = _measure(args)
+    stats = dataset_stats(args.files, options, top=args.top)
     if plot and stats.samples:
         plot_histogram(stats, plot, max_seq_len=args.max_seq_len, force=True)
     elif plot:

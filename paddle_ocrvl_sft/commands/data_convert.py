@@ -61,7 +61,7 @@ def register(data_subparsers) -> None:
 
 
 def _two_columns(text: str) -> tuple[str, str]:
-    names = tuple(name.strip().lower() for name in text.split(","))
+    names = tuple(name.strip() for name in text.split(","))  # as given: JSON keys keep their case
     if len(names) != 2 or not all(names):
         raise argparse.ArgumentTypeError(f"expected IMAGE,TEXT (two column names), got {text!r}")
     return names

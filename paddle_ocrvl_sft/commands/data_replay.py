@@ -30,7 +30,8 @@ def register(sub) -> None:
     p.add_argument("--device", help="e.g. cpu, gpu:0 (default: the backend's choice)")
     p.add_argument("--max-new-tokens", type=positive_int, metavar="N", help="cap on generated tokens (default: the backend's)")
     p.add_argument("--batch-size", type=positive_int, default=1, metavar="N", help="images per model call (default 1)")
-    p.add_argument("--force", action="store_true", help="overwrite OUT (answers kept in OUT.progress/ for the same model are reused)")
+    p.add_argument("--force", action="store_true", help="overwrite OUT (answers kept in OUT.progress/ for the same model, tasks and pages are reused; "
+                   "others are started over)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.set_defaults(func=run)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from paddle_ocrvl_sft.commands import STOP_REPEATS_HELP, positive_int, positive_seconds
+from paddle_ocrvl_sft.commands import STOP_REPEATS_HELP, non_negative_int, positive_int, positive_seconds
 
 DESCRIPTION = (
     "Run a model on a validation set with each sample's own prompt (through predict's backends; resumable: "
@@ -57,7 +57,7 @@ def register(subparsers) -> None:
     p.add_argument("--server-model", metavar="NAME", help="genai-server: model name (default: first of GET /models)")
     p.add_argument("--timeout", type=positive_seconds, default=600.0, help="genai-server: seconds per request (default 600)")
     p.add_argument("--concurrency", type=positive_int, metavar="N", help="genai-server: requests in flight (default 16)")
-    p.add_argument("--retries", type=int, default=5, metavar="N",
+    p.add_argument("--retries", type=non_negative_int, default=5, metavar="N",
                    help="genai-server: times a transient failure is asked again, with back-off (default 5)")
     p.add_argument("--dtype", choices=("bfloat16", "float16", "float32"),
                    help="transformers: default bfloat16 on GPU, float32 on CPU")
@@ -142,14 +142,10 @@ def run_task_eval(args) -> int:
 
 def _backend_options(args) -> dict:
     """Backend options passed only when given (each backend's own options always with it)."""
-    from paddle_ocrvl_sft.errors import UsageError
-
     given = {"server_url": args.server_url, "server_model": args.server_model, "model_name": args.model_name,
              "stop_repeats": args.stop_repeats}
     options = {k: v for k, v in given.items() if v is not None}
     if args.backend == "genai-server":
-        if args.retries < 0:
-            raise UsageError(f"--retries {args.retries}: must be >= 0")
         options.update(timeout=args.timeout, concurrency=args.concurrency or 16, retries=args.retries)
     if args.backend == "transformers":
         options.update(kv_cache=args.kv_cache, dtype=args.dtype)

@@ -1,9 +1,10 @@
-"""``export RUN_DIR --base BASE_DIR``: an ERNIEKit output dir -> a bundle PaddleOCR/transformers loads."""
+"""``export RUN_DIR --base BASE_DIR``: a training run's output dir -> a bundle PaddleOCR/transformers loads."""
 
 from __future__ import annotations
 
 DESCRIPTION = (
-    "Make an ERNIEKit OCR-VL-SFT output dir loadable: add chat_template.jinja, inference.yml and the "
+    "Make a training run's output dir loadable (ERNIEKit OCR-VL-SFT, or PaddleFormers VL-SFT: full, or LoRA, "
+    "whose adapter is merged into BASE_DIR's weights): add chat_template.jinja, inference.yml and the "
     "tokenizer/preprocessor files from BASE_DIR, and a model.safetensors (hard link or merge of the shards; "
     "the stale index is left out). --format hf assembles BASE_DIR's HF files + the fine-tuned weights for "
     "transformers/vLLM. inference.yml names the PaddleX model of BASE_DIR's release (v1: PaddleOCR-VL-0.9B, 1.5: "
@@ -14,7 +15,8 @@ DESCRIPTION = (
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("export", help="make a run dir loadable by paddleocr/PaddleX or transformers", description=DESCRIPTION)
-    p.add_argument("run_dir", metavar="RUN_DIR", help="ERNIEKit output_dir (or a dir with model-*.safetensors)")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="the trainer's output_dir (ERNIEKit or PaddleFormers, a LoRA adapter included), or a dir "
+                   "with model-*.safetensors")
     p.add_argument("--base", required=True, metavar="BASE_DIR",
                    help="the base model dir the run was fine-tuned from (e.g. PaddleOCR-VL-1.5); only read")
     p.add_argument("--checkpoint", metavar="N|last|all",

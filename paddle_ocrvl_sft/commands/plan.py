@@ -13,7 +13,7 @@ examples:
   paddle-ocrvl-sft plan --preset kie_16k --data kie.jsonl --model M --epochs 3 --gpus 4 --nodes 2 \\
       --master-addr 10.0.0.1 -o runs/kie
   paddle-ocrvl-sft plan --backend paddleformers --lora --data kie.jsonl --model M --epochs 3 --gpus 1 -o runs/lora
-  paddle-ocrvl-sft plan --data kie.jsonl --replay replay.jsonl --replay-ratio 0.2 --general pages/ \
+  paddle-ocrvl-sft plan --data kie.jsonl --replay replay.jsonl --replay-ratio 0.2 --general pages/ \\
       --max-drift 0.1 --model M --epochs 2 -o runs/kie     # replay against forgetting, drift in the verdict
   paddle-ocrvl-sft plan --backend paddleformers --device cpu --data tiny.jsonl --model TINY --epochs 4 \\
       --lr 5e-3 -o runs/smoke lr_scheduler_type=constant     # tiny models / smoke runs only
@@ -37,6 +37,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("--backend", choices=("erniekit", "paddleformers"), default="erniekit",
                    help="trainer: erniekit (default; OCR-VL-SFT, full) or paddleformers (VL-SFT, full or --lora)")
+    # backends.base.DEVICES (a test keeps them in step: the shell does not import the backends, which load yaml)
     p.add_argument("--device", choices=("gpu", "cpu"), default="gpu",
                    help="gpu (default), or cpu: tiny models and smoke runs only (one process, CPU patches)")
     p.add_argument("--lora", action="store_true", help="PaddleFormers: LoRA instead of full fine-tuning (preset lr 5.0e-04)")
@@ -96,7 +97,6 @@ def register(subparsers) -> None:
 
 def run_plan(args) -> int:
     from paddle_ocrvl_sft import plan
-
     from paddle_ocrvl_sft.releases import Detection
 
     result = compute(args)

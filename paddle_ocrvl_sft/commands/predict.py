@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from paddle_ocrvl_sft.commands import STOP_REPEATS_HELP, positive_int, positive_seconds
+from paddle_ocrvl_sft.commands import STOP_REPEATS_HELP, non_negative_int, positive_int, positive_seconds
 
 DESCRIPTION = (
     "Run PaddleOCR-VL on images, folders of images or ERNIEKit .jsonl datasets (each line gives its image "
@@ -30,7 +30,7 @@ def register(subparsers) -> None:
     p.add_argument("--timeout", type=positive_seconds, default=600.0, help="genai-server: seconds per request (default 600)")
     p.add_argument("--concurrency", type=positive_int, metavar="N",
                    help="genai-server: requests in flight (default 16; the server batches them)")
-    p.add_argument("--retries", type=int, default=5, metavar="N",
+    p.add_argument("--retries", type=non_negative_int, default=5, metavar="N",
                    help="genai-server: times a request is asked again after a dropped connection, a timeout or "
                         "HTTP 408/429/502/503/504, honouring Retry-After, else with exponential back-off (default 5)")
     p.add_argument("--model-name", help="PaddleX model name (default: from DIR/inference.yml)")
@@ -63,12 +63,8 @@ def run(args) -> int:
 
     if args.out:
         refuse_existing(args.out, force=args.force)
-    if args.retries < 0:
-        from paddle_ocrvl_sft.errors import UsageError
-
-        raise UsageError(f"--retries {args.retries}: must be >= 0")
     jobs = P.collect_jobs(args.inputs, P.resolve_prompt(args.prompt, args.fields, args.query))
-    batch_size = args.batch_size or (16 if args.backend == "transformers" else 1)
+    batch_size = P.default_batch_size(args.backend, args.batch_size)
 
     def backend():
         return P.make_backend(args.backend, model_dir=args.model, server_url=args.server_url,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 from paddle_ocrvl_sft.commands import positive_int
 
@@ -16,6 +17,18 @@ examples:
   paddle-ocrvl-sft train runs/kie save_steps=100 logging_steps=5   # KEY=VALUE right after PLAN_DIR
 Exit status: 0 done, 1 failed (with the diagnosis), 130 Ctrl-C / 143 SIGTERM (resumable). Details: docs/train.md.
 """
+
+
+def grace_seconds(text: str) -> float:
+    """argparse type of --stop-grace: a finite number of seconds >= 0 (0: SIGKILL right after the stop
+    signal). A negative or NaN grace is no grace at all: the SIGKILL timer would fire at once."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds >= 0, got {text}")
+    return value
 
 
 def register(subparsers) -> None:
@@ -38,7 +51,7 @@ def register(subparsers) -> None:
     p.add_argument("--skip-agreement-check", action="store_true",
                    help="start without building the first sample with the trainer's code and comparing it with "
                         "PaddleX's inference prompt (docs/releases.md); recorded in the run's record.json")
-    p.add_argument("--stop-grace", type=float, default=None, metavar="SECONDS",
+    p.add_argument("--stop-grace", type=grace_seconds, default=None, metavar="SECONDS",
                    help="after Ctrl-C/SIGTERM, SIGKILL what of the trainer is still running after this long (default 60)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="trainer keys for this run, right after PLAN_DIR (checked by the backend's schema; "

@@ -13,7 +13,8 @@ files of a shape PaddleOCR-VL samples cannot hold.
 
 Image paths: relative paths in the source resolve against the source file's directory (or
 ``image_root``) and are rewritten relative to the output's directory, which is where ERNIEKit
-resolves them (FACTS.md, "Dataset reader"). URLs, absolute paths and base64 payloads pass through.
+resolves them (its reader joins a relative image path to the dataset file's directory). URLs,
+absolute paths and base64 payloads pass through.
 """
 
 from __future__ import annotations
@@ -818,8 +819,9 @@ def convert_file(
     Each rejected record is passed to ``report`` as ``FILE:LINE: error: FIELD: WHY``; warnings are
     collected per rule in ``Summary.warnings`` (rules in ``ignore`` only counted). OUT is written
     atomically, and only when every record converted, or with ``skip_bad`` when at least one did
-    (an all-invalid dataset makes ERNIEKit's loader loop forever: FACTS.md) and the reader lost
-    nothing (an error it could not read past, e.g. a syntax error in a ``.json`` array). With
+    (ERNIEKit's reader drops invalid samples and reads on, so an all-invalid dataset loops forever)
+    and the reader lost nothing (an error it could not read past, e.g. a syntax error in a ``.json``
+    array). With
     ``crop`` the cut boxes go to ``crop_dir`` (default: OUT's name without ``.jsonl`` + ``_crops``),
     written with OUT or not at all.
     """
@@ -830,9 +832,9 @@ def convert_file(
         raise UsageError(f"--to {to}: unknown format (choose from {', '.join(WRITERS)})")
     if task is not None and task not in BUILTIN_PROMPTS:
         raise UsageError(f"--task {task}: unknown task (choose from {', '.join(BUILTIN_PROMPTS)})")
-    for rule in ignore:
-        if rule not in WARNING_RULES:
-            raise UsageError(f"--ignore {rule}: not a warning of data convert (those are {', '.join(WARNING_RULES)})")
+    warnings = WarningSummary(hints=WARNING_RULES, ignore=ignore)  # refuses an --ignore of no warning rule
+    if crop_dir is not None and not crop:  # it would be ignored, and the user expects crops there
+        raise UsageError("--crop-dir applies with --crop (where the cut boxes are written)")
     src_path, out_path = Path(src_path), Path(out_path)
     if not src_path.is_file():
         raise UserError(f"{src_path}: no such file")
@@ -860,7 +862,7 @@ def convert_file(
     crops_final = Path(crop_dir) if crop_dir else out_path.with_name(out_path.name.removesuffix(".jsonl") + "_crops")
 
     converter = get_converter(fmt)
-    summary = Summary(fmt=fmt, shape=shape, warnings=WarningSummary(hints=WARNING_RULES, ignore=ignore))
+    summary = Summary(fmt=fmt, shape=shape, warnings=warnings)
     write = WRITERS[to]
     try:
         with atomic_open(out_path, "w", force=force) as fh, \

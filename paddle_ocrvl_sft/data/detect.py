@@ -102,10 +102,12 @@ def image_text_columns(header: list[str], columns: tuple[str, str] | None = None
     missing when the header does not say (``--columns IMAGE,TEXT``, ``--task``)."""
     shown = ",".join(header)
     if columns:
+        # matched whatever the case: a CSV header is read lower-cased, a JSON object's keys as written
+        found = {name.lower(): name for name in header}
         for name in columns:
-            if name not in header:
+            if name.lower() not in found:
                 raise UsageError(f"--columns: no column {name!r} in the header ({shown})")
-        image, text = columns
+        image, text = (found[name.lower()] for name in columns)
     else:
         image = next((name for name in IMAGE_COLUMNS if name in header), None)
         if image is None:
@@ -118,7 +120,7 @@ def image_text_columns(header: list[str], columns: tuple[str, str] | None = None
             text = named[0]
         else:
             raise UsageError(f"which column holds the text? the header is {shown}; name it with --columns {image},TEXT")
-    task = task or TEXT_COLUMNS.get(text)
+    task = task or TEXT_COLUMNS.get(text.lower())
     if task is None:
         raise UsageError(f"column {text!r} does not say which task it holds: pass --task (ocr, formula, table, chart, ...)")
     return image, text, task

@@ -50,13 +50,6 @@ class ReplayReport:
         return "\n".join(lines)
 
 
-@dataclass(frozen=True)
-class _Page:
-    """What ``evaluate.runner.predict_resumable`` needs of a sample: its predict job."""
-
-    job: object
-
-
 def replay_jobs(inputs: Iterable[str | os.PathLike], tasks: Iterable[str]) -> list:
     """Every distinct image of ``inputs`` (images, folders, datasets) asked every task prompt."""
     from paddle_ocrvl_sft.predict import Job, collect_jobs
@@ -96,8 +89,8 @@ def write_replay(model_dir, inputs: Iterable[str | os.PathLike], out: str | os.P
     """Ask ``model_dir`` (the BASE model) every task on every page and write the answers to ``out``
     as ERNIEKit samples; resumable through ``OUT.progress/``, which is removed once OUT is complete."""
     from paddle_ocrvl_sft.data.validate import ValidateOptions, validate_paths
-    from paddle_ocrvl_sft.evaluate.runner import PREDICTIONS, _model_id, _prepare_out_dir, predict_resumable
-    from paddle_ocrvl_sft.predict import BACKENDS, make_backend
+    from paddle_ocrvl_sft.evaluate.runner import PREDICTIONS, _model_id
+    from paddle_ocrvl_sft.predict import BACKENDS, make_backend, run_resumable
 
     if backend not in BACKENDS:
         raise UsageError(f"--backend {backend}: must be one of {', '.join(BACKENDS)}")
@@ -107,17 +100,16 @@ def write_replay(model_dir, inputs: Iterable[str | os.PathLike], out: str | os.P
     if out.suffix.lower() != ".jsonl":
         raise UsageError(f"-o {out}: replay samples are written as a .jsonl dataset")
     refuse_existing(out, force=force)
+    tasks = list(tasks)
     jobs = replay_jobs(inputs, tasks)
     work = progress_dir(out)
     info = {"model": _model_id(model_dir) or str(backend_options.get("server_url")), "backend": backend,
-            "tasks": list(tasks), "max_new_tokens": max_new_tokens}
-    if force and (work / "run.json").is_file() and _same_run(work, info) is False:
-        shutil.rmtree(work)  # --force on a replay made with other inputs: start over
-    _prepare_out_dir(work, info, force=False)
+            "tasks": tasks, "max_new_tokens": max_new_tokens, "pages": _digest(jobs)}
+    _prepare_progress(work, info, force=force)
     options = {"device": device, "max_new_tokens": max_new_tokens, **backend_options}
-    records = predict_resumable([_Page(job) for job in jobs], work / PREDICTIONS,
-                                lambda: make_backend(backend, model_dir=model_dir, **options),
-                                batch_size=batch_size, progress=progress)
+    records = run_resumable(jobs, work / PREDICTIONS, lambda: make_backend(backend, model_dir=model_dir, **options),
+                            batch_size=batch_size, progress=progress,
+                            other="this folder holds another replay (use another -o or --force)")
     report = ReplayReport(out, pages=len({job.image for job in jobs}), asked=len(jobs))
     root = out.resolve().parent
     with atomic_open(out, "w", force=force) as fh:
@@ -132,6 +124,11 @@ def write_replay(model_dir, inputs: Iterable[str | os.PathLike], out: str | os.P
                 continue
             write_json_line(fh, make_sample([_relative(job.image, root)], [(job.prompt, record["text"])]))
             report.written += 1
+        if not report.written:  # an empty dataset trains nothing: say why instead of writing one (OUT untouched)
+            why = "\n".join(report.summary().splitlines()[1:])
+            retry = "\nrerun the same command to retry the failed ones (the other answers are kept)" if report.failed else ""
+            raise UserError(f"{out}: not written: none of the {report.asked} answer(s) is a sample worth learning\n"
+                            f"{why}{retry}")
     checked = validate_paths([out], ValidateOptions(max_seq_len=None, decode=False))
     errors = [p for p in checked.problems if p.severity == "error"]
     if errors:
@@ -144,14 +141,35 @@ def write_replay(model_dir, inputs: Iterable[str | os.PathLike], out: str | os.P
     return report
 
 
-def _same_run(work: Path, info: dict) -> bool | None:
+def _digest(jobs: list) -> str:
+    """The pages x prompts asked, in one string: a progress dir of other --images is not resumed."""
+    import hashlib
     import json
 
-    try:
-        before = json.loads((work / "run.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return all(before.get(k) == v for k, v in info.items())
+    return hashlib.sha256(json.dumps([[job.image, job.prompt] for job in jobs]).encode()).hexdigest()[:16]
+
+
+def _prepare_progress(work: Path, info: dict, *, force: bool) -> None:
+    """A new progress dir, or the one this same replay left (resumed); one made from other inputs
+    (model, tasks, pages...) is started over under --force, else refused."""
+    import json
+
+    from paddle_ocrvl_sft.evaluate.runner import RUN_INFO
+    from paddle_ocrvl_sft.io import write_json
+
+    if work.exists():
+        try:
+            before = json.loads((work / RUN_INFO).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            before = {}
+        changed = [k for k in info if not isinstance(before, dict) or before.get(k) != info[k]]
+        if changed and not force:
+            raise UserError(f"{work}: holds a replay made with other inputs ({', '.join(changed)} changed); "
+                            "use another -o or --force to start over")
+        if changed:
+            shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    write_json(work / RUN_INFO, info)
 
 
 def _relative(image: str, root: Path) -> str:

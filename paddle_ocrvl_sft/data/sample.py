@@ -1,4 +1,4 @@
-"""The ERNIEKit OCR-VL sample: building it and reading it back (seed 000 §3.2, FACTS "Dataset reader").
+"""The ERNIEKit OCR-VL sample: building it and reading it back (seed 000 §3.2).
 
     {"image_info": [{"matched_text_index": 0, "image_url": "img.png"}],
      "text_info": [{"text": "OCR:", "tag": "mask"}, {"text": "answer", "tag": "no_mask"}]}

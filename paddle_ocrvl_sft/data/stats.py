@@ -73,7 +73,7 @@ def recommend(token_lengths: Iterable[int]) -> Recommendation:
     """max_seq_len and packing_size for these sample lengths.
 
     ERNIEKit drops every sample longer than ``max_seq_len`` and packs up to ``packing_size``
-    samples or ``max_seq_len`` tokens per sequence, whichever comes first (FACTS "Config").
+    samples or ``max_seq_len`` tokens per sequence, whichever comes first.
     So: keep the guide's packing_size 8 while 8 median samples fit in the guide's 16384 tokens,
     fewer otherwise; and make max_seq_len hold the longest sample and ``packing_size`` median
     samples, rounded up to a multiple of 1024.

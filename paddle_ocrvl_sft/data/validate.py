@@ -1,9 +1,9 @@
 """``data validate``: every rule ERNIEKit applies (or trips on) checked before training starts.
 
-ERNIEKit's reader drops bad samples with a log line and trains on (FACTS "Dataset reader"), loops
-forever when every sample is bad, and crashes on one unparsable line. Here every problem is
-reported as ``FILE:LINE: severity: message [rule]`` in one streaming pass (constant memory:
-per-sample state is a few bytes in arrays, not Python objects).
+ERNIEKit's reader drops bad samples with a log line and trains on, loops forever when every
+sample is bad, and crashes on one unparsable line. Here every problem is reported as
+``FILE:LINE: severity: message [rule]`` in one streaming pass (constant memory: per-sample state
+is a few bytes in arrays, not Python objects).
 
 The file is read the way ERNIEKit reads it (``vl_sft_dataset_json.py``, ``ExampleSet``): a
 ``.jsonl`` with ``[json.loads(line) for line in open(path)]``, a ``.json`` with ``json.load``.
@@ -153,6 +153,33 @@ class ValidateOptions:
     # the model's release: its template's assistant marker in the token counts, and the
     # untrained-task rule; None counts with v1's marker and checks no task
     release: Release | None = None
+
+
+def measure_options(*, model=None, release: str | None = None, max_seq_len: int | None = 16384, tokenizer=None,
+                    min_pixels: int | None = None, max_pixels: int | None = None,
+                    **extra) -> tuple[Release | None, str, ValidateOptions]:
+    """``--model``/``--release``/``--min-pixels``... of ``data validate|stats`` as (the release, one line
+    saying where it came from, the options): one place, so the UI's Data page counts and warns as the CLI does."""
+    from paddle_ocrvl_sft import releases
+    from paddle_ocrvl_sft.errors import UserError
+
+    if model:
+        if not Path(model).is_dir():  # else detect() says it cannot tell the release of what is not there
+            raise UserError(f"--model {model}: not a directory")
+        detection = releases.detect(model, release)
+        found = detection.release
+        line = f"release {detection.describe()}" + "".join(f"; note: {n}" for n in detection.notes)
+        bounds = PixelBounds.from_model_dir(model)
+    elif release:
+        found = releases.get(release)
+        line = f"release {found.name} ({found.title}): --release"
+        bounds = PixelBounds(*found.pixel_bounds)
+    else:
+        found, bounds = None, PixelBounds()
+        line = "release: not given (--release or --model): counted with v1's template marker and pixel bounds"
+    options = ValidateOptions(max_seq_len=max_seq_len, bounds=bounds.with_overrides(min_pixels, max_pixels),
+                              tokenizer_dir=tokenizer, release=found, **extra)
+    return found, line, options
 
 
 @dataclass(frozen=True)

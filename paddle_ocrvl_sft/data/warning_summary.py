@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
+from paddle_ocrvl_sft.errors import UsageError
+
 EXAMPLES = 3
 
 
@@ -25,10 +27,16 @@ class WarningSummary:
     """Collects warnings by rule in constant memory (a count and a few examples per rule).
 
     ``hints`` maps a rule to the way to fix its cause, said in the summary of a repeated rule;
-    ``ignore`` lists rules to count without printing (the caller checks they are warning rules).
+    ``ignore`` lists rules to count without printing: with ``hints`` (the command's warning rules),
+    each must be one of them, else a UsageError (``--ignore`` of a typo or of an error rule).
     """
 
     def __init__(self, *, hints: Mapping[str, str] | None = None, ignore: Iterable[str] = (), examples: int = EXAMPLES):
+        ignore = list(ignore)
+        for rule in ignore if hints is not None else ():
+            if rule not in hints:
+                raise UsageError(f"--ignore {rule}: not a warning rule (errors cannot be ignored; the warnings are "
+                                 f"{', '.join(hints)})")
         self.hints = dict(hints or {})
         self.ignore = frozenset(ignore)
         self.examples = examples

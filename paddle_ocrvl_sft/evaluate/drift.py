@@ -30,8 +30,9 @@ import paddle_ocrvl_sft.evaluate.metrics as M
 from paddle_ocrvl_sft.data.sample import image_location, is_remote
 from paddle_ocrvl_sft.data.validate import DATASET_SUFFIXES
 from paddle_ocrvl_sft.errors import UsageError, UserError
-from paddle_ocrvl_sft.evaluate.score import (EvalSample, aggregate, join_predictions, load_samples, runaway_flags,
-                                             runaway_metrics, score_samples, task_of)
+from paddle_ocrvl_sft.evaluate.score import (ALL_TASKS, HARMFUL_RUNAWAYS, EvalSample, aggregate, drift_limit,
+                                             join_predictions, load_samples, runaway_flags, runaway_metrics,
+                                             score_samples, task_of)
 from paddle_ocrvl_sft.io import iter_records, write_json
 from paddle_ocrvl_sft.predict import IMAGE_SUFFIXES, Job
 from paddle_ocrvl_sft.prompts import BUILTIN_PROMPTS, PROMPT_KINDS, prompt_kind
@@ -39,7 +40,6 @@ from paddle_ocrvl_sft.prompts import BUILTIN_PROMPTS, PROMPT_KINDS, prompt_kind
 DEFAULT_TASKS = ("ocr", "table", "formula", "chart")
 DRIFT_FILE, ROWS_FILE = "drift.json", "drift.jsonl"
 GATE_EXIT = 3  # `eval` exits with this when a task drifts past --max-drift (1: errors, 2: usage)
-ALL_TASKS = "*"
 
 
 # --- options ----------------------------------------------------------------------------------------
@@ -156,19 +156,25 @@ def drift_rows(samples: list[EvalSample], base_records: list[dict], records: lis
 
 
 def drift_metrics(rows: list[dict]) -> dict:
-    """Mean and worst drift per prompt kind and overall, and each model's runaways."""
+    """Mean and worst drift per prompt kind and overall, and each model's runaways.
+
+    A pair with a failed prediction is left out of the drift (``n`` per kind counts the pairs
+    compared): its missing answer says nothing about forgetting, and counted as an empty one
+    (drift 1) a transient failure would fail the gate. ``errors`` says how many were left out.
+    """
     kinds: dict[str, list[float]] = {}
     for row in rows:
-        kinds.setdefault(row["kind"], []).append(row["drift"])
+        if "error" not in row:
+            kinds.setdefault(row["kind"], []).append(row["drift"])
     per_kind = {kind: {"drift": sum(v) / len(v), "max": max(v), "n": len(v)}
                 for kind in PROMPT_KINDS if (v := kinds.get(kind))}
-    drifts = [row["drift"] for row in rows]
+    drifts = [drift for values in kinds.values() for drift in values]
     return {
         "kinds": per_kind,
         "drift": sum(drifts) / len(drifts) if drifts else 0.0,
         "n": len(rows),
         "pages": len({row["image"] for row in rows}),
-        "errors": sum("error" in row for row in rows),
+        "errors": sum("error" in row for row in rows),  # pairs left out of the drift
         "runaways": {"baseline": runaway_metrics([row["base_runaway"] for row in rows]),
                      "model": runaway_metrics([row["model_runaway"] for row in rows])},
     }
@@ -178,7 +184,7 @@ def gate(metrics: dict, limits: dict[str, float] | None) -> list[dict]:
     """The tasks whose mean drift is above their limit (``limits[kind]``, else ``limits["*"]``)."""
     failed = []
     for kind, value in metrics["kinds"].items():
-        limit = (limits or {}).get(kind, (limits or {}).get(ALL_TASKS))
+        limit = drift_limit(limits, kind)
         if limit is not None and value["drift"] > limit:
             failed.append({"kind": kind, "drift": value["drift"], "limit": limit})
     return failed
@@ -194,9 +200,9 @@ def evaluate_drift(model_dir, baseline, pages, *, out_dir, tasks: Iterable[str] 
     """Run ``model_dir`` and ``baseline`` on the general ``pages`` (resumable, like ``evaluate``),
     compare their answers, write ``out_dir`` (drift.json, drift.jsonl, report.html, predictions)
     and return the drift metrics (``gate``: the tasks past ``max_drift``)."""
-    from paddle_ocrvl_sft.evaluate.runner import (BASELINE, PREDICTIONS, _model_id, _prepare_out_dir,
-                                                  checked_normalizations, default_batch_size, predict_resumable)
-    from paddle_ocrvl_sft.predict import BACKENDS, jobs_per_call, make_backend
+    from paddle_ocrvl_sft.evaluate.runner import (BASELINE, _model_id, _prepare_out_dir, checked_normalizations,
+                                                  model_predictions)
+    from paddle_ocrvl_sft.predict import BACKENDS
 
     if backend not in BACKENDS:
         raise UsageError(f"--backend {backend}: must be one of {', '.join(BACKENDS)}")
@@ -209,16 +215,11 @@ def evaluate_drift(model_dir, baseline, pages, *, out_dir, tasks: Iterable[str] 
     normalize = checked_normalizations(normalize)
     samples = load_pages(pages, tasks)
     out = Path(out_dir)
-    batch_size = default_batch_size(backend, batch_size)
-    options = {"device": device, "max_new_tokens": max_new_tokens, "batch_size": batch_size, **backend_options}
     _prepare_out_dir(out, {"general": os.path.realpath(pages), "tasks": list(parse_tasks(tasks)), "backend": backend,
                            "model": _model_id(model_dir), "baseline": _model_id(baseline),
                            "stop_repeats": backend_options.get("stop_repeats")}, force)
-
-    def predictions_of(model, where: Path) -> list[dict]:
-        return predict_resumable(samples, where / PREDICTIONS, lambda: make_backend(backend, model_dir=model, **options),
-                                 batch_size=jobs_per_call(backend, batch_size), progress=progress)
-
+    predictions_of = model_predictions(samples, backend, device=device, batch_size=batch_size,
+                                       max_new_tokens=max_new_tokens, progress=progress, **backend_options)
     records = predictions_of(model_dir, out)
     base_records = predictions_of(baseline, out / BASELINE)
     return compare_and_report(samples, base_records, records, out, max_drift=max_drift, normalize=normalize,
@@ -264,7 +265,7 @@ def compare_and_report(samples: list[EvalSample], base_records: list[dict], reco
             "baseline": aggregate(score_samples(picked, [base_records[i] for i in labelled], normalize), by_doc_type=False),
         }
     metrics["gate"] = gate(metrics, max_drift)
-    order = sorted(range(len(rows)), key=lambda i: (-rows[i]["drift"], i))
+    order = sorted(range(len(rows)), key=lambda i: ("error" in rows[i], -rows[i]["drift"], i))  # failed ones last
     write_jsonl(out / ROWS_FILE, [rows[i] for i in order])
     write_json(out / DRIFT_FILE, metrics)
     write_drift_report(out, metrics, [rows[i] for i in order])
@@ -276,10 +277,9 @@ def compare_and_report(samples: list[EvalSample], base_records: list[dict], reco
 
 def drift_summary(metrics: dict) -> str:
     """The drift table for a terminal: per task the mean and worst drift (and the limit), runaways."""
-    limits = metrics.get("max_drift") or {}
     table = [["task", "n", "drift (mean)", "worst page", "limit"]]
     for kind, value in metrics["kinds"].items():
-        limit = limits.get(kind, limits.get(ALL_TASKS))
+        limit = drift_limit(metrics.get("max_drift"), kind)
         mark = "" if limit is None else f"{limit:.2f}" + (" EXCEEDED" if value["drift"] > limit else " ok")
         table.append([kind, str(value["n"]), f"{value['drift']:.3f}", f"{value['max']:.3f}", mark or "-"])
     table.append(["all", str(metrics["n"]), f"{metrics['drift']:.3f}", "", ""])
@@ -289,8 +289,8 @@ def drift_summary(metrics: dict) -> str:
     lines += ["  " + "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
               for row in table]
     base, now = metrics["runaways"]["baseline"], metrics["runaways"]["model"]
-    lines.append(f"  runaways (base -> fine-tuned): at the token cap {base['at_cap']} -> {now['at_cap']}, "
-                 f"ending in a loop {base['loops']} -> {now['loops']}")
+    lines.append("  runaways (base -> fine-tuned): " + ", ".join(
+        f"{label.removeprefix('answers ')} {base[key]} -> {now[key]}" for key, label in HARMFUL_RUNAWAYS))
     labelled = metrics.get("labels")
     if labelled:
         from paddle_ocrvl_sft.evaluate.runner import summary
@@ -299,7 +299,8 @@ def drift_summary(metrics: dict) -> str:
                                                        "model": metrics["model"], "data": metrics["general"],
                                                        "normalize": metrics["normalize"]}).replace("\n", "\n    "))
     if metrics.get("errors"):
-        lines.append(f"  {metrics['errors']} page(s) with a failed prediction (scored as an empty answer)")
+        lines.append(f"  {metrics['errors']} answer pair(s) with a failed prediction left out of the drift "
+                     "(rerun to retry them)")
     return "\n".join(lines)
 
 

@@ -14,7 +14,8 @@ import io
 from pathlib import Path
 
 from paddle_ocrvl_sft.data.sample import is_remote
-from paddle_ocrvl_sft.evaluate.score import RUNAWAYS, format_change, format_value, headlines, kinds_of
+from paddle_ocrvl_sft.evaluate.score import (HARMFUL_RUNAWAYS, RUNAWAYS, drift_limit, format_change, format_value,
+                                             headlines, kinds_of, runaway_words)
 from paddle_ocrvl_sft.io import atomic_write_bytes, atomic_write_text
 
 WORST = 12  # samples shown
@@ -210,9 +211,7 @@ def sample_card(row: dict, base_row: dict | None) -> str:
              _text_block("prompt", row["prompt"])]
     if "error" in row:
         parts.append(f'<div class="bad">prediction failed: {_e(row["error"])}</div>')
-    runaway = [what for what, flag in (("hit the token cap", row.get("finish") == "length"),
-                                       ("ends in a loop", row.get("loop")),
-                                       ("cut by --stop-repeats", row.get("finish") == "repeats")) if flag]
+    runaway = runaway_words(row)
     if runaway:
         parts.append(f'<div class="bad">runaway: {_e(", ".join(runaway))}</div>')
     parts += [_text_block("reference", row["reference"]), _text_block("prediction", row["prediction"]),
@@ -267,18 +266,16 @@ def drift_card(row: dict) -> str:
         parts.append(f'<div class="bad">prediction failed: {_e(row["error"])}</div>')
     for who, key in (("base model", "base"), ("fine-tuned model", "model")):
         flags = row[f"{key}_runaway"]
-        runaway = [what for what, flag in (("hit the token cap", flags.get("finish") == "length"),
-                                           ("ends in a loop", flags.get("loop"))) if flag]
+        runaway = runaway_words(flags, HARMFUL_RUNAWAYS)
         parts.append(_text_block(f"{who} answer" + (f" ({', '.join(runaway)})" if runaway else ""), row[key]))
     parts.append(f'<div class="label">character diff (base → fine-tuned)</div><pre>{char_diff(row["base"], row["model"])}</pre>')
     return f'<div class="sample">{image}<div class="body">{"".join(parts)}</div></div>'
 
 
 def drift_table(metrics: dict) -> str:
-    limits = metrics.get("max_drift") or {}
     rows = []
     for kind, value in metrics["kinds"].items():
-        limit = limits.get(kind, limits.get("*"))
+        limit = drift_limit(metrics.get("max_drift"), kind)
         verdict = "" if limit is None else ("<span class='bad'>exceeded</span>" if value["drift"] > limit else "within")
         rows.append(f"<tr><td>{_e(kind)}</td><td class='num'>{value['n']}</td><td class='num'>{value['drift']:.3f}</td>"
                     f"<td class='num'>{value['max']:.3f}</td><td class='num'>{'–' if limit is None else f'{limit:.2f}'}</td>"
@@ -288,7 +285,7 @@ def drift_table(metrics: dict) -> str:
     head = "".join(f"<th>{c}</th>" for c in ("task", "n", "drift (mean)", "worst page", "--max-drift", ""))
     base, now = metrics["runaways"]["baseline"], metrics["runaways"]["model"]
     runaways = "".join(f"<tr><td>{_e(label)}</td><td class='num'>{base[key]}</td><td class='num'>{now[key]}</td></tr>"
-                       for key, label in RUNAWAYS[:2])
+                       for key, label in HARMFUL_RUNAWAYS)
     return (f"<table><tr>{head}</tr>{''.join(rows)}</table>"
             f"<h2>Runaways</h2><table><tr><th></th><th>base</th><th>fine-tuned</th></tr>{runaways}</table>")
 
@@ -298,6 +295,9 @@ def render_drift_html(metrics: dict, rows: list[dict]) -> str:
             f"model: {_e(metrics['model'])}", f"base: {_e(metrics['baseline'])}",
             "drift = 1 − agreement: 1 − NED of the texts, 1 − TEDS of the tables, 1 − NED of the LaTeX tokens "
             "(0: the same answer as the base)"]
+    if metrics.get("errors"):
+        meta.append(f"<span class='bad'>{metrics['errors']} answer pair(s) with a failed prediction, left out of "
+                    "the drift (rerun to retry them)</span>")
     if metrics.get("gate"):
         meta.append("<span class='bad'>past --max-drift: " + _e(", ".join(f["kind"] for f in metrics["gate"])) + "</span>")
     labelled = ""

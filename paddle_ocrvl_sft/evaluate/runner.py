@@ -22,7 +22,7 @@ from paddle_ocrvl_sft.evaluate.metrics import normalizer
 from paddle_ocrvl_sft.evaluate.score import (RUNAWAYS, EvalSample, aggregate, format_change, format_value, headlines,
                                              join_predictions, kinds_of, load_samples, score_samples)
 from paddle_ocrvl_sft.io import atomic_open, refuse_existing, write_json
-from paddle_ocrvl_sft.predict import BACKENDS, jobs_per_call, make_backend, run_resumable
+from paddle_ocrvl_sft.predict import BACKENDS, default_batch_size, jobs_per_call, make_backend, run_resumable
 
 PREDICTIONS = "predictions.jsonl"
 BASELINE = "baseline"
@@ -54,19 +54,13 @@ def evaluate(model_dir, data, *, out_dir, baseline=None, backend: str = "paddle"
     normalize = checked_normalizations(normalize)
     samples = load_samples(data)
     out = Path(out_dir)
-    batch_size = default_batch_size(backend, batch_size)
-    options = {"device": device, "max_new_tokens": max_new_tokens, "batch_size": batch_size, **backend_options}
     model_label = str(model_dir) if model_dir is not None else str(backend_options.get("server_url"))
     info = {"data": os.path.realpath(data), "backend": backend,
             "model": _model_id(model_dir) or model_label, "baseline": _model_id(baseline),
             "stop_repeats": backend_options.get("stop_repeats")}
     _prepare_out_dir(out, info, force)
-
-    def predictions_of(model, where: Path) -> list[dict]:
-        return predict_resumable(samples, where / PREDICTIONS,
-                                 lambda: make_backend(backend, model_dir=model, **options),
-                                 batch_size=jobs_per_call(backend, batch_size), progress=progress)
-
+    predictions_of = model_predictions(samples, backend, device=device, batch_size=batch_size,
+                                       max_new_tokens=max_new_tokens, progress=progress, **backend_options)
     records = predictions_of(model_dir, out)
     base_records = predictions_of(baseline, out / BASELINE) if baseline is not None else None
     return score_and_report(samples, records, base_records, out, normalize=normalize,
@@ -121,9 +115,19 @@ def score_and_report(samples: list[EvalSample], records: list[dict], base_record
 # --- resumable predictions ------------------------------------------------------------------------
 
 
-def default_batch_size(backend: str, batch_size: int | None) -> int:
-    """Images per model call: ``batch_size`` when given, else 16 for transformers and 1 for the others."""
-    return batch_size or (16 if backend == "transformers" else 1)
+def model_predictions(samples: list[EvalSample], backend: str, *, device: str | None, batch_size: int | None,
+                      max_new_tokens: int | None, progress: bool, **backend_options) -> Callable[..., list[dict]]:
+    """``predictions_of(model_dir, where)``: each sample's record from ``where/predictions.jsonl``
+    (resumed, :func:`predict_resumable`) with ``backend`` on ``model_dir`` (loaded only if needed)."""
+    batch_size = default_batch_size(backend, batch_size)
+    options = {"device": device, "max_new_tokens": max_new_tokens, "batch_size": batch_size, **backend_options}
+
+    def predictions_of(model_dir, where: Path) -> list[dict]:
+        return predict_resumable(samples, where / PREDICTIONS,
+                                 lambda: make_backend(backend, model_dir=model_dir, **options),
+                                 batch_size=jobs_per_call(backend, batch_size), progress=progress)
+
+    return predictions_of
 
 
 def predict_resumable(samples: list[EvalSample], path: Path, make: Callable[[], object], *, batch_size: int = 1,

@@ -57,9 +57,33 @@ def kinds_of(metrics: dict) -> list[str]:
 
 COUNTS = ("missing_keys", "extra_keys", "n", "at_cap", "loops", "guard_cut")
 
-# Runaway answers (metrics["runaways"], one per model): (key, label); fewer is better.
-RUNAWAYS = (("at_cap", "answers at the token cap"), ("loops", "answers ending in a loop"),
-            ("guard_cut", "answers cut by --stop-repeats"))
+# Runaway answers (metrics["runaways"], one per model), fewer is better: (key, label of the count,
+# what one answer's card says, the test on one answer's runaway_flags). Every list of them derives from here.
+RUNAWAY_KINDS = (
+    ("at_cap", "answers at the token cap", "hit the token cap", lambda flags: flags.get("finish") == "length"),
+    ("loops", "answers ending in a loop", "ends in a loop", lambda flags: bool(flags.get("loop"))),
+    ("guard_cut", "answers cut by --stop-repeats", "cut by --stop-repeats",
+     lambda flags: flags.get("finish") == "repeats"),
+)
+RUNAWAYS = tuple((key, label) for key, label, _words, _test in RUNAWAY_KINDS)
+# The runaways that count against a model (the verdict, the drift report): the guard's cuts are its fix.
+HARMFUL_RUNAWAYS = RUNAWAYS[:2]
+
+
+def runaway_words(flags: dict, runaways=RUNAWAYS) -> list[str]:
+    """What one answer's :func:`runaway_flags` say, e.g. ``["hit the token cap", "ends in a loop"]``
+    (of ``runaways``: :data:`RUNAWAYS` or :data:`HARMFUL_RUNAWAYS`)."""
+    keys = {key for key, _label in runaways}
+    return [words for key, _label, words, test in RUNAWAY_KINDS if key in keys and test(flags)]
+
+
+ALL_TASKS = "*"  # --max-drift's key for every task
+
+
+def drift_limit(limits: dict | None, kind: str) -> float | None:
+    """A prompt kind's ``--max-drift`` limit: its own, else the one for every task (``*``), else None."""
+    limits = limits or {}
+    return limits.get(kind, limits.get(ALL_TASKS))
 
 
 def format_value(key: str, value) -> str:
@@ -269,8 +293,7 @@ def runaway_metrics(rows: list[dict]) -> dict:
     """``at_cap``: answers that hit the token cap (``finish`` length); ``loops``: answers whose text
     ends in a repeated loop; ``guard_cut``: answers the loop guard cut; ``finish_known``: answers
     whose backend said how they ended (the others cannot count towards ``at_cap``)."""
-    return {"at_cap": sum(r.get("finish") == "length" for r in rows), "loops": sum(bool(r.get("loop")) for r in rows),
-            "guard_cut": sum(r.get("finish") == "repeats" for r in rows),
+    return {**{key: sum(test(r) for r in rows) for key, _label, _words, test in RUNAWAY_KINDS},
             "finish_known": sum(r.get("finish") is not None for r in rows), "n": len(rows)}
 
 

@@ -18,10 +18,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from paddle_ocrvl_sft.evaluate.score import format_change, format_value, headlines, kinds_of
+from paddle_ocrvl_sft.evaluate.score import (ALL_TASKS, HARMFUL_RUNAWAYS, drift_limit, format_change, format_value,
+                                             headlines, kinds_of)
 
-DEFAULT_MAX_DRIFT = {"*": 0.1}
-CPU_TOKEN_CAP = 128  # general pages on a CPU run without eval data: a cap that keeps the drift check minutes long  # the verdict's limit when the plan sets none (eval --general gates only when asked)
+# the verdict's limit when the plan sets none (eval --general gates only when asked)
+DEFAULT_MAX_DRIFT = {ALL_TASKS: 0.1}
+CPU_TOKEN_CAP = 128  # general pages on a CPU run without eval data: a cap that keeps the drift check minutes long
 
 
 def task_rows(metrics: dict) -> list[dict]:
@@ -43,7 +45,7 @@ def drift_rows(drift: dict, limits: dict | None) -> list[dict]:
     limits = limits or DEFAULT_MAX_DRIFT
     rows = []
     for kind, value in drift["kinds"].items():
-        limit = limits.get(kind, limits.get("*"))
+        limit = drift_limit(limits, kind)
         rows.append({"kind": kind, "n": value["n"], "drift": value["drift"], "max": value["max"], "limit": limit,
                      "within": limit is None or value["drift"] <= limit})
     return rows
@@ -51,7 +53,7 @@ def drift_rows(drift: dict, limits: dict | None) -> list[dict]:
 
 def runaway_counts(task: dict | None, drift: dict | None) -> dict:
     """Answers at the token cap and ending in a loop, base and fine-tuned, over both evaluations."""
-    total = {who: {"at_cap": 0, "loops": 0} for who in ("base", "model")}
+    total = {who: {key: 0 for key, _label in HARMFUL_RUNAWAYS} for who in ("base", "model")}
     sources = []
     if task and task.get("runaways"):
         sources.append(("model", task["runaways"]))
@@ -60,7 +62,7 @@ def runaway_counts(task: dict | None, drift: dict | None) -> dict:
     if drift:
         sources += [("base", drift["runaways"]["baseline"]), ("model", drift["runaways"]["model"])]
     for who, counts in sources:
-        for key in ("at_cap", "loops"):
+        for key, _label in HARMFUL_RUNAWAYS:
             total[who][key] += counts[key]
     return total
 
@@ -74,7 +76,7 @@ def verdict(task: dict | None, drift: dict | None, max_drift: dict | None = None
     task_word = None if not changes else "worse" if "worse" in changes else \
         "better" if "better" in changes else "same"
     drift_word = None if not drift else "within" if all(row["within"] for row in drifts) else "forgot"
-    more = {key: (runaways["base"][key], runaways["model"][key]) for key in ("at_cap", "loops")
+    more = {label: (runaways["base"][key], runaways["model"][key]) for key, label in HARMFUL_RUNAWAYS
             if runaways["model"][key] > runaways["base"][key]}
     parts = []
     if task_word == "better":
@@ -96,7 +98,7 @@ def verdict(task: dict | None, drift: dict | None, max_drift: dict | None = None
         parts.append("drift not measured (plan --general PAGES)")
     if more:
         parts.append("MORE runaway answers (" + ", ".join(
-            f"{'at the token cap' if k == 'at_cap' else 'ending in a loop'} {a} -> {b}" for k, (a, b) in more.items()) + ")")
+            f"{label.removeprefix('answers ')} {a} -> {b}" for label, (a, b) in more.items()) + ")")
     good = task_word == "better" and drift_word != "forgot" and not more
     return {"task": task_word, "drift": drift_word, "more_runaways": bool(more), "ok": good, "tasks": tasks,
             "drifts": drifts, "runaways": runaways, "max_drift": max_drift or DEFAULT_MAX_DRIFT,
@@ -114,7 +116,7 @@ def render(v: dict) -> str:
         limit = "" if row["limit"] is None else f"limit {row['limit']:.2f} " + ("ok" if row["within"] else "EXCEEDED")
         table.append(["drift", f"{row['kind']} on general pages (n={row['n']})", "0 (itself)",
                       f"{row['drift']:.3f}", limit])
-    for key, label in (("at_cap", "answers at the token cap"), ("loops", "answers ending in a loop")):
+    for key, label in HARMFUL_RUNAWAYS:
         base, now = v["runaways"]["base"][key], v["runaways"]["model"][key]
         table.append(["runaways", label, str(base), str(now), "MORE" if now > base else ""])
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]

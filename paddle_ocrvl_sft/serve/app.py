@@ -39,7 +39,7 @@ from paddle_ocrvl_sft.errors import UserError
 from paddle_ocrvl_sft.loop_guard import finish_of
 from paddle_ocrvl_sft.predict import Job, parse_kie
 from paddle_ocrvl_sft.prompts import kie_prompt
-from paddle_ocrvl_sft.serve.batcher import MicroBatcher
+from paddle_ocrvl_sft.serve.batcher import MicroBatcher, Unavailable
 from paddle_ocrvl_sft.serve.inputs import (
     ApiError,
     Limits,
@@ -197,6 +197,8 @@ def create_app(backend, *, model_name: str, backend_name: str, limits: Limits = 
             raise ApiError(503, f"the model is not available: {exc}", "server_error") from None
         try:
             text = await asyncio.wait_for(asyncio.wrap_future(future), limits.timeout)
+        except Unavailable as exc:  # the worker stopped before running it (a failed warm-up, shutting down)
+            raise ApiError(503, f"the model is not available: {exc}", "server_error") from None
         except asyncio.TimeoutError:  # not the builtin one before Python 3.11
             raise ApiError(408, f"no answer within {limits.timeout:g} s (the server's --timeout); "
                                 "send a smaller image or a lower max_new_tokens", "timeout") from None
@@ -266,7 +268,7 @@ def create_app(backend, *, model_name: str, backend_name: str, limits: Limits = 
         image, prompt = await asyncio.to_thread(chat_input, chat, limits)
         cap = token_cap(chat.max_completion_tokens if chat.max_completion_tokens is not None else chat.max_tokens,
                         "max_completion_tokens", limits)
-        job = Job(image, prompt, max_new_tokens=cap, pixels=pixel_bounds(chat.mm_processor_kwargs, model_bounds))
+        job = Job(image, prompt, max_new_tokens=cap, pixels=pixel_bounds(chat.mm_processor_kwargs, model_bounds, limits))
         text, _ = await run_job(job, request)
         # OpenAI's two reasons: "length" for an answer that hit its cap (the backend's Answer.finish says),
         # "stop" otherwise (the loop guard's cut included: the answer ended, on purpose)

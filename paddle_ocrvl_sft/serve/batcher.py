@@ -17,8 +17,9 @@ with :meth:`MicroBatcher.submit` and comes back as a :class:`concurrent.futures.
   the next batch;
 * **answered as rows end**: a backend with ``run_prepared(items, on_done)`` answers each job when
   its row ends (its own end of sequence or token cap), while the rest of the batch goes on, so a
-  short request is not held back by a long one in the same batch. Other backends get
-  ``backend.batch(jobs)`` (or one call per job).
+  short request is not held back by a long one in the same batch. A backend with ``imap(jobs)``
+  (genai-server) answers each job from its own outcome; other backends get ``backend.batch(jobs)``
+  (or one call per job).
 
 A job cancelled before its batch starts (its request timed out, its client left) is skipped. A
 failed batch is retried in halves for the jobs still unanswered, so an error lands on the job
@@ -40,6 +41,10 @@ from typing import Any, Callable
 from paddle_ocrvl_sft.predict import Job
 
 log = logging.getLogger("paddle_ocrvl_sft.serve")
+
+
+class Unavailable(RuntimeError):
+    """The worker has stopped (a failed warm-up, or the server shutting down): a 503, not the job's fault."""
 
 
 @dataclass(eq=False)
@@ -73,6 +78,7 @@ class MicroBatcher:
         self.rows = callable(getattr(backend, "prepare", None)) and callable(getattr(backend, "run_prepared", None))
         self.status = "warming"
         self.error: str | None = None
+        self._stopped = False  # set (under _lock) when the worker stops taking jobs
         self._reading: set[Arrival] = set()  # requests whose bodies are being read (the app's count)
         self._preparing: set[_Pending] = set()  # jobs on the prepare threads
         self._lock = threading.Lock()
@@ -102,27 +108,43 @@ class MicroBatcher:
                     bool(self._reading or self._preparing))
 
     def submit(self, job: Job, arrival: Arrival | None = None) -> Future:
-        """Queue ``job`` (prepared on a CPU thread first where the backend prepares); its Future."""
-        if not self.alive:
+        """Queue ``job`` (prepared on a CPU thread first where the backend prepares); its Future.
+
+        Raises :class:`Unavailable` once the worker has stopped (or :meth:`close` was called).
+        """
+        pending = _Pending(job, job) if arrival is None else _Pending(job, job, since=arrival.since)
+        try:
+            # Under the lock the worker stops with (_stop): a job is queued before the worker empties
+            # the queue, and so failed there, or refused here; none is left behind in between.
+            with self._lock:
+                if self._stopped or not self.alive:
+                    raise Unavailable(self.error or "the model worker has stopped")
+                if self._prepare is None:
+                    self._queue.put(pending)
+                else:
+                    self._preparing.add(pending)  # counted before the arrival ends: the worker never sees a gap
+            if self._prepare is not None:
+                try:
+                    self._prepare.submit(self._prepare_one, pending)
+                except RuntimeError:  # close() shut the prepare threads down: nothing will prepare it
+                    with self._lock:
+                        self._preparing.discard(pending)
+                    raise Unavailable("the server is shutting down") from None
+        finally:
             if arrival is not None:
                 arrival.done()
-            raise RuntimeError(self.error or "the model worker has stopped")
-        pending = _Pending(job, job) if arrival is None else _Pending(job, job, since=arrival.since)
-        if self._prepare is None:
-            self._queue.put(pending)
-        else:
-            with self._lock:  # counted before the arrival ends: the worker never sees a gap
-                self._preparing.add(pending)
-            self._prepare.submit(self._prepare_one, pending)
-        if arrival is not None:
-            arrival.done()
         return pending.future
 
     def _prepare_one(self, pending: _Pending) -> None:
         try:
-            if not pending.future.cancelled():
+            if not self._stopped and not pending.future.cancelled():
                 pending.item = self.backend.prepare(pending.job)
-                self._queue.put(pending)
+            with self._lock:  # the worker may have stopped meanwhile: queued only while it will still run
+                queued = not self._stopped and not pending.future.cancelled()
+                if queued:
+                    self._queue.put(pending)
+            if not queued and pending.future.set_running_or_notify_cancel():
+                pending.future.set_exception(Unavailable(self.error or "the server is shutting down"))
         except Exception as exc:  # an image the processor cannot take: this request's error only
             if pending.future.set_running_or_notify_cancel():
                 pending.future.set_exception(exc)
@@ -135,7 +157,9 @@ class MicroBatcher:
         self._queue.put(None)
         self._thread.join(timeout)
         if self._prepare is not None:
-            self._prepare.shutdown(wait=False, cancel_futures=True)
+            # Not cancelled: a cancelled prepare would never answer its request; each one left fails
+            # its job at once once the worker has stopped (_prepare_one), or is queued behind the end.
+            self._prepare.shutdown(wait=False)
 
     # --- the worker ----------------------------------------------------------------------------------
 
@@ -147,8 +171,7 @@ class MicroBatcher:
         except Exception as exc:  # a model that cannot run: say so on /health, answer 503
             log.exception("warm-up failed")
             self.error = f"warm-up failed: {type(exc).__name__}: {exc}"
-            self.status = "down"
-            self._fail_waiting(self.error)
+            self._stop(self.error)
             return
         self.status = "ok"
         while True:
@@ -163,17 +186,20 @@ class MicroBatcher:
                 self.on_batch(len(batch), time.perf_counter() - start)
             if stop:
                 break
-        self.status = "down"
-        self._fail_waiting("the server is shutting down")
+        self._stop("the server is shutting down")
 
-    def _fail_waiting(self, why: str) -> None:
-        while True:  # what arrived after close(): nobody will run it
+    def _stop(self, why: str) -> None:
+        """No job runs from now on: refuse new ones (submit, _prepare_one) and fail those queued."""
+        with self._lock:
+            self._stopped = True
+        self.status = "down"
+        while True:  # what arrived after close(), or during a failed warm-up: nobody will run it
             try:
                 pending = self._queue.get_nowait()
             except queue.Empty:
                 return
             if pending is not None and pending.future.set_running_or_notify_cancel():
-                pending.future.set_exception(RuntimeError(why))
+                pending.future.set_exception(Unavailable(why))
 
     def _gather(self, first: _Pending) -> tuple[list[_Pending], bool]:
         batch = [first]
@@ -205,6 +231,15 @@ class MicroBatcher:
                         batch[i].future.set_result(text)
 
                 self.backend.run_prepared([p.item for p in batch], done)
+            elif hasattr(self.backend, "imap"):
+                # Each request answered from its own outcome (genai-server, as predict.run does): batch()
+                # raises on the first failure, and retrying in halves would ask the upstream again for
+                # answers it already gave.
+                for pending, outcome in zip(batch, self.backend.imap([p.job for p in batch])):
+                    if isinstance(outcome, Exception):
+                        pending.future.set_exception(outcome)
+                    else:
+                        pending.future.set_result(outcome)
             else:
                 jobs = [p.job for p in batch]
                 texts = self.backend.batch(jobs) if hasattr(self.backend, "batch") else [self.backend(j) for j in jobs]

@@ -151,15 +151,20 @@ def token_cap(value: object, field: str, limits: Limits) -> int | None:
     return min(cap, limits.max_new_tokens)
 
 
-def pixel_bounds(kwargs: object, model_bounds: PixelBounds) -> PixelBounds | None:
+def pixel_bounds(kwargs: object, model_bounds: PixelBounds, limits: Limits = Limits()) -> PixelBounds | None:
     """``mm_processor_kwargs`` {min_pixels, max_pixels}, as PaddleOCR's pipeline sends them.
 
-    A bound not given keeps the model's own (its preprocessor_config.json).
+    A bound not given keeps the model's own (its preprocessor_config.json). A bound above the
+    model's max_pixels or the server's --max-image-pixels is refused: the image is resized to
+    within the bounds, so min_pixels = max_pixels = 10**10 would upscale a tiny upload into an
+    image far larger than any the server accepts (memory, and a prompt of millions of tokens).
     """
     if kwargs is None:
         return None
     if not isinstance(kwargs, dict):
         raise ApiError(422, "mm_processor_kwargs: expected an object with min_pixels/max_pixels")
+    ceiling, named = min((model_bounds.max_pixels, "the model's max_pixels"),
+                         (limits.max_image_pixels, "the server's --max-image-pixels"))
     values = {}
     for key in ("min_pixels", "max_pixels"):
         value = kwargs.get(key)
@@ -167,6 +172,9 @@ def pixel_bounds(kwargs: object, model_bounds: PixelBounds) -> PixelBounds | Non
             continue
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ApiError(422, f"mm_processor_kwargs.{key}: expected an integer >= 1, got {value!r}")
+        if value > ceiling:
+            raise ApiError(422, f"mm_processor_kwargs.{key}: {value} is above {named} ({ceiling}); "
+                                f"send at most {ceiling}")
         values[key] = value
     if not values:
         return None

@@ -32,6 +32,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from paddle_ocrvl_sft import __version__
+from paddle_ocrvl_sft.commands.serve import is_loopback
 from paddle_ocrvl_sft.errors import UsageError, UserError
 from paddle_ocrvl_sft.ui import data_view, evals, forms, jobs, runs
 from paddle_ocrvl_sft.ui.paths import Refused, Roots
@@ -42,11 +43,9 @@ STATIC = Path(__file__).parent / "static"
 COOKIE = "paddle_ocrvl_ui"
 PUBLIC = ("/", "/login", "/favicon.ico")
 MAX_BODY = 1 << 20  # JSON bodies of the API (the Try routes have serve's own limit)
-LOOPBACK_NAMES = {"127.0.0.1", "localhost", "[::1]", "::1"}
-# forms the UI runs as jobs: (command, subcommand) of the CLI
-JOB_COMMANDS = {"plan": ("plan",), "eval": ("eval",), "data-split": ("data", "split"),
-                "data-convert": ("data", "convert"), "data-kie": ("data", "kie"), "data-validate": ("data", "validate")}
-FORMS = {**JOB_COMMANDS, "train": ("train",)}
+FORMS = jobs.COMMANDS  # a form for each command the UI runs: (command, subcommand) of the CLI
+# POST /api/jobs runs these; train is started from the Runs page (/api/runs/start), on a plan dir
+JOB_COMMANDS = {name: command for name, command in FORMS.items() if name != "train"}
 # the eval form shows the options for a local model and a baseline (genai-server has its own workflow)
 EVAL_FIELDS = ("model", "baseline", "data", "out", "max_new_tokens", "batch_size", "device", "normalize", "force")
 
@@ -362,6 +361,7 @@ def create_app(workdir: str | os.PathLike = ".", *, allow=(), api_key: str | Non
     def run_stop(body: dict = Body(...)):
         """Ctrl-C: to the UI's job's process group, or to a ``train`` started in a terminal (the lock's pid)."""
         path = plan_dir(str(body.get("plan", "")))
+        roots.resolve(str(path), write=True, what="plan")  # as Start: an --allow dir's runs are seen, never stopped
         state = runs.plan_state(path, roots.workdir)
         job = state["job"]
         if job and job["state"] in ("running", "stopping"):
@@ -478,8 +478,9 @@ class _Guard:
     def refusal(self, scope) -> JSONResponse | None:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         host = headers.get("host", "")
-        if self.loopback_only and _host_name(host) not in LOOPBACK_NAMES:
-            return error_response(403, f"Host {host!r}: this UI answers to 127.0.0.1 or localhost only "
+        # the address `ui --host` accepted as loopback (127.0.0.2 too), or localhost: never a DNS name
+        if self.loopback_only and not is_loopback(_host_name(host).strip("[]")):
+            return error_response(403, f"Host {host!r}: this UI answers to a loopback address or localhost only "
                                        "(start it with --host and --api-key to reach it from elsewhere)", "refused")
         if scope["method"] not in ("GET", "HEAD", "OPTIONS"):
             origin = headers.get("origin")

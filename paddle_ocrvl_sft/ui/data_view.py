@@ -33,10 +33,14 @@ class Opened:
     stats: object  # data.stats.DatasetStats
     problems: list = field(default_factory=list)  # data.validate.Problem, in file order
     truncated: bool = False
+    release: str | None = None  # where the counts' release came from, as `data validate` prints it
+
+    def matching(self, severity: str | None = None, rule: str | None = None) -> list:
+        """The problems of ``severity`` and ``rule`` (None: any), in file order."""
+        return [p for p in self.problems if (severity is None or p.severity == severity) and (rule is None or p.rule == rule)]
 
     def problem_lines(self, severity: str | None = None, rule: str | None = None) -> set[int]:
-        return {p.line for p in self.problems if (severity is None or p.severity == severity)
-                and (rule is None or p.rule == rule)}
+        return {p.line for p in self.matching(severity, rule)}
 
 
 class Datasets:
@@ -49,8 +53,7 @@ class Datasets:
     def open(self, path: Path, *, model_dir: Path | None = None, max_seq_len: int | None = None) -> Opened:
         """Validate and measure ``path`` (against ``max_seq_len``, default ``data validate``'s)."""
         from paddle_ocrvl_sft.data.stats import dataset_stats
-        from paddle_ocrvl_sft.data.validate import ValidateOptions, check_dataset_paths
-        from paddle_ocrvl_sft.tokens import PixelBounds
+        from paddle_ocrvl_sft.data.validate import check_dataset_paths, measure_options
 
         check_dataset_paths([path])
         st = path.stat()
@@ -58,9 +61,10 @@ class Datasets:
         with self._lock:
             if key in self._opened:
                 return self._opened[key]
-        bounds = PixelBounds.from_model_dir(model_dir) if model_dir else PixelBounds()
         tokenizer = model_dir if model_dir and (model_dir / "tokenizer.model").is_file() else None
-        options = ValidateOptions(max_seq_len=max_seq_len or VALIDATE_MAX_SEQ_LEN, bounds=bounds, tokenizer_dir=tokenizer)
+        # as `data validate --model DIR`: the model's release (its marker, untrained-task) and pixel bounds
+        _, release_line, options = measure_options(model=model_dir, max_seq_len=max_seq_len or VALIDATE_MAX_SEQ_LEN,
+                                                   tokenizer=tokenizer)
         problems: list = []
 
         def on_problem(problem) -> None:
@@ -69,7 +73,8 @@ class Datasets:
 
         stats = dataset_stats([path], options, on_problem=on_problem)
         problems.sort(key=lambda p: p.line)  # duplicates are reported at the end of the pass
-        opened = Opened(path, key, stats, problems, truncated=stats.report.errors + stats.report.warnings > len(problems))
+        opened = Opened(path, key, stats, problems, truncated=stats.report.errors + stats.report.warnings > len(problems),
+                        release=release_line)
         with self._lock:
             for old in [k for k in self._opened if k[0] == key[0]]:
                 del self._opened[old]
@@ -91,12 +96,12 @@ def summary(opened: Opened, roots) -> dict:
         "kinds": dict(sorted(stats.kinds.items())), "percentiles": stats.percentiles(),
         "longest": [{"tokens": t, "line": line} for t, _path, line in stats.longest],
         "recommended": recommend(report.token_lengths).to_dict(),
-        "problems_truncated": opened.truncated,
+        "problems_truncated": opened.truncated, "release": opened.release,
     }
 
 
 def problems(opened: Opened, *, severity: str | None, rule: str | None, offset: int, limit: int) -> dict:
-    chosen = [p for p in opened.problems if (severity is None or p.severity == severity) and (rule is None or p.rule == rule)]
+    chosen = opened.matching(severity, rule)
     return {"total": len(chosen), "offset": offset,
             "problems": [p.to_dict() | {"path": Path(p.path).name} for p in chosen[offset:offset + limit]]}
 
@@ -142,7 +147,8 @@ def sample_view(record, dataset: Path, found: list[dict]) -> dict:
         return view
     sample = record.value
     view["raw"] = _raw(sample)
-    for i, info in enumerate(sample.get("image_info") or []):
+    infos = sample.get("image_info")
+    for i, info in enumerate(infos if isinstance(infos, list) else []):  # malformed: the validator says why
         url = info.get("image_url") if isinstance(info, dict) else None
         if isinstance(url, str) and url:
             local = not is_remote(url) and not url.startswith("data:")
@@ -154,6 +160,8 @@ def sample_view(record, dataset: Path, found: list[dict]) -> dict:
         turns = sample_turns(sample)
     except (KeyError, TypeError, IndexError, AttributeError):
         return view  # malformed: the raw JSON and the problems say why
+    if not all(isinstance(text, str) for turn in turns for text in turn):
+        return view  # a "text" that is not a string (5, ["x"]): the validator reports the row
     view["turns"] = [{"prompt": p, "answer": a} for p, a in turns]
     if turns:
         view["kind"] = prompt_kind(turns[0][0])

@@ -7,7 +7,8 @@ parsed by that same parser, so a usage error reads as it does on the command lin
 Every value that names a server path is checked against the UI's roots: an option whose metavar
 names a file or directory (``TRAIN.jsonl``, ``BASE_DIR``, ``PLAN_DIR``...) is a path (outputs:
 inside the workdir), and any other value that could be one (it holds a ``/`` or starts with ``.``
-or ``~``) is checked as a path too.
+or ``~``) is checked as a path too. A positional value may not start with ``-``: argparse would
+read it as an option (``--output-dir /elsewhere``), which no check above would see.
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ import shlex
 
 from paddle_ocrvl_sft.ui.paths import Roots
 
-WRITE_DESTS = {"out", "output_dir", "output", "out_prefix", "write_clean", "plot"}  # where a command writes
+WRITE_DESTS = {"out", "output_dir", "output", "out_prefix", "write_clean", "plot", "crop_dir"}  # where a command writes
 WRITE_METAVAR = re.compile(r"^(OUT|PLAN_DIR|PREFIX|PNG)")
-PATH_METAVAR = re.compile(r"(\.jsonl|\.json|\.ya?ml|\.png|DIR|FILE|PATH|^IN$|ANNOTATIONS)", re.I)
+PATH_METAVAR = re.compile(r"(\.jsonl|\.json|\.ya?ml|\.png|DIR|FILE|PATH|^IN$|ANNOTATIONS|PAGES)", re.I)
 LOOKS_LIKE_PATH = re.compile(r"[/\\]|^[.~]|\.(jsonl?|ya?ml|png|jpe?g)$", re.I)
 TYPES = {"int": "int", "positive_int": "int", "float": "float", "positive_seconds": "float"}
 
@@ -117,12 +118,16 @@ def to_argv(parser: argparse.ArgumentParser, values: dict, roots: Roots | None =
             if value is True or value in ("true", "on", "1"):
                 options.append(field["flag"])
             continue
-        items = [_checked(field, v, roots) for v in _values_of(field, value)]
+        items = _values_of(field, value)
         if field["positional"]:
-            positionals += items
+            for item in items:  # placed after the options, "--force" or "--docker" here would parse as those options
+                if item.startswith("-"):
+                    raise FormError(f"{field['metavar'] or field['dest']}: {item!r} starts with '-' (an option has "
+                                    "its own field; a value here may not be read as one)")
+            positionals += [_checked(field, item, roots) for item in items]
         else:
             for item in items:
-                options += [field["flag"], item]
+                options += [field["flag"], _checked(field, item, roots)]
     return options + positionals
 
 

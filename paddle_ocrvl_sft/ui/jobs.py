@@ -24,14 +24,17 @@ import sys
 import threading
 from pathlib import Path
 
+from paddle_ocrvl_sft import processes
 from paddle_ocrvl_sft.errors import UserError
 from paddle_ocrvl_sft.io import write_json
 
 JOBS_DIR = Path(".ui") / "jobs"
 JOB_ID = re.compile(r"^[0-9]{8}-[0-9]{6}-[a-z-]+-[0-9a-f]{6}$")
-# what the UI may start: (command, subcommand) of the CLI; the arguments come from checked forms
-RUNNABLE = {("plan",), ("train",), ("eval",), ("data", "split"), ("data", "convert"), ("data", "kie"),
-            ("data", "validate")}
+# what the UI may start, by the name its pages use: (command, subcommand) of the CLI; the arguments
+# come from checked forms (app.FORMS are these commands' forms)
+COMMANDS = {"plan": ("plan",), "train": ("train",), "eval": ("eval",), "data-split": ("data", "split"),
+            "data-convert": ("data", "convert"), "data-kie": ("data", "kie"), "data-validate": ("data", "validate")}
+RUNNABLE = set(COMMANDS.values())
 ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 _write_lock = threading.Lock()
 _children: dict[str, subprocess.Popen] = {}  # jobs this process started (their exit status is ours to read)
@@ -68,29 +71,24 @@ def start(workdir: Path, names: tuple[str, ...], argv: list[str], **meta) -> dic
 
 def _reap(proc: subprocess.Popen, path: Path) -> None:
     """Wait for the job (no zombie) and record how it ended."""
-    _record_exit(path, proc.wait())
-
-
-def _record_exit(path: Path, code: int) -> dict:
-    with _write_lock:
-        record = json.loads(path.read_text(encoding="utf-8"))
-        if record.get("exit") is None:
-            record.update(exit=code, finished=_now())
-            write_json(path, record)
-    return record
+    _update(path, exit=proc.wait(), finished=_now())
 
 
 def _settled(path: Path, record: dict) -> dict:
     """A job this process started that has just ended: its exit status now, not when the reaper gets to it."""
     proc = _children.get(record.get("id"))
     if record.get("exit") is None and proc is not None and proc.poll() is not None:
-        return _record_exit(path, proc.returncode)
+        return _update(path, exit=proc.returncode, finished=_now())
     return record
 
 
 def _update(path: Path, **changes) -> dict:
+    """Read, change and write a job record under the lock (the reaper thread and requests both write it);
+    an exit status is recorded once, by whichever sees it first."""
     with _write_lock:
         record = json.loads(path.read_text(encoding="utf-8"))
+        if "exit" in changes and record.get("exit") is not None:
+            return record
         record.update(changes)
         write_json(path, record)
     return record
@@ -122,23 +120,16 @@ def all_jobs(workdir: Path) -> list[dict]:
     return out
 
 
-def process_alive(pid: int, host: str | None = None, marker: str = "paddle_ocrvl_sft") -> bool:
-    """Whether ``pid`` on this host is still a running ``marker`` process (not a zombie, not a reused pid)."""
+def process_alive(pid, host: str | None = None, marker: str = "paddle_ocrvl_sft", started: int | None = None) -> bool:
+    """Whether ``pid`` on this host is still a running ``marker`` process (not a zombie, not a reused
+    pid: ``started``, its start time when the record kept it)."""
     if host is not None and host != socket.gethostname():
         return False
     try:
-        os.kill(int(pid), 0)
-    except (OSError, ValueError, TypeError):
+        pid = int(pid)
+    except (TypeError, ValueError):
         return False
-    proc = Path("/proc") / str(pid)
-    if proc.is_dir():
-        try:
-            if proc.joinpath("stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
-                return False
-            return marker in proc.joinpath("cmdline").read_bytes().decode("utf-8", "replace")
-        except (OSError, IndexError):
-            return False
-    return True
+    return processes.alive(pid, started, marker)
 
 
 def state(record: dict) -> str:

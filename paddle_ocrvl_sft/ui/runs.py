@@ -2,7 +2,8 @@
 
 The coupling to ``train`` is its documented files, nothing more (docs/train.md, docs/ui.md):
 
-- ``PLAN/.train.lock``: ``{"pid", "host", "run"}`` while a ``train`` process trains the plan;
+- ``PLAN/.train.lock`` (``.train.node-R.lock`` per node rank of a multi-node plan: ``run_lock.lock_name``):
+  ``{"pid", "host", "run"}`` while a ``train`` process trains the plan;
 - ``PLAN/runs/<id>/record.json``: the attempt (``started``, ``finished``, ``exit``, ``last_step``,
   ``resume_from``, the trainer ``config``), ``metrics.jsonl`` (one point per logged step: ``step``,
   ``loss``, ``lr``, ``tokens_per_second``, ``time``), ``train.log`` (the trainer's output), ``loss.png``;
@@ -34,13 +35,15 @@ def read_json(path: Path) -> dict | None:
     return value if isinstance(value, dict) else None
 
 
-def live_lock(plan_dir: Path) -> dict | None:
-    """The lock of a ``train`` that is training this plan now (None: nobody is)."""
-    from paddle_ocrvl_sft.train import LOCK
+def live_lock(plan_dir: Path, nodes: int = 1) -> dict | None:
+    """The lock of a ``train`` that is training this plan now (None: nobody is); a multi-node plan's
+    ``train`` on each node holds its rank's lock, and only this host's pids can be seen alive."""
+    from paddle_ocrvl_sft.run_lock import lock_name
 
-    lock = read_json(plan_dir / LOCK)
-    if lock and jobs.process_alive(lock.get("pid", -1), lock.get("host")):
-        return lock
+    for name in [lock_name(), *(lock_name(rank) for rank in range(nodes if nodes > 1 else 0))]:
+        lock = read_json(plan_dir / name)
+        if lock and jobs.process_alive(lock.get("pid", -1), lock.get("host"), started=lock.get("pid_start")):
+            return lock
     return None
 
 
@@ -98,7 +101,7 @@ def plan_state(plan_dir: Path, workdir: Path, known_jobs: list[dict] | None = No
     record = read_json(plan_dir / "plan.json") or {}
     config = plan_config(plan_dir)
     runs = [{"id": rid, **_run_summary(plan_dir / "runs" / rid)} for rid in run_ids(plan_dir)]
-    lock = live_lock(plan_dir)
+    lock = live_lock(plan_dir, int((record.get("train") or {}).get("nodes") or 1))
     ui_jobs = train_jobs(workdir, plan_dir, known_jobs)
     job = ui_jobs[0] if ui_jobs else None
     job_alive = job is not None and job["state"] in ("running", "stopping")
@@ -159,11 +162,11 @@ def _signal_name(number: int) -> str:
         return f"signal {number}"
 
 
-def metrics(run: Path, since: int = 0) -> list[dict]:
-    """The run's metrics.jsonl points from index ``since`` (a torn last line is left for later)."""
+def metrics(run: Path) -> list[dict]:
+    """The run's metrics.jsonl points (a torn last line is left for later)."""
     from paddle_ocrvl_sft.progress import read_metrics
 
-    return [p for p in read_metrics(run / "metrics.jsonl")[since:] if isinstance(p, dict) and "step" in p]
+    return [p for p in read_metrics(run / "metrics.jsonl") if isinstance(p, dict) and "step" in p]
 
 
 def progress(points: list[dict], max_steps: int | None) -> dict:

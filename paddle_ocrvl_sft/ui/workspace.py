@@ -33,10 +33,6 @@ class Found:
     truncated: bool = False
 
 
-def is_plan(path: Path) -> bool:
-    return (path / "plan.json").is_file()
-
-
 def is_eval(path: Path) -> bool:
     return (path / "metrics.json").is_file() and (path / "scores.jsonl").is_file()
 

@@ -46,8 +46,7 @@ class Patch:
 
         A module or attribute that no longer exists is a refusal like a changed source (exit 3).
         """
-        owner, attr, source = _locate(self.name, self.target)
-        return owner, attr, source
+        return _locate(self.name, self.target)
 
     def hashed_text(self, source: str) -> str:
         """The target's source and, in order, each covered source: what :attr:`sha256` is of."""

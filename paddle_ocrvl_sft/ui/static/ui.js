@@ -167,13 +167,6 @@ function renderForm(form, fields, { primary = null, values = {}, onInput = null 
     .filter(([, v]) => v !== "" && v !== false && !(Array.isArray(v) && !v.length)));
 }
 
-function setField(form, dest, value) {
-  const input = form.querySelector(`[name="${dest}"]`);
-  if (!input) return;
-  if (input.type === "checkbox") input.checked = Boolean(value);
-  else input.value = value;
-}
-
 // --- jobs: commands the UI runs as processes -------------------------------------------------------
 
 function jobLabel(job) {
@@ -185,7 +178,12 @@ function jobLabel(job) {
 
 async function followJob(box, id, onDone) {
   const state = el("span", { class: "badge" });
-  const head = el("div", {}, state, " ", el("code", { class: "cmd" }));
+  // Ctrl-C to the job's process group (POST api/jobs/ID/stop), as Stop does for a run
+  const stop = el("button", { type: "button", class: "danger", hidden: true, onclick: async () => {
+    stop.disabled = true;
+    try { await api("POST", `api/jobs/${id}/stop`, {}); } catch (error) { box.append(el("p", { class: "error" }, error.message)); }
+  } }, "Stop");
+  const head = el("div", {}, state, " ", stop, " ", el("code", { class: "cmd" }));
   const log = el("pre", { class: "log" });
   box.replaceChildren(head, log);
   for (let failures = 0; ;) {
@@ -203,6 +201,7 @@ async function followJob(box, id, onDone) {
     box.dataset.state = job.state;
     state.className = `badge ${job.state}`;
     state.textContent = jobLabel(job);
+    stop.hidden = job.state !== "running";
     head.querySelector(".cmd").textContent = "paddle-ocrvl-sft " + shell([...job.command, ...job.argv]);
     log.textContent = job.log.join("\n");
     log.scrollTop = log.scrollHeight;
