@@ -437,6 +437,25 @@ def test_a_plans_state_comes_from_trains_lock_records_and_checkpoints(client, wo
     assert client.post("/api/runs/stop", json={"plan": "plans/p"}).status_code == 400  # nothing to stop
 
 
+def test_a_train_that_failed_after_its_trainer_finished_is_failed_not_finished(tmp_path):
+    """The run's record says exit 0 (the trainer's), but `train` failed in export or eval: the job
+    that started the run says so, with train's error."""
+    from paddle_ocrvl_sft.ui import runs
+
+    plan = tmp_path / "plans" / "p"
+    fake_run(plan, "20261202-063902", points=9, exit_code=0, last_step=9)
+    job = {"id": "j1", "command": ["train"], "plan": str(plan), "started": "2026-12-02T06:01:00"}
+    log = jobs.jobs_dir(tmp_path) / "j1.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text("step 9\nerror: export: the bundle's prompt differs\n")
+    assert runs.plan_state(plan, tmp_path, [{**job, "state": "done"}])["state"] == "finished"
+    failed = runs.plan_state(plan, tmp_path, [{**job, "state": "failed"}])
+    assert failed["state"] == "failed" and failed["message"] == "error: export: the bundle's prompt differs"
+    # a job that failed before it started a run (a refused plan) leaves the finished run as it was
+    later = {**job, "started": "2026-12-02T07:00:00", "state": "failed"}
+    assert runs.plan_state(plan, tmp_path, [later])["state"] == "finished"
+
+
 def test_a_node_ranks_lock_is_seen_and_a_read_only_plan_is_never_stopped(work, tmp_path):
     from paddle_ocrvl_sft.run_lock import lock_name
 

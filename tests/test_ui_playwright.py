@@ -110,7 +110,10 @@ def shoot(page, name: str, tmp_path: Path) -> None:
 
 
 def wait_state(page, state: str, timeout: int = 300_000) -> None:
-    page.wait_for_function(f"document.getElementById('run-detail').dataset.state === '{state}'", timeout=timeout)
+    """Until the plan is in ``state``; a failed `train` ends the wait at once, with its error."""
+    page.wait_for_function(f"['{state}', 'failed'].includes(document.getElementById('run-detail').dataset.state)",
+                           timeout=timeout)
+    assert page.get_attribute("#run-detail", "data-state") == state, page.text_content("#run-message")
 
 
 def points(page) -> int:

@@ -118,7 +118,9 @@ def plan_state(plan_dir: Path, workdir: Path, known_jobs: list[dict] | None = No
     elif last is None:
         state = "planned"
     elif last.get("exit") == 0:
-        state = "finished"
+        # the trainer finished; `train` can still fail after it (export, eval): then its job failed
+        after = job is not None and job["state"] == "failed" and (job.get("started") or "") <= (last.get("started") or "")
+        state = "failed" if after else "finished"
     else:
         state = "stopped" if steps else "failed"
     message = None
